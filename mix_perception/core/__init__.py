@@ -1,0 +1,1 @@
+"""Torch-only core: mixing, certificates, smoothing, models, attacks, evaluation. Never imports ROS."""
