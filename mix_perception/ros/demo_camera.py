@@ -1,0 +1,115 @@
+"""Node `demo_camera` (executable `demo_camera`): publishes images at a fixed rate, as a camera would.
+
+Source (parameter `source`): the shipped Fashion-MNIST test split (default), a folder of image
+files, or an MCAP recording of sensor_msgs/Image (needs the `mcap` package). Every frame is
+stamped with the current time (recorded stamps would make every replayed frame "too old").
+
+Topics:
+- `image` (sensor_msgs/Image; QoS depth 5, reliability `reliability`, best effort by default like
+  a camera driver; a `reliable` mixer subscription needs `reliability: reliable` here);
+- `~/ground_truth` (diagnostic_msgs/DiagnosticArray, reliable, depth 100), published just before
+  each image with the image's exact header (match on header.stamp): one status named
+  "demo_camera: ground truth" with values `label_id` (-1 when unknown), `label`, `index` (position in
+  the source). A standard message type, so no extra dependency; header.frame_id stays a frame id.
+"""
+
+import sys
+
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+from mix_perception.ros import diagnostics, parameters
+from mix_perception.ros.demo_sources import convert, open_source
+from mix_perception.ros.image_conversion import array_to_image
+from mix_perception.ros.spin import reliability_policy
+
+NODE_NAME = "demo_camera"
+GROUND_TRUTH_NAME = "demo_camera: ground truth"
+EXTRA = (
+    parameters.Spec(
+        "reliability",
+        "best_effort",
+        "QoS reliability of `image`: best_effort | reliable",
+        choices=("best_effort", "reliable"),
+    ),
+)
+
+
+class DemoCameraNode(Node):
+    def __init__(self, source=None, **node_kwargs):
+        """`source` (a sequence of demo_sources.Frame) may be passed in; else the `source` parameter names it."""
+        super().__init__(NODE_NAME, **node_kwargs)
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import Image
+
+        values = parameters.declare(self, parameters.DEMO_CAMERA + EXTRA)
+        self.labels = list(values["labels"])
+        self.source = (
+            source
+            if source is not None
+            else open_source(values["source"], self.labels, values["shuffle_seed"], values["mcap_topic"])
+        )
+        self.encoding = values["encoding"]
+        self.frame_id = values["frame_id"]
+        self.loop = values["loop"]
+        self.limit = values["limit"]
+        if self.source[0].pixels is not None:
+            convert(self.source[0].pixels, self.encoding)  # fails now, at startup, for a bad encoding
+        reliability = reliability_policy(values["reliability"])
+        self.image_pub = self.create_publisher(Image, "image", QoSProfile(depth=5, reliability=reliability))
+        self.truth_pub = self.create_publisher(
+            DiagnosticArray, "~/ground_truth", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        )
+        self.published = 0
+        self.position = 0
+        self.timer = self.create_timer(1.0 / values["rate"], self._tick)
+        self.get_logger().info(f"publishing {len(self.source)} frames from {values['source']} at {values['rate']} Hz")
+
+    @property
+    def finished(self) -> bool:
+        """True once `limit` frames went out, or the source ended without `loop`."""
+        return (self.limit and self.published >= self.limit) or (not self.loop and self.position >= len(self.source))
+
+    def _tick(self) -> None:
+        if self.finished:
+            self.timer.cancel()
+            return
+        frame = self.source[self.position % len(self.source)]
+        self.position += 1
+        if frame.message is not None:
+            image = frame.message
+        else:
+            image = array_to_image(convert(frame.pixels, self.encoding), self.encoding)
+        image.header.stamp = self.get_clock().now().to_msg()
+        image.header.frame_id = self.frame_id
+        label = self.labels[frame.label_id] if 0 <= frame.label_id < len(self.labels) else ""
+        status = diagnostics.make_status(
+            GROUND_TRUTH_NAME, 0, label, {"label_id": frame.label_id, "label": label, "index": frame.index}
+        )
+        truth = diagnostics.make_array(image.header.stamp, [status])
+        truth.header.frame_id = self.frame_id
+        self.truth_pub.publish(truth)
+        self.image_pub.publish(image)
+        self.published += 1
+
+
+def main(argv=None) -> int:
+    """Entry point of `demo_camera`."""
+    from mix_perception.ros.spin import spin_nodes, startup_message
+
+    rclpy.init(args=sys.argv if argv is None else argv)
+    try:
+        try:
+            node = DemoCameraNode()
+        except Exception as error:  # noqa: BLE001 - any startup failure is reported as one line
+            print(f"demo_camera: error: {startup_message(error)}", file=sys.stderr)
+            return 1
+        return spin_nodes([node])
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

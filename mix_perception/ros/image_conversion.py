@@ -1,0 +1,217 @@
+"""sensor_msgs/Image and CompressedImage <-> numpy arrays, without cv_bridge.
+
+`image_to_array` returns an (H, W, C) array in the message's own channel order and dtype, after
+checking every field that can be wrong (encoding, width/height, step, data length, endianness,
+size limit); anything unusable raises `ImageError` with a short machine-readable `code` and a
+human-readable message. `array_to_tensor` turns that into the float (1, C, H, W) tensor a model
+takes: pixels scaled to [0, 1] (uint8 / 255, uint16 / 65535, floats taken as they are), channels
+brought to RGB order (or luma for one-channel models), resized and normalized on the model's device.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+MAX_PIXELS_DEFAULT = 4096 * 4096
+
+
+class ImageError(ValueError):
+    """A frame that cannot be used. `code` is one word for counting and logs (e.g. "bad_step")."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class Encoding(NamedTuple):
+    """How an encoding lays out a pixel: numpy dtype, channel count, channel order ("rgb", "bgr", "mono")."""
+
+    dtype: str
+    channels: int
+    order: str
+
+
+ENCODINGS = {
+    "rgb8": Encoding("u1", 3, "rgb"),
+    "bgr8": Encoding("u1", 3, "bgr"),
+    "rgba8": Encoding("u1", 4, "rgb"),
+    "bgra8": Encoding("u1", 4, "bgr"),
+    "rgb16": Encoding("u2", 3, "rgb"),
+    "bgr16": Encoding("u2", 3, "bgr"),
+    "rgba16": Encoding("u2", 4, "rgb"),
+    "bgra16": Encoding("u2", 4, "bgr"),
+    "mono8": Encoding("u1", 1, "mono"),
+    "mono16": Encoding("u2", 1, "mono"),
+    "8UC1": Encoding("u1", 1, "mono"),
+    "8UC3": Encoding("u1", 3, "bgr"),  # OpenCV's default order
+    "8UC4": Encoding("u1", 4, "bgr"),
+    "16UC1": Encoding("u2", 1, "mono"),
+    "32FC1": Encoding("f4", 1, "mono"),
+    "32FC3": Encoding("f4", 3, "bgr"),
+    "64FC1": Encoding("f8", 1, "mono"),
+}
+
+SUPPORTED_ENCODINGS = tuple(ENCODINGS)
+
+# ITU-R BT.601 luma weights for R, G, B.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def image_to_array(msg, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
+    """Validate a sensor_msgs/Image and return its pixels as an (H, W, C) array (a view where possible).
+
+    Checks: known encoding; 0 < width, height and width * height <= max_pixels; step >= width *
+    bytes per pixel; len(data) >= step * height (extra trailing bytes are an error too, as a sign of
+    a wrong width/step); float pixels finite. Byte order follows `is_bigendian`.
+    """
+    encoding = ENCODINGS.get(msg.encoding)
+    if encoding is None:
+        raise ImageError(
+            "unknown_encoding", f"encoding {msg.encoding!r} is not one of {', '.join(SUPPORTED_ENCODINGS)}"
+        )
+    width, height, step = int(msg.width), int(msg.height), int(msg.step)
+    if width <= 0 or height <= 0:
+        raise ImageError("zero_size", f"image is {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError("too_large", f"image is {width}x{height}, more than {max_pixels} pixels")
+    dtype = np.dtype(encoding.dtype).newbyteorder(">" if msg.is_bigendian else "<")
+    row_bytes = width * encoding.channels * dtype.itemsize
+    if step < row_bytes:
+        raise ImageError(
+            "bad_step", f"step {step} < width {width} x {encoding.channels * dtype.itemsize} bytes per pixel"
+        )
+    if step % dtype.itemsize:
+        raise ImageError("bad_step", f"step {step} is not a multiple of the {dtype.itemsize}-byte channel size")
+    data = msg.data
+    size = len(data)
+    if size != step * height:
+        raise ImageError("bad_size", f"data has {size} bytes, expected step {step} x height {height} = {step * height}")
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    rows = buffer.reshape(height, step)[:, :row_bytes]
+    pixels = rows.view(dtype) if row_bytes == step else np.ascontiguousarray(rows).view(dtype)
+    pixels = pixels.reshape(height, width, encoding.channels)
+    if dtype.kind == "f" and not np.isfinite(pixels).all():
+        raise ImageError("non_finite", "float image holds NaN or infinite values")
+    return pixels
+
+
+def array_to_image(array: np.ndarray, encoding: str, header=None):
+    """Build a sensor_msgs/Image from an (H, W) or (H, W, C) array already laid out as `encoding`."""
+    from sensor_msgs.msg import Image
+
+    layout = ENCODINGS.get(encoding)
+    if layout is None:
+        raise ImageError("unknown_encoding", f"encoding {encoding!r} is not supported")
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] != layout.channels:
+        raise ImageError(
+            "bad_shape", f"array of shape {array.shape} does not fit {encoding} ({layout.channels} channels)"
+        )
+    array = np.ascontiguousarray(array, dtype=np.dtype(layout.dtype).newbyteorder("<"))
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(array.shape[1] * array.shape[2] * array.itemsize)
+    msg.data = array.tobytes()
+    return msg
+
+
+def compressed_to_array(msg, max_pixels: int = MAX_PIXELS_DEFAULT) -> tuple[np.ndarray, str]:
+    """Decode a sensor_msgs/CompressedImage (jpeg, png, ...) with Pillow: returns ((H, W, C) uint8, encoding).
+
+    The size is checked from the file header before any pixel is decoded (no decompression bombs).
+    Returns mono8 for grayscale images and rgb8 otherwise (alpha dropped).
+    """
+    import io
+
+    try:
+        from PIL import Image as PILImage
+    except ImportError as error:  # pragma: no cover - Pillow is a dependency where compressed input is used
+        raise ImageError("no_decoder", "Pillow is not installed; compressed images cannot be decoded") from error
+    if len(msg.data) == 0:
+        raise ImageError("zero_size", "compressed image has no data")
+    try:
+        with PILImage.open(io.BytesIO(bytes(msg.data))) as image:
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise ImageError("zero_size", f"image is {width}x{height}")
+            if width * height > max_pixels:
+                raise ImageError("too_large", f"image is {width}x{height}, more than {max_pixels} pixels")
+            grey = image.mode in ("L", "1", "I;16", "I", "F")
+            image = image.convert("L" if grey else "RGB")
+            array = np.asarray(image)
+    except ImageError:
+        raise
+    except Exception as error:  # Pillow raises many types for broken files
+        raise ImageError("decode_failed", f"cannot decode {msg.format!r} data: {error}") from error
+    if grey:
+        return array[:, :, None], "mono8"
+    return array, "rgb8"
+
+
+def scale_to_unit(pixels: np.ndarray) -> np.ndarray:
+    """float32 copy of the pixels on [0, 1]: uint8 / 255, uint16 / 65535, floats unchanged."""
+    if pixels.dtype.kind == "u":
+        return pixels.astype(np.float32) / float(np.iinfo(pixels.dtype).max)
+    return pixels.astype(np.float32)
+
+
+def to_channels(pixels: np.ndarray, order: str, channels: int) -> np.ndarray:
+    """(H, W, C_in) in `order` -> (H, W, channels) in RGB order (1 channel: BT.601 luma; alpha dropped)."""
+    if pixels.shape[2] == 4:
+        pixels = pixels[:, :, :3]
+    if order == "bgr":
+        pixels = pixels[:, :, ::-1]
+    if channels == pixels.shape[2]:
+        return pixels
+    if channels == 1:
+        return (pixels * np.asarray(LUMA, dtype=pixels.dtype)).sum(axis=2, keepdims=True, dtype=pixels.dtype)
+    if pixels.shape[2] == 1:
+        return np.repeat(pixels, channels, axis=2)
+    raise ImageError("bad_channels", f"cannot turn {pixels.shape[2]} channels into {channels}")
+
+
+class InputSpec(NamedTuple):
+    """What the model takes: `channels` (1 or 3), `size` (H, W) or None to keep the frame's size,
+    per-channel `mean` and `std` applied after scaling to [0, 1] (empty: no normalization)."""
+
+    channels: int = 1
+    size: tuple[int, int] | None = (28, 28)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+
+def array_to_tensor(pixels: np.ndarray, order: str, spec: InputSpec, device="cpu"):
+    """(H, W, C) pixels in channel `order` -> float32 tensor (1, spec.channels, H', W') on `device`.
+
+    Scaling and channel conversion happen in numpy; resize (bilinear, antialiased when shrinking)
+    and normalization (x - mean) / std happen in torch on `device`.
+    """
+    import torch
+
+    unit = to_channels(scale_to_unit(pixels), order, spec.channels)
+    tensor = torch.from_numpy(np.ascontiguousarray(unit)).to(device).permute(2, 0, 1).unsqueeze(0)
+    if spec.size is not None and tuple(tensor.shape[-2:]) != tuple(spec.size):
+        shrink = tensor.shape[-2] > spec.size[0] or tensor.shape[-1] > spec.size[1]
+        tensor = torch.nn.functional.interpolate(
+            tensor, size=tuple(spec.size), mode="bilinear", align_corners=False, antialias=shrink
+        )
+    if spec.mean:
+        mean = torch.tensor(spec.mean, dtype=tensor.dtype, device=tensor.device).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std, dtype=tensor.dtype, device=tensor.device).view(1, -1, 1, 1)
+        tensor = (tensor - mean) / std
+    return tensor
+
+
+def image_to_tensor(msg, spec: InputSpec, device="cpu", max_pixels: int = MAX_PIXELS_DEFAULT):
+    """sensor_msgs/Image or CompressedImage -> model input tensor (1, C, H, W); raises ImageError."""
+    if hasattr(msg, "format"):
+        pixels, encoding = compressed_to_array(msg, max_pixels)
+    else:
+        pixels, encoding = image_to_array(msg, max_pixels), msg.encoding
+    return array_to_tensor(pixels, ENCODINGS[encoding].order, spec, device)

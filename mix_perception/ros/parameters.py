@@ -1,0 +1,188 @@
+"""Parameter tables of the nodes: name, default, description, range, read-only — declared in one call.
+
+Every parameter is declared with a ParameterDescriptor (description, type, range where one applies,
+read_only for what cannot change while running). `config/mixer.yaml` lists the same names with the
+same defaults (a test checks that).
+"""
+
+import math
+from typing import Any, NamedTuple
+
+FASHION_MNIST_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+
+class Spec(NamedTuple):
+    """One parameter. `bounds` (low, high) becomes a floating-point or integer range descriptor."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = True
+    bounds: tuple | None = None
+    choices: tuple | None = None
+
+
+MIXER = (
+    Spec(
+        "alpha",
+        0.75,
+        "mixing weight of the robust model h: p = (1-alpha) softmax(g) + alpha h; "
+        "certificates need alpha > 0.5; applies from the next frame",
+        read_only=False,
+        bounds=(0.0, 1.0),
+    ),
+    Spec("device", "auto", "torch device: auto (GPU when there is one) | cpu | cuda | cuda:N"),
+    Spec(
+        "standard_model",
+        "default",
+        "accurate model g: 'default' (embedded), 'default:<name>', "
+        "a checkpoint/state_dict (.pt/.pth) or a TorchScript file",
+    ),
+    Spec("standard_arch", "", "architecture for a bare state_dict (torchvision name or mix_perception:<name>)"),
+    Spec(
+        "robust_model",
+        "default",
+        "robust model h (or the base model hbar of the smoothed h when certifying): "
+        "'default' = the embedded smoothing model, 'default:robust' = the adversarially trained one, or a path",
+    ),
+    Spec("robust_arch", "", "architecture for a bare state_dict of the robust model"),
+    Spec(
+        "certification",
+        "smoothing",
+        "none | lipschitz (Theorem 4) | smoothing (Theorem 5); both certify the "
+        "Gaussian smoothing of the robust model with confidence bounds",
+        choices=("none", "lipschitz", "smoothing"),
+    ),
+    Spec(
+        "smoothing.sigma",
+        0.25,
+        "noise standard deviation of the smoothed h, in [0, 1] pixel units "
+        "(must match the sigma the robust model was trained with)",
+        bounds=(1e-6, 10.0),
+    ),
+    Spec("smoothing.samples", 256, "Monte Carlo samples used to bound h (n_estimate)", bounds=(2, 1_000_000)),
+    Spec(
+        "smoothing.select_samples", 32, "Monte Carlo samples used to choose h's class (n_select)", bounds=(1, 1_000_000)
+    ),
+    Spec("smoothing.delta", 0.001, "certificates hold with probability >= 1 - delta", bounds=(1e-12, 0.5)),
+    Spec("smoothing.batch_size", 512, "noisy inputs per forward of the base model", bounds=(1, 1_000_000)),
+    Spec(
+        "smoothing.mode",
+        "votes",
+        "votes (Clopper-Pearson on argmax counts) | probs (empirical Bernstein on softmax averages)",
+        choices=("votes", "probs"),
+    ),
+    Spec("smoothing.seed", -1, "seed of the noise generator; -1 = fresh entropy", bounds=(-1, 2**62)),
+    Spec("input.size", [28, 28], "model input height, width: frames are resized (bilinear) to it"),
+    Spec("input.channels", 1, "model input channels: 1 (BT.601 luma of colour frames) or 3 (RGB)", bounds=(1, 3)),
+    Spec(
+        "input.mean",
+        [0.0],
+        "per-channel mean subtracted after scaling pixels to [0, 1] (the embedded models normalize inside: keep 0)",
+    ),
+    Spec("input.std", [1.0], "per-channel std dividing after the mean (the embedded models: keep 1)"),
+    Spec("input.max_pixels", 4096 * 4096, "frames with more pixels are rejected", bounds=(1, 2**31 - 1)),
+    Spec("labels", FASHION_MNIST_LABELS, "class names, index = class id"),
+    Spec(
+        "image_reliability",
+        "best_effort",
+        "QoS reliability of the image subscription: best_effort | reliable",
+        choices=("best_effort", "reliable"),
+    ),
+    Spec(
+        "image_depth",
+        5,
+        "QoS history depth of the image subscription (the node keeps only the newest frame)",
+        bounds=(1, 1000),
+    ),
+    Spec("subscribe_compressed", False, "also subscribe image/compressed (sensor_msgs/CompressedImage)"),
+    Spec("cpu_threads", 0, "torch CPU threads; 0 = torch's default", bounds=(0, 1024)),
+    Spec("diagnostics_period", 1.0, "seconds between /diagnostics messages", bounds=(0.05, 3600.0)),
+)
+
+SAFETY_MONITOR = (
+    Spec(
+        "required_radius",
+        0.1,
+        "certified l2 radius (pixels in [0, 1]) the control stack requires",
+        read_only=False,
+        bounds=(0.0, 1000.0),
+    ),
+    Spec(
+        "max_frame_age",
+        0.5,
+        "seconds: a frame older than this (now - header.stamp) is unsafe, and a stream silent for longer is stale",
+        read_only=False,
+        bounds=(0.001, 3600.0),
+    ),
+    Spec("watchdog_period", 0.1, "seconds between watchdog checks for a stale stream", bounds=(0.001, 3600.0)),
+    Spec("diagnostics_period", 1.0, "seconds between /diagnostics messages", bounds=(0.05, 3600.0)),
+)
+
+DEMO_CAMERA = (
+    Spec(
+        "source",
+        "fashion_mnist_test",
+        "fashion_mnist_test (the shipped test split) | a folder of images "
+        "(class = subfolder name when it is a label) | an .mcap recording of sensor_msgs/Image",
+    ),
+    Spec("rate", 10.0, "frames per second", bounds=(0.01, 10000.0)),
+    Spec("encoding", "mono8", "encoding of the published images (mono8, rgb8, bgr8, rgba8, bgra8, mono16, 32FC1)"),
+    Spec("frame_id", "demo_camera", "header.frame_id of the published images"),
+    Spec("loop", True, "start again at the end of the source"),
+    Spec("limit", 0, "stop after this many frames; 0 = no limit", bounds=(0, 2**31 - 1)),
+    Spec(
+        "shuffle_seed",
+        0,
+        "order of the shipped test images: -1 = file order, else a seeded permutation",
+        bounds=(-1, 2**31 - 1),
+    ),
+    Spec("mcap_topic", "", "topic to replay from an .mcap source; empty = the first sensor_msgs/msg/Image topic"),
+    Spec("labels", FASHION_MNIST_LABELS, "class names, index = class id (folder sources map subfolders by name)"),
+)
+
+
+def descriptor_for(spec: Spec):
+    """ParameterDescriptor with description, read_only and a range or choices constraint."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    if spec.bounds is not None:
+        low, high = spec.bounds
+        if isinstance(spec.default, float):
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
+        else:
+            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=0)]
+    if spec.choices is not None:
+        descriptor.additional_constraints = "one of: " + ", ".join(spec.choices)
+    return descriptor
+
+
+def declare(node, specs) -> dict:
+    """Declare every spec on `node` (overrides from --params-file / parameter_overrides apply) and
+    return {name: value}. Raises ValueError for a value outside its choices or a non-finite float."""
+    values = {}
+    for spec in specs:
+        value = node.declare_parameter(spec.name, spec.default, descriptor_for(spec)).value
+        if spec.choices is not None and value not in spec.choices:
+            raise ValueError(f"parameter {spec.name} must be one of {', '.join(spec.choices)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"parameter {spec.name} must be finite, got {value!r}")
+        values[spec.name] = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else value
+    return values
+
+
+def defaults(specs) -> dict:
+    """{name: default} of a table (what config/mixer.yaml must list)."""
+    return {spec.name: spec.default for spec in specs}
