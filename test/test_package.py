@@ -1,0 +1,218 @@
+"""The installed package: generated messages next to the Python code, executables, data, CLI.
+
+These tests check what `make build` (CMakeLists.txt) installed into the interpreter's prefix,
+with real rclpy serialization and real subprocesses, no mocks. The message tests skip only where
+ROS 2 is absent altogether (a plain `pip install .`).
+"""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+SOURCE_PACKAGE = REPO_ROOT / "mix_perception"
+HAVE_ROS = importlib.util.find_spec("rclpy") is not None
+needs_ros = pytest.mark.skipif(not HAVE_ROS, reason="ROS 2 (rclpy) is not installed")
+
+# DESIGN.md section 3, in rosidl's type names, plus the fields this project added.
+MIXED_CLASSIFICATION_FIELDS = {
+    "header": "std_msgs/Header",
+    "class_id": "int32",
+    "label": "string",
+    "probabilities": "sequence<float>",
+    "alpha": "double",
+    "robust_class_id": "int32",
+    "robust_margin": "float",
+    "certified_radius": "float",
+    "certificate": "uint8",
+    "norm": "string",
+    "inference_ms": "float",
+    "certified": "boolean",
+    "certificate_confidence": "float",
+}
+SAFETY_STATUS_FIELDS = {
+    "header": "std_msgs/Header",
+    "safe": "boolean",
+    "level": "uint8",
+    "reason": "string",
+    "certified_radius": "float",
+    "required_radius": "float",
+    "alpha": "double",
+    "consecutive_unsafe": "uint32",
+}
+EXECUTABLES = ["mixer_node", "safety_monitor", "demo_camera"]
+DATA_PATTERNS = ["default_models/*.pt", "default_models/*.json", "data/*.npz"]
+
+
+def installed_package_dir() -> pathlib.Path:
+    import mix_perception
+
+    return pathlib.Path(mix_perception.__file__).resolve().parent
+
+
+def test_tests_import_the_installed_package_not_the_source_tree():
+    assert installed_package_dir() != SOURCE_PACKAGE.resolve()
+
+
+@needs_ros
+def test_messages_import_next_to_the_python_code():
+    import mix_perception.cli  # noqa: F401  (the Python code of the same package)
+    from mix_perception.msg import MixedClassification, SafetyStatus
+
+    assert MixedClassification.__module__.startswith("mix_perception.msg")
+    assert SafetyStatus.__module__.startswith("mix_perception.msg")
+
+
+@needs_ros
+def test_mixed_classification_fields_match_the_design():
+    from mix_perception.msg import MixedClassification
+
+    assert MixedClassification.get_fields_and_field_types() == MIXED_CLASSIFICATION_FIELDS
+
+
+@needs_ros
+def test_safety_status_fields_match_the_design():
+    from mix_perception.msg import SafetyStatus
+
+    assert SafetyStatus.get_fields_and_field_types() == SAFETY_STATUS_FIELDS
+
+
+@needs_ros
+def test_message_constants():
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from mix_perception.msg import MixedClassification, SafetyStatus
+
+    assert (MixedClassification.CERTIFICATE_NONE, MixedClassification.CERTIFICATE_LIPSCHITZ) == (0, 1)
+    assert MixedClassification.CERTIFICATE_SMOOTHING == 2
+    assert (SafetyStatus.OK, SafetyStatus.WARN, SafetyStatus.ERROR, SafetyStatus.STALE) == (0, 1, 2, 3)
+    # "as diagnostic_msgs levels": the same numbers as DiagnosticStatus (whose levels are bytes).
+    for name in ["OK", "WARN", "ERROR", "STALE"]:
+        assert getattr(SafetyStatus, name) == int.from_bytes(getattr(DiagnosticStatus, name), "little")
+
+
+@needs_ros
+def test_mixed_classification_round_trips_through_rclpy_serialization():
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from mix_perception.msg import MixedClassification
+
+    msg = MixedClassification()
+    msg.header.stamp.sec = 12
+    msg.header.stamp.nanosec = 345
+    msg.header.frame_id = "camera"
+    msg.class_id = 7
+    msg.label = "sneaker"
+    msg.probabilities = [0.125, 0.25, 0.625]
+    msg.alpha = 0.6
+    msg.robust_class_id = 7
+    msg.robust_margin = 0.5
+    msg.certified_radius = 0.25
+    msg.certificate = MixedClassification.CERTIFICATE_SMOOTHING
+    msg.norm = "l2"
+    msg.inference_ms = 3.5
+    msg.certified = True
+    msg.certificate_confidence = 0.9375  # exact in float32, so == holds after the trip
+
+    data = serialize_message(msg)
+    back = deserialize_message(data, MixedClassification)
+
+    assert isinstance(data, bytes) and len(data) > 0
+    assert back == msg
+    assert list(back.probabilities) == [0.125, 0.25, 0.625]
+    assert back.header.frame_id == "camera" and back.alpha == 0.6
+
+
+@needs_ros
+def test_safety_status_round_trips_through_rclpy_serialization():
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from mix_perception.msg import SafetyStatus
+
+    msg = SafetyStatus(safe=False, level=SafetyStatus.ERROR, reason="radius_below_required")
+    msg.certified_radius = 0.0
+    msg.required_radius = 0.125  # exact in float32
+    msg.alpha = 0.4
+    msg.consecutive_unsafe = 3
+
+    back = deserialize_message(serialize_message(msg), SafetyStatus)
+
+    assert back == msg
+
+
+def test_cli_help_exits_zero():
+    script = pathlib.Path(sys.prefix) / "bin" / "mix-perception"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "mix_perception.cli"]
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert "usage: mix-perception" in result.stdout
+
+
+@needs_ros
+@pytest.mark.parametrize("name", EXECUTABLES)
+def test_ros_executables_are_installed(name):
+    script = pathlib.Path(sys.prefix) / "lib" / "mix_perception" / name
+    if not script.exists():
+        pytest.skip(f"{script} absent: package not installed into this prefix by CMake")
+
+    text = script.read_text()
+    assert os.access(script, os.X_OK)
+    assert text.startswith("#!")
+    assert f"from mix_perception.ros.{name} import main" in text
+
+
+@needs_ros
+def test_ament_index_marks_the_package():
+    marker = pathlib.Path(sys.prefix) / "share" / "ament_index" / "resource_index" / "packages" / "mix_perception"
+    if not (pathlib.Path(sys.prefix) / "lib" / "mix_perception").exists():
+        pytest.skip("package not installed into this prefix by CMake")
+    assert marker.exists()
+    assert (pathlib.Path(sys.prefix) / "share" / "mix_perception" / "package.xml").exists()
+
+
+def _source_files(patterns):
+    return sorted({path.relative_to(SOURCE_PACKAGE) for pattern in patterns for path in SOURCE_PACKAGE.glob(pattern)})
+
+
+def test_installed_package_carries_its_data():
+    if not SOURCE_PACKAGE.is_dir():
+        pytest.skip("no source tree next to the tests")
+    installed = installed_package_dir()
+    missing = [str(rel) for rel in _source_files(DATA_PATTERNS) if not (installed / rel).is_file()]
+    differ = [
+        str(rel)
+        for rel in _source_files(DATA_PATTERNS)
+        if (installed / rel).is_file() and (installed / rel).stat().st_size != (SOURCE_PACKAGE / rel).stat().st_size
+    ]
+    assert not missing, f"package data not installed: {missing}"
+    assert not differ, f"installed package data differs from the source: {differ} (run `make build`)"
+
+
+def test_installed_python_code_is_the_current_source():
+    """Catches testing a stale install: every source .py is installed with the same content."""
+    if not SOURCE_PACKAGE.is_dir():
+        pytest.skip("no source tree next to the tests")
+    installed = installed_package_dir()
+    stale = [
+        str(rel)
+        for rel in _source_files(["**/*.py"])
+        if "__pycache__" not in rel.parts
+        and (not (installed / rel).is_file() or (installed / rel).read_bytes() != (SOURCE_PACKAGE / rel).read_bytes())
+    ]
+    assert not stale, f"installed mix_perception is older than the source, run `make build`: {stale}"
+
+
+@needs_ros
+def test_launch_and_config_are_installed():
+    share = pathlib.Path(sys.prefix) / "share" / "mix_perception"
+    if not share.is_dir():
+        pytest.skip("package not installed into this prefix by CMake")
+    for folder in ["launch", "config"]:
+        for source in sorted((REPO_ROOT / folder).glob("*")):
+            if source.is_file():
+                assert (share / folder / source.name).is_file(), f"{folder}/{source.name} not installed in {share}"
