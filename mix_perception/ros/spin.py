@@ -3,14 +3,18 @@
 import time
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import ReliabilityPolicy
 
 
-def spin_nodes(nodes, duration: float | None = None, executor=None) -> int:
-    """Spin `nodes` on one executor (default: MultiThreadedExecutor with 4 threads) for `duration`
-    seconds (None: until interrupted). Destroys the nodes at the end. Returns 0."""
-    executor = executor or MultiThreadedExecutor(num_threads=4)
+def spin_nodes(nodes, duration: float | None = None, executor=None, destroy: bool = True) -> int:
+    """Spin `nodes` on one executor for `duration` seconds (None: until interrupted). Destroys the
+    nodes at the end unless `destroy` is False. Returns 0.
+
+    Default executor: single-threaded. The callbacks are all short (the mixer's inference runs on its
+    own worker thread), and rclpy 9.1's MultiThreadedExecutor.shutdown destroys its guard condition
+    while pool threads still run callbacks ("cannot use Destroyable" at exit)."""
+    executor = executor or SingleThreadedExecutor()
     for node in nodes:
         executor.add_node(node)
     deadline = None if duration is None else time.monotonic() + duration
@@ -20,10 +24,11 @@ def spin_nodes(nodes, duration: float | None = None, executor=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown()  # waits for the callbacks in flight
         for node in nodes:
             executor.remove_node(node)
-            node.destroy_node()
-        executor.shutdown()
+            if destroy:
+                node.destroy_node()
     return 0
 
 

@@ -1,0 +1,100 @@
+"""Node `run_summary`: listens to the pipeline and sums it up (what `mix-perception run` prints).
+
+Subscribes /mixer/classification, /safety_monitor/status and /demo_camera/ground_truth. Latency of a
+frame = time its classification arrived here - its header stamp (same clock when the camera runs in
+this process or on this machine). Accuracy matches classifications to ground truth by header stamp.
+"""
+
+import threading
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
+
+from mix_perception.ros.diagnostics import values_of
+from mix_perception.ros.safety_monitor import STATUS_QOS
+
+TRUTH_MEMORY = 10_000
+
+
+def stamp_key(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+class SummaryNode(Node):
+    def __init__(self, **node_kwargs):
+        super().__init__("run_summary", **node_kwargs)
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        from mix_perception.msg import MixedClassification, SafetyStatus
+
+        self.lock = threading.Lock()
+        self.truth: dict[int, int] = {}
+        self.latencies_ms: list[float] = []
+        self.inference_ms: list[float] = []
+        self.radii: list[float] = []
+        self.certified = 0
+        self.frames = 0
+        self.with_truth = 0
+        self.correct = 0
+        self.statuses = 0
+        self.unsafe = 0
+        self.flags: dict[str, int] = {}
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(DiagnosticArray, "/demo_camera/ground_truth", self._on_truth, reliable)
+        self.create_subscription(MixedClassification, "/mixer/classification", self._on_classification, reliable)
+        self.create_subscription(SafetyStatus, "/safety_monitor/status", self._on_status, STATUS_QOS)
+
+    def _on_truth(self, msg) -> None:
+        if not msg.status:
+            return
+        label_id = int(values_of(msg.status[0]).get("label_id", -1))
+        with self.lock:
+            self.truth[stamp_key(msg.header.stamp)] = label_id
+            if len(self.truth) > TRUTH_MEMORY:
+                self.truth.pop(next(iter(self.truth)))
+
+    def _on_classification(self, msg) -> None:
+        now = self.get_clock().now()
+        latency_ms = (now - Time.from_msg(msg.header.stamp, clock_type=now.clock_type)).nanoseconds / 1e6
+        with self.lock:
+            self.frames += 1
+            self.latencies_ms.append(latency_ms)
+            self.inference_ms.append(msg.inference_ms)
+            if msg.certified:
+                self.certified += 1
+                self.radii.append(msg.certified_radius)
+            label = self.truth.pop(stamp_key(msg.header.stamp), -1)
+            if label >= 0:
+                self.with_truth += 1
+                self.correct += int(label == msg.class_id)
+
+    def _on_status(self, msg) -> None:
+        with self.lock:
+            self.statuses += 1
+            if not msg.safe:
+                self.unsafe += 1
+                for reason in filter(None, (part.strip() for part in msg.reason.split(";"))):
+                    self.flags[reason] = self.flags.get(reason, 0) + 1
+
+    def report(self, seconds: float, mixer_counters: dict) -> dict:
+        """Summary dict: frames, rate_hz, latency p50/p99 (ms), accuracy, certified fraction, flags by reason."""
+        with self.lock:
+            latencies = np.asarray(self.latencies_ms, dtype=float)
+            return {
+                "seconds": seconds,
+                "frames": self.frames,
+                "rate_hz": self.frames / seconds if seconds > 0 else 0.0,
+                "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies.size else 0.0,
+                "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies.size else 0.0,
+                "inference_p50_ms": float(np.median(self.inference_ms)) if self.inference_ms else 0.0,
+                "frames_with_truth": self.with_truth,
+                "accuracy": self.correct / self.with_truth if self.with_truth else None,
+                "certified_fraction": self.certified / self.frames if self.frames else None,
+                "median_certified_radius": float(np.median(self.radii)) if self.radii else 0.0,
+                "statuses": self.statuses,
+                "unsafe": self.unsafe,
+                "flags_by_reason": dict(self.flags),
+                "mixer": dict(mixer_counters),
+            }
