@@ -75,6 +75,34 @@ class FrameResult(NamedTuple):
     inference_ms: float
 
 
+class Published(NamedTuple):
+    """The certificate fields of a MixedClassification."""
+
+    radius: float
+    kind: int
+    norm: str
+    certified: bool
+    confidence: float
+
+
+NO_CERTIFICATE = Published(0.0, CERTIFICATE_NONE, "", False, 0.0)
+
+
+def publishable_certificate(
+    core_certified: bool, certified_class: int, radius: float, class_id: int, alpha: float, certification
+) -> Published:
+    """What may be published for one frame, given the core's certify result for it.
+
+    Certified only when the core certified (its bounds separate; it never does for alpha <= 1/2),
+    alpha > 1/2, the radius is positive and finite, and the class the certificate is about equals the
+    published mixed class `class_id`. Otherwise nothing (radius 0, CERTIFICATE_NONE).
+    """
+    if not (core_certified and alpha > 0.5 and certified_class == class_id and 0.0 < radius < math.inf):
+        return NO_CERTIFICATE
+    kind = CERTIFICATE_SMOOTHING if certification.method == "smoothing" else CERTIFICATE_LIPSCHITZ
+    return Published(radius, kind, "l2", True, 1.0 - certification.delta)
+
+
 def top_two_margin(probs: torch.Tensor) -> float:
     """Top-1 minus runner-up of a probability vector (C,); the top-1 itself when C == 1."""
     if probs.numel() < 2:
@@ -132,25 +160,26 @@ class FrameClassifier:
         robust_probs = torch.softmax(robust_logits, dim=-1)[0].float().cpu()
         inference_ms = (time.perf_counter() - start) * 1000.0
         class_id = int(probs.argmax())
-        radius, kind, norm, certified, confidence = 0.0, CERTIFICATE_NONE, "", False, 0.0
+        published = NO_CERTIFICATE
         if certificate is not None:
-            core_says = bool(certificate.certified[0]) and alpha > 0.5
-            same_class = int(certificate.prediction[0]) == class_id
-            value = float(certificate.radius[0])
-            if core_says and same_class and value > 0.0 and math.isfinite(value):
-                radius, norm, certified = value, "l2", True
-                kind = CERTIFICATE_SMOOTHING if self.certification.method == "smoothing" else CERTIFICATE_LIPSCHITZ
-                confidence = 1.0 - self.certification.delta
+            published = publishable_certificate(
+                bool(certificate.certified[0]),
+                int(certificate.prediction[0]),
+                float(certificate.radius[0]),
+                class_id,
+                alpha,
+                self.certification,
+            )
         return FrameResult(
             class_id=class_id,
             probabilities=probs.numpy(),
             alpha=alpha,
             robust_class_id=int(robust_probs.argmax()),
             robust_margin=top_two_margin(robust_probs),
-            certified_radius=radius,
-            certificate=kind,
-            norm=norm,
-            certified=certified,
-            confidence=confidence,
+            certified_radius=published.radius,
+            certificate=published.kind,
+            norm=published.norm,
+            certified=published.certified,
+            confidence=published.confidence,
             inference_ms=inference_ms,
         )

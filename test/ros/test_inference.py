@@ -1,0 +1,109 @@
+"""FrameClassifier: the mixture it publishes, and that only the core's certificates are published."""
+
+import pytest
+import torch
+from torch import nn
+
+from mix_perception.core.mixing import mix_logits
+from mix_perception.core.smoothing import SmoothedClassifier
+from mix_perception.ros.inference import (
+    CERTIFICATE_LIPSCHITZ,
+    CERTIFICATE_NONE,
+    CERTIFICATE_SMOOTHING,
+    NO_CERTIFICATE,
+    Certification,
+    FrameClassifier,
+    publishable_certificate,
+)
+
+
+class Constant(nn.Module):
+    """Logits `strength` for class `label`, 0 elsewhere, whatever the input (shape (N, 10))."""
+
+    def __init__(self, label: int, strength: float = 20.0):
+        super().__init__()
+        self.register_buffer("logits", torch.nn.functional.one_hot(torch.tensor(label), 10).float() * strength)
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def linear(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+
+
+X = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+SMOOTHING = Certification("smoothing", sigma=0.25, samples=200, select_samples=16, delta=0.001, seed=1)
+
+
+def test_no_certification_publishes_the_plain_mixture():
+    g, h = linear(0), linear(1)
+    classifier = FrameClassifier(g, h, Certification("none"))
+    for alpha in (0.0, 0.3, 0.75, 1.0):
+        result = classifier.classify(X, alpha)
+        expected = torch.softmax(mix_logits(g(X), h(X), alpha), dim=-1)[0]
+        torch.testing.assert_close(torch.from_numpy(result.probabilities), expected.detach())
+        assert result.class_id == int(expected.argmax())
+        assert result.robust_class_id == int(h(X).argmax())
+        assert result.alpha == alpha
+        assert (result.certified, result.certificate, result.certified_radius, result.norm) == (
+            False,
+            CERTIFICATE_NONE,
+            0.0,
+            "",
+        )
+        assert result.inference_ms > 0
+
+
+@pytest.mark.parametrize("method, kind", [("smoothing", CERTIFICATE_SMOOTHING), ("lipschitz", CERTIFICATE_LIPSCHITZ)])
+def test_a_confident_robust_model_is_certified_with_the_cores_radius(method, kind):
+    certification = Certification(method, sigma=0.25, samples=200, select_samples=16, delta=0.001, seed=1)
+    classifier = FrameClassifier(linear(0), Constant(3), certification)
+    result = classifier.classify(X, 0.8)
+    assert result.class_id == 3 and result.robust_class_id == 3
+    assert result.certified and result.certificate == kind and result.norm == "l2"
+    assert result.confidence == pytest.approx(0.999)
+    reference = SmoothedClassifier(Constant(3), 0.25, seed=1).certify(
+        X, 0.8, n_select=16, n_estimate=200, delta=0.001, method=method
+    )
+    assert result.certified_radius == pytest.approx(float(reference.radius[0]), rel=1e-6)
+    assert result.robust_margin == pytest.approx(1.0)
+    assert abs(float(result.probabilities.sum()) - 1.0) < 1e-5
+
+
+def test_alpha_at_most_half_is_never_certified():
+    classifier = FrameClassifier(linear(0), Constant(3), SMOOTHING)
+    for alpha in (0.0, 0.25, 0.5):
+        result = classifier.classify(X, alpha)
+        assert not result.certified and result.certified_radius == 0.0 and result.certificate == CERTIFICATE_NONE
+
+
+def test_a_robust_model_split_between_classes_is_not_certified():
+    class CoinFlip(nn.Module):  # class 1 or 2 depending on the sign of the noise at one pixel
+        def forward(self, x):
+            positive = (x[:, 0, 0, 0] > X[0, 0, 0, 0]).float().unsqueeze(1)
+            logits = torch.zeros(x.shape[0], 10)
+            return logits + 10 * torch.cat([torch.zeros_like(positive), positive, 1 - positive, logits[:, 3:]], 1)
+
+    result = FrameClassifier(linear(0), CoinFlip(), SMOOTHING).classify(X, 0.9)
+    assert not result.certified and result.certified_radius == 0.0
+
+
+def test_publishable_certificate_needs_the_same_class_and_a_real_certificate():
+    assert publishable_certificate(True, 3, 0.4, 3, 0.8, SMOOTHING).certified
+    assert publishable_certificate(True, 3, 0.4, 5, 0.8, SMOOTHING) == NO_CERTIFICATE  # mixed class differs
+    assert publishable_certificate(False, 3, 0.4, 3, 0.8, SMOOTHING) == NO_CERTIFICATE
+    assert publishable_certificate(True, 3, 0.4, 3, 0.5, SMOOTHING) == NO_CERTIFICATE
+    assert publishable_certificate(True, 3, 0.0, 3, 0.8, SMOOTHING) == NO_CERTIFICATE
+    assert publishable_certificate(True, 3, float("inf"), 3, 0.8, SMOOTHING) == NO_CERTIFICATE
+    assert publishable_certificate(True, 3, float("nan"), 3, 0.8, SMOOTHING) == NO_CERTIFICATE
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(method="exact"), dict(sigma=0.0), dict(samples=1), dict(select_samples=0), dict(delta=1.0)],
+)
+def test_invalid_certification_settings(kwargs):
+    with pytest.raises(ValueError):
+        Certification(**kwargs)
