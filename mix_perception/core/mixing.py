@@ -27,15 +27,14 @@ def check_alpha(alpha) -> float:
 def mix_log_probs(standard_log_probs: torch.Tensor, robust_log_probs: torch.Tensor, alpha: float) -> torch.Tensor:
     """log((1 - alpha) exp(a) + alpha exp(b)) elementwise, for log-probabilities a, b of shape (N, C).
 
-    Computed as logsumexp(log(1 - alpha) + a, log(alpha) + b); at alpha = 0 or 1 the result is
+    Computed as logaddexp(log(1 - alpha) + a, log(alpha) + b); at alpha = 0 or 1 the result is
     exactly a or b (no log(0) term enters, so no NaN and no gradient through the unused side).
     """
     if alpha == 0.0:
         return standard_log_probs
     if alpha == 1.0:
         return robust_log_probs
-    weighted = torch.stack((standard_log_probs + math.log1p(-alpha), robust_log_probs + math.log(alpha)))
-    return torch.logsumexp(weighted, dim=0)
+    return torch.logaddexp(standard_log_probs + math.log1p(-alpha), robust_log_probs + math.log(alpha))
 
 
 def mix_logits(standard_logits: torch.Tensor, robust_logits: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -78,14 +77,17 @@ class MixedClassifier(nn.Module):
     def alpha(self, value) -> None:
         self._alpha = check_alpha(value)
 
+    def base_log_probs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log softmax of g(x) and of h(x), each (N, C): one forward of each model."""
+        return torch.log_softmax(self.standard(x), dim=-1), torch.log_softmax(self.robust(x), dim=-1)
+
     def forward_parts(self, x: torch.Tensor) -> MixedOutput:
-        standard_log_probs = torch.log_softmax(self.standard(x), dim=-1)
-        robust_log_probs = torch.log_softmax(self.robust(x), dim=-1)
+        standard_log_probs, robust_log_probs = self.base_log_probs(x)
         logits = mix_log_probs(standard_log_probs, robust_log_probs, self._alpha)
         return MixedOutput(logits, standard_log_probs.exp(), robust_log_probs.exp())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_parts(x).logits
+        return mix_log_probs(*self.base_log_probs(x), self._alpha)
 
     def extra_repr(self) -> str:
         return f"alpha={self._alpha}"

@@ -1,0 +1,108 @@
+"""Benchmark of the core library: overhead of mixing, and Monte Carlo throughput of smoothing certify.
+
+Prints, per device (CPU, and CUDA when present):
+- batch 1 and 64: median time of MixedClassifier's forward / median time of g then h run back to back
+  without mixing (target <= 1.05);
+- noise samples per second of SmoothedClassifier.certify / inputs per second of hbar's plain
+  batched forward at the same batch size (target >= 0.9).
+
+Models: the embedded defaults (standard, robust, smoothing) when shipped, else freshly initialised
+networks of the same architecture (the timing does not depend on the weights). Nothing is asserted.
+
+    .venv/bin/python benchmarks/core.py [--repeats 30] [--samples 10000] [--threads 2]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from mix_perception.core.architectures import build
+from mix_perception.core.mixing import MixedClassifier
+from mix_perception.core.models import ModelLoadError, load_default
+from mix_perception.core.smoothing import SmoothedClassifier
+
+
+def load_or_build(name: str, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The shipped default model `name`, or a fresh fmnist_cnn when it is not shipped."""
+    try:
+        return load_default(name, device=device), f"default:{name}"
+    except ModelLoadError:
+        return build("fmnist_cnn").eval().to(device), "fmnist_cnn (random init)"
+
+
+def seconds(function, device: torch.device) -> float:
+    """Wall time of one call of function(), waiting for the GPU when there is one."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def paired_medians(first, second, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Median times of two functions, timed alternately after 3 warm-up calls each, so that
+    background load affects both alike."""
+    for _ in range(3):
+        first(), second()
+    pairs = [(seconds(first, device), seconds(second, device)) for _ in range(repeats)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+
+
+@torch.inference_mode()
+def mixing_overhead(standard, robust, device, batch: int, repeats: int) -> float:
+    mixed = MixedClassifier(standard, robust, alpha=0.7)
+    x = torch.rand(batch, 1, 28, 28, device=device)
+    mixed_time, plain_time = paired_medians(lambda: mixed(x), lambda: (standard(x), robust(x)), repeats, device)
+    print(f"  batch {batch:3d}: mixed {mixed_time * 1e3:8.3f} ms   g+h {plain_time * 1e3:8.3f} ms   "
+          f"ratio {mixed_time / plain_time:.3f}  (target <= 1.05)")
+    return mixed_time / plain_time
+
+
+@torch.inference_mode()
+def certify_throughput(base, device, samples: int, batch_size: int, repeats: int) -> float:
+    smoothed = SmoothedClassifier(base, sigma=0.25, batch_size=batch_size, seed=0)
+    x = torch.rand(1, 1, 28, 28, device=device)
+    n_select = 64
+    noisy = torch.rand(batch_size, 1, 28, 28, device=device)
+    certify_time, forward_time = paired_medians(
+        lambda: smoothed.certify(x, 0.8, n_select=n_select, n_estimate=samples - n_select),
+        lambda: base(noisy),
+        repeats,
+        device,
+    )
+    certify_rate = samples / certify_time
+    forward_rate = batch_size / forward_time
+    print(f"  certify {samples} samples: {certify_rate:10.0f} samples/s   plain forward (batch {batch_size}): "
+          f"{forward_rate:10.0f} inputs/s   ratio {certify_rate / forward_rate:.3f}  (target >= 0.9)")
+    return certify_rate / forward_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30, help="timed repetitions per figure")
+    parser.add_argument("--samples", type=int, default=10_000, help="noise samples per certify call")
+    parser.add_argument("--batch-size", type=int, default=1000, help="smoothing batch size")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} threads"
+        standard, standard_name = load_or_build("standard", device)
+        robust, robust_name = load_or_build("robust", device)
+        base, base_name = load_or_build("smoothing", device)
+        print(f"device {device} ({name}); torch {torch.__version__}")
+        print(f" g = {standard_name}, h = {robust_name}, smoothing base = {base_name}")
+        print(" mixed forward / (g then h, unmixed):")
+        for batch in (1, 64):
+            mixing_overhead(standard, robust, device, batch, args.repeats)
+        print(" smoothing certify throughput / plain batched forward of hbar:")
+        certify_throughput(base, device, args.samples, args.batch_size, max(3, args.repeats // 10))
+
+
+if __name__ == "__main__":
+    main()
