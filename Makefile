@@ -65,7 +65,7 @@ $(CONFIGURE_STAMP): $(VENV_STAMP)
 build: $(CONFIGURE_STAMP)
 	AMENT_PREFIX_PATH=$(VENV_ABS) cmake --build $(BUILD_DIR) -j $(JOBS)
 	touch $(BUILD_DIR)/install_manifest.txt && cp $(BUILD_DIR)/install_manifest.txt $(BUILD_DIR)/install_manifest.prev
-	cmake --install $(BUILD_DIR) | { grep -v -e '^-- Up-to-date:' -e '^-- Installing:' -e '^Listing' -e '^Compiling' || true; }
+	cmake --install $(BUILD_DIR) | { grep -v -e '^-- Up-to-date:' -e '^-- Installing:' -e '^-- Set runtime path' -e '^Listing' -e '^Compiling' || true; }
 	comm -23 <(sort $(BUILD_DIR)/install_manifest.prev) <(sort $(BUILD_DIR)/install_manifest.txt) \
 		| while read -r stale; do echo "removing stale $$stale"; rm -f "$$stale"; done
 
