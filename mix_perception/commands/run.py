@@ -27,7 +27,7 @@ def default_config() -> Path:
 
         try:
             candidates.append(Path(get_package_share_directory("mix_perception")) / "config" / "mixer.yaml")
-        except (PackageNotFoundError, KeyError, ValueError):
+        except (PackageNotFoundError, KeyError, ValueError, OSError):  # OSError: AMENT_PREFIX_PATH unset
             pass
     except ImportError:
         pass
