@@ -18,6 +18,15 @@ def load_description():
     return module.generate_launch_description()
 
 
+def text(value) -> str:
+    """A launch attribute (str or list of substitutions) as text."""
+    from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
+
+    from launch import LaunchContext
+
+    return perform_substitutions(LaunchContext(), normalize_to_list_of_substitutions(value))
+
+
 def test_launch_description_declares_arguments_and_nodes():
     from launch.actions import DeclareLaunchArgument
     from launch_ros.actions import Node
@@ -26,5 +35,6 @@ def test_launch_description_declares_arguments_and_nodes():
     arguments = {a.name for a in description.entities if isinstance(a, DeclareLaunchArgument)}
     assert arguments == {"image_topic", "params_file", "device", "demo"}
     nodes = [e for e in description.entities if isinstance(e, Node)]
-    assert [n.node_executable for n in nodes] == ["mixer_node", "safety_monitor", "demo_camera"]
+    assert [text(n.node_executable) for n in nodes] == ["mixer_node", "safety_monitor", "demo_camera"]
+    assert {text(n.node_package) for n in nodes} == {"mix_perception"}
     assert nodes[2].condition is not None
