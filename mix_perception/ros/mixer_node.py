@@ -311,9 +311,11 @@ class MixerNode(Node):
         self.diagnostics_pub.publish(diagnostics.make_array(self.get_clock().now().to_msg(), [status]))
 
     def destroy_node(self):
-        self.slot.close()
-        if self.worker.is_alive() and threading.current_thread() is not self.worker:
-            self.worker.join(timeout=5.0)
+        slot, worker = getattr(self, "slot", None), getattr(self, "worker", None)  # None: __init__ failed early
+        if slot is not None:
+            slot.close()
+        if worker is not None and worker.is_alive() and threading.current_thread() is not worker:
+            worker.join(timeout=5.0)
         return super().destroy_node()
 
 
