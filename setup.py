@@ -42,8 +42,11 @@ setup(
         "scipy>=1.11",
         "pyyaml>=6",
         "tqdm>=4.60",
+        "matplotlib>=3.7",
     ],
     extras_require={
+        "autoattack": ["pyautoattack>=0.2"],
+        "mcap": ["mcap>=1.1"],
         "test": ["pytest>=8", "hypothesis>=6"],
     },
     entry_points={
