@@ -216,3 +216,97 @@ def test_launch_and_config_are_installed():
         for source in sorted((REPO_ROOT / folder).glob("*")):
             if source.is_file():
                 assert (share / folder / source.name).is_file(), f"{folder}/{source.name} not installed in {share}"
+
+
+# Every third-party module the code, launch files, benchmarks and tests import: the pip
+# requirement that installs it into .venv (None: not installable from PyPI) and the package.xml
+# dependency a system ROS 2 install resolves (None: optional, no rosdep key).
+THIRD_PARTY = {
+    "torch": ("torch", "python3-torch"),
+    "torchvision": ("torchvision", "python3-torchvision"),
+    "numpy": ("numpy", "python3-numpy"),
+    "scipy": ("scipy", "python3-scipy"),
+    "yaml": ("pyyaml", "python3-yaml"),
+    "tqdm": ("tqdm", "python3-tqdm"),
+    "matplotlib": ("matplotlib", "python3-matplotlib"),
+    "pyautoattack": ("pyautoattack", None),
+    "mcap": ("mcap", None),
+    "PIL": ("pillow", "python3-pil"),
+    "rclpy": ("ros-rclpy", "rclpy"),
+    "std_msgs": ("ros-std-msgs", "std_msgs"),
+    "sensor_msgs": ("ros-sensor-msgs", "sensor_msgs"),
+    "diagnostic_msgs": ("ros-diagnostic-msgs", "diagnostic_msgs"),
+    "rcl_interfaces": ("ros-rcl-interfaces", "rcl_interfaces"),
+    "builtin_interfaces": ("ros-builtin-interfaces", "builtin_interfaces"),
+    "ament_index_python": ("ros-ament-index-python", "ament_index_python"),
+    "catkin_pkg": ("catkin-pkg", None),
+    "launch": (None, "launch"),
+    "launch_ros": (None, "launch_ros"),
+    "launch_testing": (None, "launch_testing"),
+    "pytest": ("pytest", "python3-pytest"),
+    "hypothesis": ("hypothesis", "python3-hypothesis"),
+}
+SCANNED = ["mix_perception", "launch", "benchmarks", "test"]
+
+
+def _imported_top_level_modules() -> dict[str, str]:
+    """{module: first file importing it} over SCANNED, lazy imports inside functions included."""
+    import ast
+
+    found = {}
+    local = {path.stem for path in (REPO_ROOT / "test").rglob("*.py")}
+    for folder in SCANNED:
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top != "mix_perception" and top not in local:
+                        found.setdefault(top, str(path.relative_to(REPO_ROOT)))
+    return found
+
+
+def _requirement_names() -> set[str]:
+    import re
+
+    names = set()
+    for path in (REPO_ROOT / "requirements").glob("*.txt"):
+        for line in path.read_text().splitlines():
+            match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==", line)
+            if match:
+                names.add(re.sub(r"[-_.]+", "-", match.group(1)).lower())
+    return names
+
+
+def test_every_imported_package_is_declared():
+    """A module installed by hand into one .venv must not be what the code or tests rely on."""
+    if not (REPO_ROOT / "requirements").is_dir():
+        pytest.skip("no source tree next to the tests")
+    package_xml = (REPO_ROOT / "package.xml").read_text()
+    requirements = _requirement_names()
+    imported = _imported_top_level_modules()
+
+    unknown = {module: where for module, where in imported.items() if module not in THIRD_PARTY}
+    assert not unknown, f"imports not declared (add to requirements/*.txt, package.xml, THIRD_PARTY): {unknown}"
+    for module in imported:
+        pip_name, ros_key = THIRD_PARTY[module]
+        if pip_name is not None:
+            assert pip_name in requirements, f"{module} ({imported[module]}): pin {pip_name} in requirements/"
+        if ros_key is not None:
+            assert f">{ros_key}</" in package_xml, f"{module} ({imported[module]}): add {ros_key} to package.xml"
+
+
+def test_package_xml_is_valid():
+    catkin_pkg_package = pytest.importorskip("catkin_pkg.package")
+    package = catkin_pkg_package.parse_package(str(REPO_ROOT / "package.xml"))
+    package.validate()
+
+    assert package.name == "mix_perception"
+    assert package.package_format == 3
+    assert package.get_build_type() == "ament_cmake"
+    assert "rosidl_interface_packages" in [group.name for group in package.member_of_groups]
