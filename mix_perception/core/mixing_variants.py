@@ -38,9 +38,7 @@ def output_gradient_norms(model: nn.Module, x: torch.Tensor, reduce_max: bool = 
             outputs = [logits.max(dim=-1).values]
         else:
             outputs = [logits[:, i] for i in range(logits.shape[-1])]
-        norms = [
-            torch.autograd.grad(out.sum(), x, retain_graph=True)[0].flatten(1).norm(dim=1) for out in outputs
-        ]
+        norms = [torch.autograd.grad(out.sum(), x, retain_graph=True)[0].flatten(1).norm(dim=1) for out in outputs]
     return torch.stack(norms, dim=-1)
 
 

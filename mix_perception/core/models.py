@@ -99,7 +99,7 @@ def resolve_device(spec="auto") -> torch.device:
     if text == "cpu":
         return torch.device("cpu")
     if text == "cuda" or text.startswith("cuda:"):
-        index = text[len("cuda:"):] if text.startswith("cuda:") else "0"
+        index = text[len("cuda:") :] if text.startswith("cuda:") else "0"
         if not index.isdigit():
             raise ValueError(f"invalid device {spec!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if not torch.cuda.is_available():
@@ -154,7 +154,7 @@ def _check_file(path: Path) -> None:
 def _build_architecture(path: Path, arch: str, num_classes: int) -> nn.Module:
     """An untrained network: torchvision classification model `arch`, or ours for "mix_perception:<name>"."""
     if arch.startswith(OUR_ARCH_PREFIX):
-        name = arch[len(OUR_ARCH_PREFIX):]
+        name = arch[len(OUR_ARCH_PREFIX) :]
         try:
             from mix_perception.core import architectures
         except ImportError as error:
@@ -289,7 +289,7 @@ def load_model(
     ValueError for an invalid device.
     """
     if isinstance(path, str) and path.startswith(DEFAULT_PREFIX):
-        return load_default(path[len(DEFAULT_PREFIX):], device=device)
+        return load_default(path[len(DEFAULT_PREFIX) :], device=device)
     device = resolve_device(device)
     path = Path(os.fspath(path))
     _check_file(path)
@@ -313,7 +313,7 @@ def load_model(
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
         raise _fail(path, "not a state_dict (expected names mapped to tensors) nor a dict with a 'state_dict' key")
     if all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
 
     arch = arch if arch is not None else meta.get("arch")
     if not isinstance(arch, str) or not arch:

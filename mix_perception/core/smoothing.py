@@ -177,4 +177,3 @@ class SmoothedClassifier(nn.Module):
         mean = estimate.total.double() / n
         variance = ((estimate.total_squares.double() - n * mean.square()) / (n - 1)).clamp_min(0.0)
         return bounds.bernstein_lower(mean, variance, n, delta), bounds.bernstein_upper(mean, variance, n, delta)
-
