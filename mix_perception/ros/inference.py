@@ -40,7 +40,7 @@ class Certification:
 
     method: str = "smoothing"
     sigma: float = 0.25
-    samples: int = 256
+    samples: int = 192
     select_samples: int = 32
     delta: float = 0.001
     batch_size: int = 512

@@ -71,7 +71,7 @@ MIXER = (
         "(must match the sigma the robust model was trained with)",
         bounds=(1e-6, 10.0),
     ),
-    Spec("smoothing.samples", 256, "Monte Carlo samples used to bound h (n_estimate)", bounds=(2, 1_000_000)),
+    Spec("smoothing.samples", 192, "Monte Carlo samples used to bound h (n_estimate)", bounds=(2, 1_000_000)),
     Spec(
         "smoothing.select_samples", 32, "Monte Carlo samples used to choose h's class (n_select)", bounds=(1, 1_000_000)
     ),
@@ -107,7 +107,13 @@ MIXER = (
         bounds=(1, 1000),
     ),
     Spec("subscribe_compressed", False, "also subscribe image/compressed (sensor_msgs/CompressedImage)"),
-    Spec("cpu_threads", 0, "torch CPU threads; 0 = torch's default", bounds=(0, 1024)),
+    Spec(
+        "cpu_threads",
+        1,
+        "torch CPU threads; 0 = torch's default (all cores). 1 keeps the other cores free for DDS and the "
+        "other nodes, and avoids torch's thread contention on a busy 2-core machine",
+        bounds=(0, 1024),
+    ),
     Spec("diagnostics_period", 1.0, "seconds between /diagnostics messages", bounds=(0.05, 3600.0)),
 )
 
