@@ -166,6 +166,7 @@ def main(args) -> int:
     torch.set_num_threads(args.threads)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    run_start = time.monotonic()
     try:
         train, test, info = _load_data(args)
         mean, std = training.normalization(train.images)
@@ -177,7 +178,7 @@ def main(args) -> int:
             if name in args.epochs:
                 recipe = dataclasses.replace(recipe, epochs=args.epochs[name])
             start = time.monotonic()
-            model = training.train(recipe, train.images, train.labels, mean, std, args.seed, device)
+            model, history = training.train(recipe, train.images, train.labels, mean, std, args.seed, device)
             train_s = time.monotonic() - start
             metrics = training.measure(
                 name, model, test.images, test.labels, args.seed, device, smoothing_samples=args.smoothing_samples
@@ -185,6 +186,7 @@ def main(args) -> int:
             eval_s = time.monotonic() - start - train_s
             torch.save(training.checkpoint(name, model, mean, std), args.out_dir / f"{name}.pt")
             card = _model_card(name, recipe, info, metrics, args, device, train_s, eval_s, mean, std)
+            card["history"] = history
             (args.out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
             print(
                 f"{name}: trained in {train_s:.0f} s, measured in {eval_s:.0f} s: {_summary(metrics)}; "
@@ -192,6 +194,7 @@ def main(args) -> int:
             )
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+    print(f"train-default finished in {time.monotonic() - run_start:.0f} s")
     return 0
 
 

@@ -16,6 +16,7 @@ seeded torch.Generator objects (shuffling, flips, attack starts, noise), so a ru
 the same machine, torch version, device and thread count.
 """
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -94,12 +95,14 @@ def train(
     seed: int,
     device: torch.device | str = "cpu",
     progress: Callable[[str], None] = print,
-) -> nn.Module:
+) -> tuple[nn.Module, list[dict]]:
     """Train a new fmnist_cnn by `recipe` on images (N, 1, 28, 28) in [0, 1] and int64 labels (N,).
 
-    Returns the Normalized(network, mean, std) wrapper (takes [0, 1] pixels) in eval mode on `device`;
-    its `.model` is the bare network whose state_dict goes into the checkpoint. `progress` receives
-    one line per epoch (loss, training accuracy on the inputs trained on, learning rate, seconds);
+    Returns the Normalized(network, mean, std) wrapper (takes [0, 1] pixels) in eval mode on `device`
+    (its `.model` is the bare network whose state_dict goes into the checkpoint), and the history:
+    per epoch {"epoch", "loss", "train_accuracy", "seconds", "load_average"}, where load_average is
+    the machine's 1-minute load average at the end of the epoch (other processes slow training down).
+    `progress` receives one line per epoch (loss, training accuracy on the inputs trained on, lr, seconds);
     a tqdm bar also shows the batches when tqdm is installed and stderr is a terminal.
     """
     torch.manual_seed(seed)
@@ -117,6 +120,7 @@ def train(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=recipe.max_lr, total_steps=recipe.epochs * steps_per_epoch, pct_start=0.2
     )
+    history = []
     for epoch in range(recipe.epochs):
         start, total_loss, correct = time.monotonic(), 0.0, 0
         model.train()
@@ -132,12 +136,21 @@ def train(
             schedule.step()
             total_loss += loss.item() * len(index)
             correct += int((logits.argmax(dim=1) == y).sum())
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": round(total_loss / n, 4),
+                "train_accuracy": round(correct / n, 4),
+                "seconds": round(time.monotonic() - start, 1),
+                "load_average": round(os.getloadavg()[0], 2),
+            }
+        )
         progress(
             f"{recipe.name} epoch {epoch + 1}/{recipe.epochs}: loss {total_loss / n:.4f}, "
             f"train accuracy {correct / n:.2%}, lr {schedule.get_last_lr()[0]:.4f}, "
-            f"{time.monotonic() - start:.0f} s"
+            f"{history[-1]['seconds']:.0f} s, load average {history[-1]['load_average']:.1f}"
         )
-    return model.eval()
+    return model.eval(), history
 
 
 def _batches(order: torch.Tensor, batch_size: int, label: str):
