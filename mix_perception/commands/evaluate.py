@@ -1,0 +1,558 @@
+"""Evaluate the mixture of a standard model g and a robust model h over a list of alphas.
+
+Measures, for each alpha: clean accuracy; accuracy under PGD aimed at g (STD), at h (ROB) and
+end-to-end at the mixture (MIX, adaptive), and the per-image worst of them; optionally AutoAttack on
+the mixture (pyautoattack). Also h's confidence margins (the paper's Table 1) and, with --certify,
+certified accuracy against l2 radius of the mixture with the Gaussian-smoothed h and of h alone at
+equal clean accuracy (Figure 3). Writes OUT/results.json and PNG plots (accuracy_vs_alpha.png,
+tradeoff.png, certified_accuracy_<method>.png). The results.json schema is in the README ("Evaluation and
+calibration").
+
+Models: "default:standard", "default:robust", "default:smoothing" (embedded), or a file: a
+checkpoint dict, a bare state_dict (give --standard-arch / --robust-arch: a torchvision name such as
+resnet18, or mix_perception:fmnist_cnn), or TorchScript. Data: the shipped Fashion-MNIST "test" or
+"calibration" split, or an .npz with images and labels.
+
+Example (1,000 test images, PGD-20 l_inf 0.1, the embedded models):
+
+    mix-perception evaluate --limit 1000 --alphas 0,0.5,0.6,0.7,0.8,1 --out results/
+"""
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_ALPHAS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
+
+
+# --- argument types -----------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def float_list(text: str) -> list[float]:
+    """'0,0.5,1' -> [0.0, 0.5, 1.0] (finite numbers, at least one)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of numbers")
+    return [finite_float(p) for p in parts]
+
+
+def alpha_list(text: str) -> list[float]:
+    values = float_list(text)
+    bad = [v for v in values if not 0.0 <= v <= 1.0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"alphas must lie in [0, 1], got {bad}")
+    return sorted(set(values))
+
+
+def name_list(choices):
+    def parse(text: str) -> list[str]:
+        if text.strip().lower() in ("", "none"):
+            return []
+        names = [p.strip().lower() for p in text.split(",") if p.strip()]
+        unknown = [n for n in names if n not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(choices)}")
+        return list(dict.fromkeys(names))
+
+    return parse
+
+
+def transform_spec(text: str):
+    """'none' | 'temperature:S' | 'mixednuts:S,P,C' -> calibration.Transform."""
+    from mix_perception.core.calibration import Transform
+
+    kind, _, values = text.strip().lower().partition(":")
+    try:
+        if kind == "none" and not values:
+            return Transform()
+        if kind == "temperature":
+            return Transform("temperature", positive_float(values))
+        if kind == "mixednuts":
+            scale, power, offset = (finite_float(v) for v in values.split(","))
+            if scale <= 0 or power < 1:
+                raise argparse.ArgumentTypeError("mixednuts needs scale > 0 and power >= 1")
+            return Transform("mixednuts", scale, power, offset)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected none, temperature:S or mixednuts:S,P,C; got {text!r}")
+
+
+# --- shared options (evaluate and calibrate) ---------------------------------------------------------
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("models")
+    group.add_argument("--standard", default="default:standard", help="g: default:<name> or a model file")
+    group.add_argument("--standard-arch", default=None, help="architecture of a bare state_dict for g")
+    group.add_argument("--robust", default="default:robust", help="h: default:<name> or a model file")
+    group.add_argument("--robust-arch", default=None, help="architecture of a bare state_dict for h")
+    group.add_argument("--num-classes", type=positive_int, default=None, help="classes of bare state_dicts")
+    group.add_argument("--mean", type=float_list, default=None, help="per-channel mean for model files (e.g. 0.286)")
+    group.add_argument("--std", type=float_list, default=None, help="per-channel std for model files (e.g. 0.353)")
+    group.add_argument(
+        "--input-channels",
+        type=positive_int,
+        default=None,
+        help="channels of the data, e.g. 1 to feed grey images to a 3-channel torchvision model",
+    )
+
+
+def add_data_options(parser: argparse.ArgumentParser, default="test", name="--data") -> None:
+    parser.add_argument(
+        name, default=default, help=f"test | calibration (shipped Fashion-MNIST splits) | file.npz (default {default})"
+    )
+
+
+def add_attack_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("attacks")
+    group.add_argument("--norm", choices=("linf", "l2"), default="linf", help="PGD norm (default linf)")
+    group.add_argument("--eps", type=nonnegative_float, default=0.1, help="PGD radius, pixels in [0, 1] (default 0.1)")
+    group.add_argument("--steps", type=nonnegative_int, default=20, help="PGD steps (default 20)")
+    group.add_argument("--step-size", type=positive_float, default=None, help="PGD step (default 2.5 eps / steps)")
+
+
+def add_certify_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("certification (Gaussian smoothing of --smoothing-model)")
+    group.add_argument(
+        "--smoothing-model",
+        default=None,
+        help="base model of the smoothed h (default: default:smoothing when --robust is an embedded model, "
+        "else --robust)",
+    )
+    group.add_argument("--smoothing-arch", default=None, help="architecture of a bare state_dict smoothing model")
+    group.add_argument("--sigma", type=positive_float, default=0.25, help="smoothing noise std (default 0.25)")
+    group.add_argument("--n-select", type=positive_int, default=64, help="noise draws choosing h's class (default 64)")
+    group.add_argument("--n-estimate", type=positive_int, default=512, help="noise draws bounding h (default 512)")
+    group.add_argument("--delta", type=positive_float, default=0.001, help="failure probability (default 0.001)")
+    group.add_argument(
+        "--mode", choices=("votes", "probs"), default="votes", help="votes: Clopper-Pearson; probs: Bernstein"
+    )
+    group.add_argument("--noise-batch-size", type=positive_int, default=1000, help="noisy inputs per forward")
+
+
+def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    group.add_argument("--seed", type=int, default=0, help="seed of every random start and noise draw (default 0)")
+    group.add_argument("--batch-size", type=positive_int, default=500, help="images per forward/attack batch")
+    group.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (default: torch's)")
+    group.add_argument("--out", type=Path, default=Path(default_out), help=f"output folder (default {default_out})")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_model_options(parser)
+    parser.add_argument(
+        "--robust-transform",
+        type=transform_spec,
+        default="none",
+        help="sharpen h's logits before mixing: none | temperature:S (logits x S) | mixednuts:S,P,C",
+    )
+    add_data_options(parser)
+    parser.add_argument("--limit", type=positive_int, default=None, help="use the first N images")
+    parser.add_argument("--alphas", type=alpha_list, default=alpha_list(DEFAULT_ALPHAS), help="comma list in [0, 1]")
+    add_attack_options(parser)
+    parser.add_argument(
+        "--attacks",
+        type=name_list(("std", "rob", "mix")),
+        default=["std", "rob", "mix"],
+        help="attacks on the mixture per alpha: comma list of std, rob, mix, or none (default all)",
+    )
+    group = parser.add_argument_group("AutoAttack (pyautoattack)")
+    group.add_argument("--autoattack", action="store_true", help="also run AutoAttack on the mixture")
+    group.add_argument(
+        "--autoattack-version", choices=("standard", "plus", "custom"), default="standard", help="(default standard)"
+    )
+    group.add_argument(
+        "--autoattack-attacks",
+        type=name_list(("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")),
+        default=["apgd-ce", "apgd-t"],
+        help="attacks of --autoattack-version custom (default apgd-ce,apgd-t)",
+    )
+    group.add_argument(
+        "--autoattack-alphas", type=alpha_list, default=None, help="alphas to run it at (default: every alpha)"
+    )
+    parser.add_argument(
+        "--certify",
+        choices=("none", "lipschitz", "smoothing", "both"),
+        default="none",
+        help="certified accuracy vs radius with Theorem 4 (lipschitz), 5 (smoothing) or both from the same "
+        "Monte Carlo bounds (default none)",
+    )
+    add_certify_options(parser)
+    group = parser.add_argument_group("certified curves")
+    group.add_argument("--certify-limit", type=positive_int, default=None, help="certify only the first N images")
+    group.add_argument(
+        "--match-sigmas",
+        type=float_list,
+        default=None,
+        help="test-time sigmas of h alone for the equal-clean-accuracy comparison (default sigma x 0.8,0.6,0.4,0.2)",
+    )
+    group.add_argument("--max-radius", type=positive_float, default=1.0, help="largest radius of the curves")
+    group.add_argument("--radius-step", type=positive_float, default=0.02, help="radius grid step (default 0.02)")
+    add_run_options(parser, "evaluation")
+    parser.add_argument("--no-plots", action="store_true", help="write results.json only")
+
+
+# --- shared steps -----------------------------------------------------------------------------------
+
+
+def setup_torch(args):
+    """Threads and device; CommandError for a bad device."""
+    import torch
+
+    from mix_perception.cli import CommandError
+    from mix_perception.core.models import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return resolve_device(args.device)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
+def model_spec(spec: str, kind: str) -> str:
+    """'default' alone means the embedded model of that role (as in the mixer node)."""
+    return f"default:{kind}" if spec == "default" else spec
+
+
+def load_one(spec: str, arch, args, device):
+    from mix_perception.cli import CommandError
+    from mix_perception.core.models import ModelLoadError, load_model
+
+    try:
+        return load_model(
+            spec,
+            arch=arch,
+            num_classes=args.num_classes,
+            mean=args.mean,
+            std=args.std,
+            device=device,
+            input_channels=args.input_channels,
+        )
+    except (ModelLoadError, ValueError) as error:
+        raise CommandError(str(error)) from None
+
+
+def load_dataset(spec: str, limit, option: str = "--data"):
+    from mix_perception.cli import CommandError
+    from mix_perception.core import evaluation
+
+    try:
+        data = evaluation.load_data(spec, limit)
+    except Exception as error:  # ValueError from our checks, DataError / OSError from the split files
+        raise CommandError(f"{option} {spec}: {' '.join(str(error).split())}") from None
+    if len(data.y) == 0:
+        raise CommandError(f"{option} {spec}: no images")
+    return data
+
+
+def check_models(models: dict, data, device) -> int:
+    """One forward of two images through each model: logits (2, C) with the same C > max label.
+    Returns C; CommandError naming the model otherwise."""
+    import torch
+
+    from mix_perception.cli import CommandError
+
+    classes = set()
+    for name, model in models.items():
+        try:
+            with torch.no_grad():
+                out = model(data.x[:2].to(device))
+        except Exception as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise CommandError(f"{name} model fails on images of shape {tuple(data.x.shape[1:])}: {first}") from None
+        if out.dim() != 2 or out.shape[0] != min(2, len(data.x)):
+            raise CommandError(f"{name} model returns {tuple(out.shape)}, expected logits (N, classes)")
+        classes.add(int(out.shape[1]))
+    if len(classes) != 1:
+        raise CommandError(f"the models disagree on the number of classes: {sorted(classes)}")
+    num_classes = classes.pop()
+    if num_classes < 2:
+        raise CommandError("the models must have at least 2 classes")
+    if int(data.y.max()) >= num_classes or int(data.y.min()) < 0:
+        raise CommandError(f"labels range {int(data.y.min())}..{int(data.y.max())} but the models have {num_classes}")
+    return num_classes
+
+
+def smoothing_spec(args) -> str:
+    if args.smoothing_model:
+        return model_spec(args.smoothing_model, "smoothing")
+    robust = model_spec(args.robust, "robust")
+    return "default:smoothing" if robust.startswith("default:") else robust
+
+
+def pgd_config(args):
+    from mix_perception.cli import CommandError
+    from mix_perception.core.evaluation import PGDConfig
+
+    try:
+        return PGDConfig(args.norm, args.eps, args.steps, args.step_size)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def versions() -> dict:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+
+
+def radius_grid(max_radius: float, step: float) -> list[float]:
+    count = int(math.floor(max_radius / step + 1e-9))
+    return [round(i * step, 10) for i in range(count + 1)]
+
+
+# --- main -----------------------------------------------------------------------------------------------
+
+
+def main(args) -> int:
+    from mix_perception.cli import CommandError
+    from mix_perception.core import evaluation, plots
+
+    if args.delta >= 1:
+        raise CommandError(f"--delta must be in (0, 1), got {args.delta}")
+    if args.n_estimate < 2:
+        raise CommandError("--n-estimate must be >= 2")
+    if args.autoattack:
+        try:
+            import pyautoattack  # noqa: F401
+        except ImportError:
+            raise CommandError("--autoattack needs the pyautoattack package: pip install pyautoattack==0.2.0") from None
+        if args.autoattack_version == "custom" and not args.autoattack_attacks:
+            raise CommandError("--autoattack-version custom needs --autoattack-attacks")
+    config = pgd_config(args)
+    device = setup_torch(args)
+    data = load_dataset(args.data, args.limit)
+    standard_spec, robust_spec = model_spec(args.standard, "standard"), model_spec(args.robust, "robust")
+    standard = load_one(standard_spec, args.standard_arch, args, device)
+    robust_base = load_one(robust_spec, args.robust_arch, args, device)
+    robust = args.robust_transform.apply(robust_base)
+    models = {"standard": standard, "robust": robust}
+    smoothing_base = None
+    if args.certify != "none":
+        smoothing_base = load_one(smoothing_spec(args), args.smoothing_arch, args, device)
+        models["smoothing"] = smoothing_base
+    check_models(models, data, device)
+    progress = not args.quiet
+    timings = {}
+
+    started = time.perf_counter()
+    autoattack_alphas = (args.autoattack_alphas or args.alphas) if args.autoattack else []
+    options = {"version": args.autoattack_version}
+    if args.autoattack_version == "custom":
+        options["attacks"] = args.autoattack_attacks
+    sweep = evaluation.sweep_alphas(
+        standard,
+        robust,
+        data.x,
+        data.y,
+        args.alphas,
+        config,
+        attacks=args.attacks,
+        autoattack_alphas=autoattack_alphas,
+        autoattack_options=options,
+        batch_size=args.batch_size,
+        device=device,
+        seed=args.seed,
+        progress=progress,
+    )
+    timings["sweep"] = time.perf_counter() - started
+    summary = evaluation.sweep_summary(sweep)
+    results = {
+        "schema_version": 1,
+        "config": run_config(args, data, standard_spec, robust_spec, config, autoattack_alphas),
+        "models": summary["models"],
+        "per_alpha": summary["per_alpha"],
+        "margins": evaluation.margin_table(sweep.robust, data.y),
+        "certified": None,
+        "claims": {},
+    }
+    if "mix" in args.attacks:
+        results["claims"]["paper_linear_mixing"] = evaluation.paper_claim(summary, "mix")
+    if args.certify != "none":
+        started = time.perf_counter()
+        limit = min(args.certify_limit or len(data.x), len(data.x))
+        match = args.match_sigmas if args.match_sigmas is not None else [args.sigma * f for f in (0.8, 0.6, 0.4, 0.2)]
+        methods = ["smoothing", "lipschitz"] if args.certify == "both" else [args.certify]
+        results["certified"] = evaluation.certified_curves(
+            standard,
+            smoothing_base,
+            data.x[:limit],
+            data.y[:limit],
+            args.alphas,
+            methods,
+            args.sigma,
+            radius_grid(args.max_radius, args.radius_step),
+            match_sigmas=match,
+            n_select=args.n_select,
+            n_estimate=args.n_estimate,
+            delta=args.delta,
+            mode=args.mode,
+            batch_size=args.batch_size,
+            noise_batch_size=args.noise_batch_size,
+            device=device,
+            seed=args.seed,
+            progress=progress,
+        )
+        for curves in results["certified"].values():
+            curves["smoothing_model"] = smoothing_spec(args)
+        timings["certify"] = time.perf_counter() - started
+    results["timing_s"] = timings
+    results["environment"] = versions() | {"device": str(device)}
+
+    out = args.out
+    write_json(out / "results.json", results)
+    written = [out / "results.json"]
+    if not args.no_plots:
+        for path in (
+            plots.accuracy_vs_alpha(results, out / "accuracy_vs_alpha.png"),
+            plots.tradeoff(results, out / "tradeoff.png", "mix" if "mix" in args.attacks else "worst"),
+            *(
+                plots.certified_accuracy(curves, out / f"certified_accuracy_{method}.png")
+                for method, curves in (results["certified"] or {}).items()
+            ),
+        ):
+            if path is not None:
+                written.append(path)
+    print_summary(results)
+    for curves in (results["certified"] or {}).values():
+        print_certified(curves)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def run_config(args, data, standard_spec, robust_spec, config, autoattack_alphas) -> dict:
+    return {
+        "standard": standard_spec,
+        "standard_arch": args.standard_arch,
+        "robust": robust_spec,
+        "robust_arch": args.robust_arch,
+        "robust_transform": args.robust_transform.describe(),
+        "num_classes": args.num_classes,
+        "mean": args.mean,
+        "std": args.std,
+        "input_channels": args.input_channels,
+        "data": args.data,
+        "images": int(len(data.x)),
+        "limit": args.limit,
+        "alphas": list(args.alphas),
+        "attack": {"norm": config.norm, "eps": config.eps, "steps": config.steps, "step_size": config.step_size},
+        "attacks": list(args.attacks),
+        "autoattack": (
+            {"version": args.autoattack_version, "attacks": args.autoattack_attacks, "alphas": list(autoattack_alphas)}
+            if args.autoattack
+            else None
+        ),
+        "certify": args.certify,
+        "seed": args.seed,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+    }
+
+
+def print_summary(results: dict) -> None:
+    models = results["models"]
+    cfg = results["config"]["attack"]
+    attack = f", PGD-{cfg['steps']} {cfg['norm']} eps={cfg['eps']}" if results["config"]["attacks"] else ""
+    print(f"{results['config']['images']} images{attack}")
+    for name in ("standard", "robust"):
+        m = models[name]
+        attacked = "" if m["pgd_accuracy"] is None else f"  PGD on itself {m['pgd_accuracy']:.4f}"
+        print(f"  {name:9s} alone: clean {m['clean_accuracy']:.4f}{attacked}")
+    header = ["alpha", "clean", *results["per_alpha"][0]["attacks"].keys()]
+    if any("autoattack_accuracy" in r for r in results["per_alpha"]):
+        header.append("autoattack")
+    print("  " + "  ".join(f"{h:>8s}" for h in header))
+    for row in results["per_alpha"]:
+        values = [row["alpha"], row["clean_accuracy"], *(v["accuracy"] for v in row["attacks"].values())]
+        if "autoattack" in header:
+            values.append(row.get("autoattack_accuracy", float("nan")))
+        print("  " + "  ".join(f"{v:8.4f}" for v in values))
+    claim = results["claims"].get("paper_linear_mixing")
+    if claim:
+        verdict = "holds" if claim["holds"] else "does not hold"
+        print(
+            f"paper claim (clean error <= {claim['required_clean_error']:.4f} and MIX >= "
+            f"{claim['required_attacked_accuracy']:.4f}): {verdict}"
+            + (f" at alpha {', '.join(str(a['alpha']) for a in claim['alphas'])}" if claim["holds"] else "")
+        )
+    sys.stdout.flush()
+
+
+def print_certified(cert: dict) -> None:
+    radii = cert["radii"]
+    shown = [i for i, r in enumerate(radii) if any(abs(r - q) < 1e-9 for q in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0))]
+    print(f"certified accuracy ({cert['method']}, sigma {cert['sigma']:g}, {cert['images']} images) at radius")
+    print("  " + " " * 36 + "  ".join(f"{radii[i]:6.2f}" for i in shown))
+    for m in cert["mixture"]:
+        if m["alpha"] > 0.5:
+            label = f"mixture alpha {m['alpha']:g} (clean {m['clean_accuracy']:.3f})"
+            print(f"  {label:36s}" + "  ".join(f"{m['curve'][i]:6.3f}" for i in shown))
+    for r in cert["robust_alone"]:
+        label = f"h alone sigma {r['sigma']:g} (clean {r['clean_accuracy']:.3f})"
+        print(f"  {label:36s}" + "  ".join(f"{r['curve'][i]:6.3f}" for i in shown))

@@ -1,0 +1,152 @@
+"""PNG plots of evaluation results (matplotlib, Agg backend: no display needed).
+
+Each function takes the JSON-ready results dict of `mix-perception evaluate` (README: results.json
+schema) and writes one PNG; it returns the path, or None when the results hold nothing to plot.
+"""
+
+from pathlib import Path
+
+ATTACK_STYLES = {
+    "std": ("STD (PGD on g)", ":"),
+    "rob": ("ROB (PGD on h)", "-."),
+    "mix": ("MIX (adaptive PGD on mixture)", "--"),
+    "worst": ("worst of the attacks", "-"),
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _attack_label(results: dict) -> str:
+    cfg = results.get("config", {}).get("attack", {})
+    if not cfg:
+        return ""
+    return f" ({cfg.get('norm')} eps={cfg.get('eps')}, PGD-{cfg.get('steps')})"
+
+
+def accuracy_vs_alpha(results: dict, path: Path) -> Path | None:
+    """Clean and attacked accuracy of the mixture against alpha (the paper's Figure 2)."""
+    rows = results.get("per_alpha") or []
+    if not rows:
+        return None
+    plt = _pyplot()
+    alphas = [r["alpha"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.plot(alphas, [r["clean_accuracy"] for r in rows], "o-", color="black", label="clean")
+    for name, (label, style) in ATTACK_STYLES.items():
+        if name in rows[0].get("attacks", {}):
+            ax.plot(alphas, [r["attacks"][name]["accuracy"] for r in rows], "o" + style, label=label)
+    auto = [(r["alpha"], r["autoattack_accuracy"]) for r in rows if "autoattack_accuracy" in r]
+    if auto:
+        ax.plot(*zip(*auto, strict=True), "s", color="red", label="AutoAttack on mixture")
+    ax.set_xlabel("alpha (weight of the robust model h)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title("Mixed classifier accuracy vs alpha" + _attack_label(results), fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    return _save(fig, path, plt)
+
+
+def tradeoff(results: dict, path: Path, attack: str = "mix") -> Path | None:
+    """Clean accuracy (x) against attacked accuracy (y) over alpha, with g and h alone as points."""
+    rows = [r for r in results.get("per_alpha") or [] if attack in r.get("attacks", {})]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    clean = [r["clean_accuracy"] for r in rows]
+    attacked = [r["attacks"][attack]["accuracy"] for r in rows]
+    ax.plot(clean, attacked, "o-", label=f"mixture, {ATTACK_STYLES[attack][0]}")
+    for r, cx, cy in zip(rows, clean, attacked, strict=True):
+        ax.annotate(f"{r['alpha']:g}", (cx, cy), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    models = results.get("models", {})
+    for name, marker in (("standard", "s"), ("robust", "D")):
+        if name in models:
+            m = models[name]
+            ax.plot(m["clean_accuracy"], m["pgd_accuracy"], marker, markersize=8, label=f"{name} alone (PGD on itself)")
+    ax.set_xlabel("clean accuracy")
+    ax.set_ylabel("attacked accuracy" + _attack_label(results))
+    ax.grid(alpha=0.3)
+    ax.set_title("Accuracy-robustness trade-off (labels: alpha)", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path, plt)
+
+
+def certified_accuracy(cert: dict, path: Path) -> Path | None:
+    """Certified accuracy against l2 radius for one method (an entry of results["certified"]): the
+    mixture per alpha > 1/2 and h alone at the matched clean accuracy (the paper's Figure 3)."""
+    if not cert:
+        return None
+    mixtures = [m for m in cert["mixture"] if m["alpha"] > 0.5]
+    if not mixtures:
+        return None
+    plt = _pyplot()
+    radii = cert["radii"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    shown = set()
+    for index, m in enumerate(mixtures):
+        color = colors[index % len(colors)]
+        ax.plot(
+            radii, m["curve"], "-", color=color, label=f"mixture alpha={m['alpha']:g} (clean {m['clean_accuracy']:.3f})"
+        )
+        matched = m["matched_robust"]
+        if matched["sigma"] not in shown:
+            shown.add(matched["sigma"])
+            ax.plot(
+                radii,
+                matched["curve"],
+                "--",
+                color=color,
+                label=f"h alone sigma'={matched['sigma']:g} (clean {matched['clean_accuracy']:.3f})",
+            )
+    ax.set_xlabel("l2 radius (pixels in [0, 1])")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(
+        f"Certified accuracy ({cert['method']}, sigma={cert['sigma']:g}, delta={cert['delta']:g}, "
+        f"n={cert['n_estimate']}, {cert['images']} images)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
+    return _save(fig, path, plt)
+
+
+def calibration_candidates(calibration: dict, path: Path) -> Path | None:
+    """Clean (x) against robust (y) accuracy of every evaluated calibration candidate, the floor as a line."""
+    points = [c for c in calibration.get("candidates", []) if c.get("robust_accuracy") is not None]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    for c in points:
+        marker = "o" if c["feasible"] else "x"
+        ax.plot(c["clean_accuracy"], c["robust_accuracy"], marker, color="tab:blue" if c["feasible"] else "tab:red")
+        label = f"a={c['alpha']:g}, {c['transform']['description']}"
+        ax.annotate(
+            label, (c["clean_accuracy"], c["robust_accuracy"]), xytext=(3, 3), textcoords="offset points", fontsize=6
+        )
+    ax.axhline(calibration["floor"], color="gray", linestyle="--", label=f"floor {calibration['floor']:.3f}")
+    ax.set_xlabel("clean accuracy (calibration split)")
+    ax.set_ylabel("robust accuracy (calibration split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Calibration candidates tried (x: below the floor)", fontsize=9)
+    return _save(fig, path, plt)
+
+
+def _save(fig, path: Path, plt) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,239 @@
+"""Calibration: the search picks the known answer of constructed cases (attack and certified goals),
+the sharpening modules, and `mix-perception calibrate` writes a parameter file with the node's keys."""
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from mix_perception import cli
+from mix_perception.core import calibration, evaluation
+from mix_perception.core.models import load_model
+from mix_perception.ros import parameters
+
+# A constructed case whose outcome is known in closed form. Images: 8 x 8, labels 1 (first half)
+# and 2. g memorizes the images: on an exact image it predicts its label with certainty; anywhere
+# else (every PGD point, since PGD starts at a random point of the eps-ball) it predicts class 3.
+# h ignores its input: constant logits V. With p = softmax(s V) (s: sharpening), the mixture is
+#   clean:    label 1 always right; label 2 right iff 1 - a + a p2 > a p1, i.e. a < 1 / (1 + p1 - p2)
+#   attacked: label 1 right iff a p1 > 1 - a + a p3, i.e. a > 1 / (1 + p1 - p3); label 2 never.
+ROBUST_LOGITS = [0.0, 3.0, 2.0, 0.5, 0.0]
+CLASSES = len(ROBUST_LOGITS)
+
+
+class Memorizer(nn.Module):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, other: int = 3, confidence: float = 30.0):
+        super().__init__()
+        self.register_buffer("images", images.flatten(1).clone())
+        self.register_buffer("labels", labels.clone())
+        self.other = other
+        self.confidence = confidence
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distance = (x.flatten(1).unsqueeze(1) - self.images.unsqueeze(0)).abs().amax(dim=-1)
+        match = distance < 1e-6
+        index = match.to(torch.float32).argmax(dim=1)
+        label = torch.where(match.any(dim=1), self.labels[index], torch.full_like(index, self.other))
+        logits = nn.functional.one_hot(label, 5).to(x.dtype) * self.confidence
+        return logits + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
+
+
+class Constant(nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(logits))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.unsqueeze(0) + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
+
+
+def constructed_data(n=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=generator) * 0.8 + 0.1
+    y = torch.tensor([1] * (n // 2) + [2] * (n - n // 2))
+    return x, y
+
+
+def expected(alpha: float, scale: float) -> tuple[float, float]:
+    """(clean accuracy, MIX accuracy) of the constructed case, from the closed form above."""
+    p = torch.softmax(torch.tensor(ROBUST_LOGITS, dtype=torch.float64) * scale, 0).tolist()
+    clean_2 = 1 - alpha + alpha * p[2] > alpha * p[1]
+    attacked_1 = alpha * p[1] > 1 - alpha + alpha * p[3]
+    return (1.0 + clean_2) / 2, attacked_1 / 2
+
+
+ALPHAS = [0.3, 0.45, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0]
+SCALES = [1.0, 2.0, 4.0]
+CLI_ALPHAS = [0.3, 0.45, 0.55, 0.6, 0.8, 1.0]  # at scale 1 none is both accurate and robust; at scale 2, 0.55 is
+
+
+def expected_choice(floor: float, alphas=ALPHAS, scales=SCALES):
+    grid = [(a, s, *expected(a, s)) for a in alphas for s in scales]
+    grid.sort(key=lambda c: (-c[2], -c[0], c[1]))
+    return next((c for c in grid if c[3] >= floor), None)
+
+
+@pytest.mark.parametrize("search", ["ordered", "bisect"])
+@pytest.mark.parametrize("floor", [0.5, 0.25, 0.0])
+def test_attack_goal_picks_the_known_answer(floor, search):
+    x, y = constructed_data()
+    standard, robust = Memorizer(x, y), Constant(ROBUST_LOGITS)
+    result = calibration.calibrate_attack(
+        standard, robust, x, y, ALPHAS, calibration.transform_grid("temperature", SCALES), floor,
+        evaluation.PGDConfig("linf", 0.05, 3), batch_size=5, search=search,
+    )  # fmt: skip
+    for c in result.candidates:
+        clean, attacked = expected(c.alpha, c.transform.scale)
+        assert c.clean_accuracy == clean
+        if c.robust_accuracy is not None:
+            assert c.robust_accuracy == attacked
+    alpha, scale, clean, attacked = expected_choice(floor)
+    assert (result.chosen.alpha, result.chosen.transform.scale) == (alpha, scale)
+    assert result.chosen.clean_accuracy == clean and result.chosen.robust_accuracy == attacked
+    if search == "ordered":  # only candidates at least as accurate as the answer were attacked
+        assert all(c.clean_accuracy >= clean for c in result.candidates if c.robust_accuracy is not None)
+
+
+def test_attack_goal_with_no_feasible_candidate_returns_none():
+    x, y = constructed_data()
+    result = calibration.calibrate_attack(
+        Memorizer(x, y), Constant(ROBUST_LOGITS), x, y, [0.3, 0.5], [calibration.Transform()], 0.9,
+        evaluation.PGDConfig("linf", 0.05, 1),
+    )  # fmt: skip
+    assert result.chosen is None
+    assert all(c.feasible is False for c in result.candidates)
+
+
+CERT_PROBS = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.6, 0.4]])
+
+
+def certified_case():
+    """Four images. g is certain of: class 0 on image 0, class 1 on images 1-3; labels 0, 0, 0, 1.
+    Smoothed h: class 0 everywhere, estimate CERT_PROBS, bounds L = 0.9, U = 0.05, sigma 0.5."""
+    y = torch.tensor([0, 0, 0, 1])
+    standard_probs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+    bounds = evaluation.Bounds(
+        torch.zeros(4, dtype=torch.long),
+        torch.full((4,), 0.9, dtype=torch.float64),
+        torch.full((4,), 0.05, dtype=torch.float64),
+        CERT_PROBS,
+        0.5,
+    )
+    return y, standard_probs, bounds
+
+
+def expected_certified(alpha: float, radius: float) -> tuple[float, float]:
+    """(clean, certified accuracy at radius) by hand: image 0 always right; images 1, 2 right iff
+    0.9 a > 1 - a + 0.1 a; image 3 right iff 1 - a + 0.4 a > 0.6 a but never certified (h says 0);
+    certified images need Theorem 5's radius sigma/2 (PhiInv(0.9 a) - PhiInv(0.05 a + 1 - a)) >= radius."""
+    from scipy.stats import norm
+
+    right_12 = 0.9 * alpha > 1 - alpha + 0.1 * alpha
+    right_3 = 1 - alpha + 0.4 * alpha > 0.6 * alpha
+    r = 0.25 * (norm.ppf(0.9 * alpha) - norm.ppf(0.05 * alpha + 1 - alpha)) if alpha > 0.5 else 0.0
+    clean = (1 + 2 * right_12 + right_3) / 4
+    certified = (1 + 2 * right_12) / 4 if r >= radius and r > 0 else 0.0
+    return clean, certified
+
+
+@pytest.mark.parametrize("radius, floor", [(0.25, 0.75), (0.1, 0.75), (0.4, 0.75), (0.25, 0.2), (0.9, 0.1)])
+def test_certified_goal_picks_the_known_answer(radius, floor):
+    y, standard_probs, bounds = certified_case()
+    alphas = [0.4, 0.6, 0.7, 0.8, 0.9, 1.0]
+    result = calibration.calibrate_certified(None, bounds, y, alphas, radius, floor, standard_probs=standard_probs)
+    for c in result.candidates:
+        clean, certified = expected_certified(c.alpha, radius)
+        assert c.clean_accuracy == clean and c.robust_accuracy == pytest.approx(certified)
+    grid = sorted(((a, *expected_certified(a, radius)) for a in alphas), key=lambda c: (-c[1], -c[0]))
+    answer = next((c for c in grid if c[2] >= floor - 1e-12), None)
+    if answer is None:
+        assert result.chosen is None
+    else:
+        assert result.chosen.alpha == answer[0] and result.chosen.clean_accuracy == answer[1]
+    assert result.reference["clean_accuracy"] == 0.75  # h alone: images 0-2
+
+
+def test_sharpening_modules():
+    base = Constant([0.0, 1.0, -1.0])
+    x = torch.rand(2, 1, 4, 4)
+    assert torch.allclose(calibration.ScaledLogits(base, 3.0)(x), 3.0 * base(x))
+    nuts = calibration.MixedNUTSLogits(base, 2.0, 2.0, 0.5)
+    z = nn.functional.layer_norm(base(x), (3,))
+    assert torch.allclose(nuts(x), 2.0 * torch.relu(z + 0.5) ** 2)
+    assert calibration.Transform().apply(base) is base
+    with pytest.raises(ValueError):
+        calibration.ScaledLogits(base, 0.0)
+
+
+def test_node_parameters_use_the_node_names():
+    params = calibration.node_parameters(0.7, "default:standard", "default", "smoothing", smoothing={"sigma": 0.25})
+    flat = set(_flatten(params["mixer"]["ros__parameters"]))
+    assert flat <= {spec.name for spec in parameters.MIXER}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path):
+    x, y = constructed_data()
+    data = tmp_path / "constructed.npz"
+    np.savez(data, images=x.numpy(), labels=y.numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(Memorizer(x, y)), str(tmp_path / "g.ts"))
+        torch.jit.save(torch.jit.script(Constant(ROBUST_LOGITS)), str(tmp_path / "h.ts"))
+    out = tmp_path / "out"
+    argv = [
+        "calibrate", "--standard", str(tmp_path / "g.ts"), "--robust", str(tmp_path / "h.ts"),
+        "--calibration-data", str(data), "--test-data", str(data), "--min-robust", "0.5",
+        "--alphas", ",".join(map(str, CLI_ALPHAS)), "--scales", "2,4", "--eps", "0.05", "--steps", "2",
+        "--device", "cpu", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    alpha, scale, clean, attacked = expected_choice(0.5, CLI_ALPHAS)
+    assert scale != 1.0  # the answer needs sharpening, so the YAML names the TorchScript of the sharpened h
+
+    params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["mixer"]["ros__parameters"]
+    assert set(_flatten(params)) <= {spec.name for spec in parameters.MIXER}
+    assert params["alpha"] == alpha and params["certification"] == "none"
+    sharpened = load_model(params["robust_model"])
+    probe = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(sharpened(probe), scale * Constant(ROBUST_LOGITS)(probe))
+    assert load_model(params["standard_model"])(x[:2]).argmax(-1).tolist() == y[:2].tolist()
+
+    report = json.loads((out / "calibration.json").read_text())
+    assert report["calibration"]["chosen"]["alpha"] == alpha
+    assert report["test"]["mixture"]["clean_accuracy"] == clean
+    assert report["test"]["mixture"]["attacks"]["mix"]["accuracy"] == attacked
+    assert (out / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_calibrate_reports_an_unreachable_floor(tmp_path, capsys):
+    x, y = constructed_data()
+    data = tmp_path / "constructed.npz"
+    np.savez(data, images=x.numpy(), labels=y.numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(Memorizer(x, y)), str(tmp_path / "g.ts"))
+        torch.jit.save(torch.jit.script(Constant(ROBUST_LOGITS)), str(tmp_path / "h.ts"))
+    argv = [
+        "calibrate", "--standard", str(tmp_path / "g.ts"), "--robust", str(tmp_path / "h.ts"),
+        "--calibration-data", str(data), "--no-test", "--min-robust", "0.9", "--alphas", "0.3,0.6",
+        "--scales", "1", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "out"), "--quiet",
+    ]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no candidate reaches the floor 0.9000" in err and "\n" not in err
+    assert math.isclose(json.loads((tmp_path / "out" / "calibration.json").read_text())["calibration"]["floor"], 0.9)
