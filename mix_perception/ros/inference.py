@@ -100,7 +100,16 @@ def publishable_certificate(
     if not (core_certified and alpha > 0.5 and certified_class == class_id and 0.0 < radius < math.inf):
         return NO_CERTIFICATE
     kind = CERTIFICATE_SMOOTHING if certification.method == "smoothing" else CERTIFICATE_LIPSCHITZ
-    return Published(radius, kind, "l2", True, 1.0 - certification.delta)
+    return Published(float32_at_most(radius), kind, "l2", True, 1.0 - certification.delta)
+
+
+def float32_at_most(value: float) -> float:
+    """The largest float32 <= value: the message field is float32, and rounding to nearest could
+    publish a radius larger than the one certified."""
+    rounded = np.float32(value)
+    if float(rounded) > value:
+        rounded = np.nextafter(rounded, np.float32(-np.inf))
+    return float(rounded)
 
 
 def top_two_margin(probs: torch.Tensor) -> float:

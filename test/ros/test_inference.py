@@ -1,5 +1,6 @@
 """FrameClassifier: the mixture it publishes, and that only the core's certificates are published."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -88,6 +89,13 @@ def test_a_robust_model_split_between_classes_is_not_certified():
 
     result = FrameClassifier(linear(0), CoinFlip(), SMOOTHING).classify(X, 0.9)
     assert not result.certified and result.certified_radius == 0.0
+
+
+def test_published_radius_is_never_rounded_up_to_float32():
+    for radius in (0.1, 1 / 3, 0.123456789123, 2.0**-30 * 3.0000001):
+        published = publishable_certificate(True, 3, radius, 3, 0.8, SMOOTHING).radius
+        assert published <= radius and float(np.float32(published)) == published
+        assert radius - published <= abs(radius) * 2**-23
 
 
 def test_publishable_certificate_needs_the_same_class_and_a_real_certificate():
