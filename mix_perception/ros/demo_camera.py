@@ -15,7 +15,6 @@ Topics:
 
 import sys
 
-import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -96,19 +95,9 @@ class DemoCameraNode(Node):
 
 def main(argv=None) -> int:
     """Entry point of `demo_camera`."""
-    from mix_perception.ros.spin import spin_nodes, startup_message
+    from mix_perception.ros.spin import run_node
 
-    rclpy.init(args=sys.argv if argv is None else argv)
-    try:
-        try:
-            node = DemoCameraNode()
-        except Exception as error:  # noqa: BLE001 - any startup failure is reported as one line
-            print(f"demo_camera: error: {startup_message(error)}", file=sys.stderr)
-            return 1
-        return spin_nodes([node])
-    finally:
-        if rclpy.ok():
-            rclpy.shutdown()
+    return run_node("demo_camera", DemoCameraNode, argv)
 
 
 if __name__ == "__main__":

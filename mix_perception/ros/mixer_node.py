@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 
-import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -34,7 +33,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from mix_perception.ros import diagnostics, parameters
 from mix_perception.ros.frame_slot import FrameSlot
 from mix_perception.ros.image_conversion import ENCODINGS, ImageError, InputSpec, compressed_to_array, image_to_array
-from mix_perception.ros.spin import reliability_policy, spin_nodes, startup_message
+from mix_perception.ros.spin import reliability_policy, run_node, startup_message
 
 NODE_NAME = "mixer"
 REJECTED_STATUS_NAME = "mixer: rejected frame"
@@ -321,17 +320,7 @@ class MixerNode(Node):
 
 def main(argv=None) -> int:
     """Entry point of `mixer_node`: exits 1 with one line on stderr when the node cannot start."""
-    rclpy.init(args=sys.argv if argv is None else argv)
-    try:
-        try:
-            node = MixerNode()
-        except Exception as error:  # noqa: BLE001 - any startup failure is reported as one line
-            print(f"mixer_node: error: {startup_message(error)}", file=sys.stderr)
-            return 1
-        return spin_nodes([node])
-    finally:
-        if rclpy.ok():
-            rclpy.shutdown()
+    return run_node("mixer_node", MixerNode, argv)
 
 
 if __name__ == "__main__":

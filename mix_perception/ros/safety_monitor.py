@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 
-import rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
@@ -126,19 +125,9 @@ class SafetyMonitorNode(Node):
 
 def main(argv=None) -> int:
     """Entry point of `safety_monitor`."""
-    from mix_perception.ros.spin import spin_nodes, startup_message
+    from mix_perception.ros.spin import run_node
 
-    rclpy.init(args=sys.argv if argv is None else argv)
-    try:
-        try:
-            node = SafetyMonitorNode()
-        except Exception as error:  # noqa: BLE001 - any startup failure is reported as one line
-            print(f"safety_monitor: error: {startup_message(error)}", file=sys.stderr)
-            return 1
-        return spin_nodes([node])
-    finally:
-        if rclpy.ok():
-            rclpy.shutdown()
+    return run_node("safety_monitor", SafetyMonitorNode, argv)
 
 
 if __name__ == "__main__":

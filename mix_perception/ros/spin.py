@@ -1,5 +1,6 @@
 """Spinning nodes until Ctrl-C, SIGTERM, rclpy shutdown or an optional deadline; then destroying them."""
 
+import sys
 import time
 
 import rclpy
@@ -30,6 +31,24 @@ def spin_nodes(nodes, duration: float | None = None, executor=None, destroy: boo
             if destroy:
                 node.destroy_node()
     return 0
+
+
+def run_node(executable: str, node_class, argv=None) -> int:
+    """Entry point of one node executable: init rclpy, build `node_class()`, spin until interrupted.
+
+    A node that cannot start (missing or corrupt model, bad parameter, absent device) exits 1 with
+    one line `<executable>: error: <reason>` on stderr."""
+    rclpy.init(args=sys.argv if argv is None else argv)
+    try:
+        try:
+            node = node_class()
+        except Exception as error:  # noqa: BLE001 - any startup failure is reported as one line
+            print(f"{executable}: error: {startup_message(error)}", file=sys.stderr)
+            return 1
+        return spin_nodes([node])
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()
 
 
 def startup_message(error: Exception) -> str:
