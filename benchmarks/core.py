@@ -44,12 +44,19 @@ def seconds(function, device: torch.device) -> float:
 
 
 def paired_medians(first, second, repeats: int, device: torch.device) -> tuple[float, float]:
-    """Median times of two functions, timed alternately after 3 warm-up calls each, so that
-    background load affects both alike."""
+    """Median times of two functions, timed alternately (ABBA order, after 3 warm-up calls each), so
+    that background load and call-order effects fall on both alike."""
     for _ in range(3):
         first(), second()
-    pairs = [(seconds(first, device), seconds(second, device)) for _ in range(repeats)]
-    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+    a, b = [], []
+    for index in range(repeats):
+        if index % 2:
+            b.append(seconds(second, device))
+            a.append(seconds(first, device))
+        else:
+            a.append(seconds(first, device))
+            b.append(seconds(second, device))
+    return statistics.median(a), statistics.median(b)
 
 
 @torch.inference_mode()
