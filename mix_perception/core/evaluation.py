@@ -15,6 +15,7 @@ Bai, Anderson, Sojoudi, "Mixing Classifiers to Alleviate the Accuracy-Robustness
   of h alone at equal clean accuracy (`certified_curves`).
 """
 
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -364,7 +365,16 @@ def autoattack_correct(
     else:
         adversary = AutoAttack(model, device=torch.device(device), eps=eps, norm=aa_norm, seed=seed, version=version)
     adversary.verbose = progress
-    x_adv, _ = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
+    logger, handler = logging.getLogger("auto-attack"), None
+    if progress:  # pyautoattack reports its progress on this logger at DEBUG level
+        handler = logging.StreamHandler(sys.stderr)
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    try:
+        x_adv, _ = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
     # Re-check the returned points ourselves: correct only if inside the ball and still classified right.
     x_adv = x_adv.detach().cpu()
     delta = (x_adv - x).flatten(1)

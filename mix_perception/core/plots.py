@@ -90,23 +90,17 @@ def certified_accuracy(cert: dict, path: Path) -> Path | None:
     plt = _pyplot()
     radii = cert["radii"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    shown = set()
-    for index, m in enumerate(mixtures):
-        color = colors[index % len(colors)]
+    for m in mixtures:
+        ax.plot(radii, m["curve"], "-", label=f"mixture alpha={m['alpha']:g} (clean {m['clean_accuracy']:.3f})")
+    matched = {m["matched_robust"]["sigma"]: m["matched_robust"] for m in mixtures}
+    for index, (sigma, robust) in enumerate(sorted(matched.items(), reverse=True)):
         ax.plot(
-            radii, m["curve"], "-", color=color, label=f"mixture alpha={m['alpha']:g} (clean {m['clean_accuracy']:.3f})"
+            radii,
+            robust["curve"],
+            ("--", ":", "-.")[index % 3],
+            color="black",
+            label=f"h alone, sigma'={sigma:g} (clean {robust['clean_accuracy']:.3f})",
         )
-        matched = m["matched_robust"]
-        if matched["sigma"] not in shown:
-            shown.add(matched["sigma"])
-            ax.plot(
-                radii,
-                matched["curve"],
-                "--",
-                color=color,
-                label=f"h alone sigma'={matched['sigma']:g} (clean {matched['clean_accuracy']:.3f})",
-            )
     ax.set_xlabel("l2 radius (pixels in [0, 1])")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
@@ -121,25 +115,39 @@ def certified_accuracy(cert: dict, path: Path) -> Path | None:
 
 
 def calibration_candidates(calibration: dict, path: Path) -> Path | None:
-    """Clean (x) against robust (y) accuracy of every evaluated calibration candidate, the floor as a line."""
+    """Clean (x) against robust (y) accuracy of every attacked calibration candidate, the floor as a
+    line, the chosen one starred. Labels: alpha, then the sharpening (S, or S/P/C for MixedNUTS)."""
     points = [c for c in calibration.get("candidates", []) if c.get("robust_accuracy") is not None]
     if not points:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    fig, ax = plt.subplots(figsize=(7.0, 5.0))
     for c in points:
-        marker = "o" if c["feasible"] else "x"
-        ax.plot(c["clean_accuracy"], c["robust_accuracy"], marker, color="tab:blue" if c["feasible"] else "tab:red")
-        label = f"a={c['alpha']:g}, {c['transform']['description']}"
-        ax.annotate(
-            label, (c["clean_accuracy"], c["robust_accuracy"]), xytext=(3, 3), textcoords="offset points", fontsize=6
+        marker, color = ("o", "tab:blue") if c["feasible"] else ("x", "tab:red")
+        ax.plot(c["clean_accuracy"], c["robust_accuracy"], marker, color=color)
+        t = c["transform"]
+        sharpening = (
+            f"S={t['scale']:g}"
+            if t["kind"] == "temperature"
+            else f"S={t['scale']:g},P={t['power']:g},C={t['offset']:g}"
         )
+        ax.annotate(
+            f"{c['alpha']:g} {sharpening}",
+            (c["clean_accuracy"], c["robust_accuracy"]),
+            xytext=(3, 3),
+            textcoords="offset points",
+            fontsize=6,
+        )
+    chosen = calibration.get("chosen")
+    if chosen:
+        ax.plot(chosen["clean_accuracy"], chosen["robust_accuracy"], "*", markersize=16, color="gold", label="chosen")
     ax.axhline(calibration["floor"], color="gray", linestyle="--", label=f"floor {calibration['floor']:.3f}")
     ax.set_xlabel("clean accuracy (calibration split)")
     ax.set_ylabel("robust accuracy (calibration split)")
+    ax.margins(x=0.15, y=0.1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Calibration candidates tried (x: below the floor)", fontsize=9)
+    ax.set_title("Calibration candidates attacked (label: alpha, sharpening; x: below the floor)", fontsize=9)
     return _save(fig, path, plt)
 
 
