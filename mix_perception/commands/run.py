@@ -10,10 +10,11 @@ Example (the embedded models, the shipped Fashion-MNIST test images at 10 Hz, 30
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
+
+from mix_perception.commands.evaluate import positive_float
 
 DEFAULT_DURATION = 30.0
 
@@ -39,21 +40,11 @@ def default_config() -> Path:
     return candidates[-1]
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="ROS 2 parameter file (default: config/mixer.yaml)")
-    parser.add_argument("--duration", type=_positive_float, default=DEFAULT_DURATION, help="seconds to run (30)")
+    parser.add_argument("--duration", type=positive_float, default=DEFAULT_DURATION, help="seconds to run (30)")
     parser.add_argument("--demo", action="store_true", help="also run the demo camera (shipped test images)")
-    parser.add_argument("--rate", type=_positive_float, help="demo camera rate in Hz (default: from the config)")
+    parser.add_argument("--rate", type=positive_float, help="demo camera rate in Hz (default: from the config)")
     parser.add_argument("--alpha", type=float, help="initial alpha (default: from the config)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: from the config)")
     parser.add_argument("--image-topic", default="image", help="image topic to classify (default: image)")

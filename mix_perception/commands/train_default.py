@@ -16,27 +16,22 @@ import platform
 import time
 from pathlib import Path
 
+from mix_perception.commands.evaluate import positive_int
+
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "default_models"
 MODEL_NAMES = ("standard", "robust", "smoothing")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def _epochs(text: str) -> dict:
     """'N' (every model) or 'name=N[,name=N...]' -> {name: N}."""
     if "=" not in text:
-        return dict.fromkeys(MODEL_NAMES, _positive_int(text))
+        return dict.fromkeys(MODEL_NAMES, positive_int(text))
     result = {}
     for part in text.split(","):
         name, _, value = part.partition("=")
         if name.strip() not in MODEL_NAMES:
             raise argparse.ArgumentTypeError(f"unknown model {name.strip()!r}; known: {', '.join(MODEL_NAMES)}")
-        result[name.strip()] = _positive_int(value)
+        result[name.strip()] = positive_int(value)
     return result
 
 
@@ -63,20 +58,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="train only these models (default: all three)",
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for torch (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads for torch (default 2)")
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="where the npm package is cached (default ~/.cache/mix_perception)"
     )
     parser.add_argument(
         "--smoothing-samples",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         help="noise draws per image for the smoothed accuracy in the card (default 100)",
     )
     # Hidden options for quick tests: train on the first N images / measure on the first N test images,
     # and train on the shipped calibration split instead of the npm training split.
-    parser.add_argument("--limit-train", type=_positive_int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--limit-eval", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--limit-train", type=positive_int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--limit-eval", type=positive_int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--train-split", choices=("train", "calibration"), default="train", help=argparse.SUPPRESS)
 
 
