@@ -11,8 +11,9 @@ certificates need the plain smoothed h). The floor is --min-robust (absolute) or
 The search runs on the calibration split (disjoint from the test split); the chosen setting is then
 measured on the test split. Writes OUT/mixer_calibrated.yaml (load it with
 `mix-perception run --config OUT/mixer_calibrated.yaml` or `ros2 launch ... params_file:=...`),
-OUT/calibration.json, OUT/calibration.png, and, when h is sharpened, OUT/robust_sharpened.pt: a
-TorchScript file of the sharpened h that the node loads as its robust_model.
+OUT/calibration.json and OUT/calibration.png. A temperature sharpening becomes the node's
+robust_sharpening parameter; a MixedNUTS-style transform is written as OUT/robust_sharpened.pt, a
+TorchScript file of the transformed h that the node loads as its robust_model.
 
 Example (the embedded models, 500 calibration and 1,000 test images):
 
@@ -86,14 +87,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="goal certified: Theorem 4 (lipschitz) or 5 (smoothing) (default smoothing)",
     )
     common.add_certify_options(parser)
-    parser.add_argument(
-        "--sharpening-as",
-        choices=("model", "parameter"),
-        default="model",
-        help="model: the YAML's robust_model is a TorchScript file of the sharpened h (works with the node as "
-        "it is); parameter: robust_model stays h and the YAML gets robust_sharpening: S (for a node that "
-        "declares it; temperature only) (default model)",
-    )
     parser.add_argument("--yaml", type=Path, default=None, help="parameter file (default OUT/mixer_calibrated.yaml)")
     common.add_run_options(parser, "calibration")
 
@@ -300,13 +293,10 @@ def _node_file(args, chosen, standard, robust, calib, standard_spec, robust_spec
     transform = chosen.transform
     if transform.identity:
         robust_model, robust_arch = node_model(robust_spec, args.robust_arch, robust, "robust")
-    elif args.sharpening_as == "parameter" and transform.kind == "temperature":
+    elif transform.kind == "temperature":
         robust_model, robust_arch = node_model(robust_spec, args.robust_arch, robust, "robust")
         extra["robust_sharpening"] = float(transform.scale)
-        comments.append(
-            "robust_sharpening: h's logits are multiplied by this before mixing; the node must declare "
-            "and apply it (it did not when this was written)."
-        )
+        comments.append(f"robust_sharpening: the node multiplies h's logits by {transform.scale:g} before mixing.")
     else:
         path = calibration.export_torchscript(transform.apply(robust), calib.x[:1], folder / "robust_sharpened.pt")
         robust_model, robust_arch = str(path.resolve()), ""

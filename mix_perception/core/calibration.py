@@ -378,7 +378,7 @@ def node_parameters(
     Keys are the node's parameter names (mix_perception/ros/parameters.py, config/mixer.yaml):
     alpha, standard_model, standard_arch, robust_model, robust_arch, certification and, when
     certifying, smoothing.{sigma, samples, select_samples, delta, mode} (nested as in the YAML).
-    `extra` adds keys as they are (e.g. robust_sharpening, which the node does not declare yet).
+    `extra` adds keys as they are (e.g. robust_sharpening).
     """
     params = {
         "alpha": float(check_alpha(alpha)),

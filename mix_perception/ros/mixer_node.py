@@ -15,7 +15,8 @@ Threads: the subscription callback validates the frame (cheap, no copy) and puts
 `FrameSlot`; one worker thread converts, classifies and publishes, so the executor never waits for
 the model and only the newest frame waits (older ones are counted as dropped).
 
-Parameters: see `mix_perception.ros.parameters.MIXER` and config/mixer.yaml. `alpha` is dynamic
+Parameters: see `mix_perception.ros.parameters.MIXER` and config/mixer.yaml. `robust_sharpening` S
+multiplies h's logits before mixing (certification none only). `alpha` is dynamic
 (validated: a finite double in [0, 1]; <= 0.5 is accepted but logged as uncertifiable); everything
 else is read-only.
 """
@@ -83,6 +84,22 @@ def load_models(values: dict, device):
     return standard, robust
 
 
+def sharpened(robust, values: dict):
+    """h with its logits x robust_sharpening (h itself at 1). Raises ValueError when certifying with S != 1:
+    Theorems 4 and 5 bound the smoothed h's own probabilities, which a sharpened h does not have."""
+    from mix_perception.core.calibration import ScaledLogits
+
+    scale = values["robust_sharpening"]
+    if scale == 1.0:
+        return robust
+    if values["certification"] != "none":
+        raise ValueError(
+            f"robust_sharpening {scale} needs certification none (got {values['certification']}): "
+            "the certificates hold for h itself, not for a sharpened h"
+        )
+    return ScaledLogits(robust, scale)
+
+
 def certification_of(values: dict):
     from mix_perception.ros.inference import Certification
 
@@ -129,6 +146,7 @@ class MixerNode(Node):
         self.device = resolve_device(values["device"])
         if standard is None or robust is None:
             standard, robust = load_models(values, self.device)
+        robust = sharpened(robust, values)
         self.certification = certification_of(values)
         self.classifier = FrameClassifier(standard, robust, self.certification, self.device)
         self.alpha = values["alpha"]

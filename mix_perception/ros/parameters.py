@@ -58,6 +58,13 @@ MIXER = (
     ),
     Spec("robust_arch", "", "architecture for a bare state_dict of the robust model"),
     Spec(
+        "robust_sharpening",
+        1.0,
+        "h's logits are multiplied by this before mixing (temperature 1 / S; mix-perception calibrate "
+        "chooses it); values other than 1 need certification none, since the certificates are about h itself",
+        bounds=(1e-3, 1000.0),
+    ),
+    Spec(
         "certification",
         "smoothing",
         "none | lipschitz (Theorem 4) | smoothing (Theorem 5); both certify the "

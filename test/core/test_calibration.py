@@ -203,14 +203,13 @@ def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path):
     ]  # fmt: skip
     assert cli.main(argv) == 0
     alpha, scale, clean, attacked = expected_choice(0.5, CLI_ALPHAS)
-    assert scale != 1.0  # the answer needs sharpening, so the YAML names the TorchScript of the sharpened h
+    assert scale != 1.0  # the answer needs sharpening: the YAML names h and the node's robust_sharpening
 
     params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["mixer"]["ros__parameters"]
     assert set(_flatten(params)) <= {spec.name for spec in parameters.MIXER}
     assert params["alpha"] == alpha and params["certification"] == "none"
-    sharpened = load_model(params["robust_model"])
-    probe = torch.rand(3, 1, 8, 8)
-    assert torch.allclose(sharpened(probe), scale * Constant(ROBUST_LOGITS)(probe))
+    assert params["robust_model"] == str((tmp_path / "h.ts").resolve()) and params["robust_sharpening"] == scale
+    assert not (out / "robust_sharpened.pt").exists()
     assert load_model(params["standard_model"])(x[:2]).argmax(-1).tolist() == y[:2].tolist()
 
     report = json.loads((out / "calibration.json").read_text())
@@ -218,6 +217,34 @@ def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path):
     assert report["test"]["mixture"]["clean_accuracy"] == clean
     assert report["test"]["mixture"]["attacks"]["mix"]["accuracy"] == attacked
     assert (out / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_calibrate_exports_a_mixednuts_sharpened_h_as_torchscript(tmp_path):
+    x, y = constructed_data()
+    data = tmp_path / "constructed.npz"
+    np.savez(data, images=x.numpy(), labels=y.numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(Memorizer(x, y)), str(tmp_path / "g.ts"))
+        torch.jit.save(torch.jit.script(Constant(ROBUST_LOGITS)), str(tmp_path / "h.ts"))
+    out = tmp_path / "out"
+    argv = [
+        "calibrate", "--standard", str(tmp_path / "g.ts"), "--robust", str(tmp_path / "h.ts"),
+        "--calibration-data", str(data), "--test-data", str(data), "--min-robust", "0.5",
+        "--alphas", "0.3,0.6,0.73,1", "--transform", "mixednuts", "--scales", "1", "--powers", "1",
+        "--offsets", "0.5", "--eps", "0.05", "--steps", "2",
+        "--device", "cpu", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["mixer"]["ros__parameters"]
+    chosen = json.loads((out / "calibration.json").read_text())["calibration"]["chosen"]
+    # h -> relu(LN(V) + 0.5) = (0, 2.08, 1.25, 0, 0): clean and attacked right for 0.674 < alpha < 0.762;
+    # plain h only for 0.628 < alpha < 0.710, so alpha 0.73 needs the transform.
+    assert (chosen["alpha"], chosen["transform"]["kind"], chosen["clean_accuracy"]) == (0.73, "mixednuts", 1.0)
+    assert "robust_sharpening" not in params
+    probe = torch.rand(3, 1, 8, 8)
+    expected = calibration.MixedNUTSLogits(Constant(ROBUST_LOGITS), 1.0, 1.0, 0.5)(probe)
+    assert torch.allclose(load_model(params["robust_model"])(probe), expected)
 
 
 def test_calibrate_reports_an_unreachable_floor(tmp_path, capsys):

@@ -49,8 +49,8 @@ def ros_value(value) -> str:
 class NodeProcess:
     """A node in its own process; stdout+stderr go to a log file shown when a test fails."""
 
-    def __init__(self, executable: str, parameters: dict, log_dir: Path):
-        args = ["--ros-args", "--log-level", "warn"]
+    def __init__(self, executable: str, parameters: dict, log_dir: Path, namespace: str = ""):
+        args = ["--ros-args", "--log-level", "warn"] + (["-r", f"__ns:={namespace}"] if namespace else [])
         for name, value in parameters.items():
             args += ["-p", f"{name}:={ros_value(value)}"]
         self.log_path = log_dir / f"{executable}.log"
@@ -81,11 +81,11 @@ class NodeProcess:
 
 @pytest.fixture(scope="session")
 def start_node(tmp_path_factory):
-    """start_node(executable, parameters) -> NodeProcess; all stopped at the end of the session."""
+    """start_node(executable, parameters, namespace="") -> NodeProcess; all stopped at the end of the session."""
     started = []
 
-    def start(executable: str, parameters: dict) -> NodeProcess:
-        node = NodeProcess(executable, parameters, tmp_path_factory.mktemp(executable))
+    def start(executable: str, parameters: dict, namespace: str = "") -> NodeProcess:
+        node = NodeProcess(executable, parameters, tmp_path_factory.mktemp(executable), namespace)
         started.append(node)
         return node
 

@@ -9,9 +9,11 @@ requires 0.01. The test process publishes images, calls the real parameter servi
 import io
 import math
 import time
+import warnings
 
 import numpy as np
 import pytest
+import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from PIL import Image as PILImage
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
@@ -336,3 +338,49 @@ def test_startup_with_a_missing_or_corrupt_model_exits_with_one_line(start_node,
         lines = [line for line in node.output().splitlines() if line.strip()]
         assert len(lines) == 1, lines
         assert lines[0].startswith("mixer_node: error: ") and str(path.name) in lines[0]
+
+
+class SoftLogits(torch.nn.Module):
+    """Logits z = 1 for class 5, 0.5 for class 3, 0 elsewhere, whatever the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("logits", torch.tensor([0.0, 0, 0, 0.5, 0, 1.0, 0, 0, 0, 0]))
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_robust_sharpening_multiplies_h_logits_before_mixing(start_node, constant_model, ros, spin, tmp_path):
+    soft = tmp_path / "soft.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(SoftLogits()), str(soft))
+    parameters = {
+        "standard_model": str(constant_model),
+        "robust_model": str(soft),
+        "robust_sharpening": 3.0,
+        "certification": "none",
+        "alpha": 0.6,
+        "cpu_threads": 1,
+    }
+    mixer = start_node("mixer_node", parameters, namespace="/sharp")
+    _, node, executor = ros
+    received = []
+    node.create_subscription(MixedClassification, "/sharp/mixer/classification", received.append, RELIABLE)
+    images = node.create_publisher(Image, "/sharp/image", qos_profile_sensor_data)
+    spin(executor, lambda: images.get_subscription_count() >= 1 or not mixer.alive(), 60.0, "the sharpened mixer")
+    assert mixer.alive(), mixer.output()
+    image = array_to_image(np.zeros((28, 28), np.uint8), "mono8")
+    deadline = time.monotonic() + 30
+    while not received and time.monotonic() < deadline:  # best-effort images: publish until one is classified
+        images.publish(image)
+        executor.spin_once(timeout_sec=0.2)
+    assert received, mixer.output()
+    g = torch.nn.functional.one_hot(torch.tensor(3), 10).double() * 20.0
+    h = SoftLogits().logits.double()
+    expected = 0.4 * torch.softmax(g, 0) + 0.6 * torch.softmax(3.0 * h, 0)
+    unsharpened = 0.4 * torch.softmax(g, 0) + 0.6 * torch.softmax(h, 0)
+    assert np.allclose(received[0].probabilities, expected.numpy(), atol=1e-6)
+    assert not np.allclose(received[0].probabilities, unsharpened.numpy(), atol=1e-2)
+    assert (received[0].class_id, received[0].certified, received[0].certified_radius) == (3, False, 0.0)

@@ -63,6 +63,23 @@ def test_mixer_refuses_bad_startup_parameters(context, name, value):
     assert str(caught.value)
 
 
+def test_mixer_refuses_robust_sharpening_with_a_certificate(context):
+    for certification in ("smoothing", "lipschitz"):
+        overrides = [Parameter("robust_sharpening", value=2.0), Parameter("certification", value=certification)]
+        with pytest.raises(ValueError, match="robust_sharpening 2.0 needs certification none"):
+            MixerNode(tiny(), tiny(), context=context, parameter_overrides=overrides)
+    node = MixerNode(
+        tiny(),
+        tiny(),
+        context=context,
+        parameter_overrides=[Parameter("robust_sharpening", value=2.0), Parameter("certification", value="none")],
+    )
+    try:
+        assert node.classifier.robust.scale == 2.0
+    finally:
+        node.destroy_node()
+
+
 def test_safety_monitor_declares_every_parameter(context):
     node = SafetyMonitorNode(context=context)
     try:
