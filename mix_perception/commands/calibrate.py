@@ -24,6 +24,7 @@ import argparse
 import time
 from pathlib import Path
 
+from mix_perception.commands import arguments
 from mix_perception.commands import evaluate as common
 
 DEFAULT_ALPHAS = "0.3,0.35,0.4,0.45,0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95,1"
@@ -35,10 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_model_options(parser)
     parser.add_argument("--goal", choices=("attack", "certified"), default="attack", help="(default attack)")
     floor = parser.add_mutually_exclusive_group()
-    floor.add_argument("--min-robust", type=common.fraction, default=None, help="absolute floor in [0, 1]")
+    floor.add_argument("--min-robust", type=arguments.fraction, default=None, help="absolute floor in [0, 1]")
     floor.add_argument(
         "--min-robust-ratio",
-        type=common.positive_float,
+        type=arguments.positive_float,
         default=None,
         help="floor as a fraction of h alone's attacked (or certified) accuracy on the same images (default 0.9)",
     )
@@ -56,8 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "until one reaches the floor); bisect = fewer attacks, assumes robustness grows with alpha for a "
         "fixed sharpening (default ordered)",
     )
-    parser.add_argument("--radius", type=common.positive_float, default=0.25, help="goal certified: l2 radius")
-    parser.add_argument("--alphas", type=common.alpha_list, default=common.alpha_list(DEFAULT_ALPHAS))
+    parser.add_argument("--radius", type=arguments.positive_float, default=0.25, help="goal certified: l2 radius")
+    parser.add_argument("--alphas", type=arguments.alpha_list, default=arguments.alpha_list(DEFAULT_ALPHAS))
     parser.add_argument(
         "--transform",
         choices=("temperature", "mixednuts"),
@@ -65,14 +66,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="sharpening family of h's logits (default temperature)",
     )
     parser.add_argument(
-        "--scales", type=common.float_list, default=common.float_list(DEFAULT_SCALES), help="S values (1 = none)"
+        "--scales", type=arguments.float_list, default=arguments.float_list(DEFAULT_SCALES), help="S values (1 = none)"
     )
-    parser.add_argument("--powers", type=common.float_list, default=[1.0, 2.0], help="mixednuts P values (>= 1)")
-    parser.add_argument("--offsets", type=common.float_list, default=[0.0, 1.0], help="mixednuts C values")
+    parser.add_argument("--powers", type=arguments.float_list, default=[1.0, 2.0], help="mixednuts P values (>= 1)")
+    parser.add_argument("--offsets", type=arguments.float_list, default=[0.0, 1.0], help="mixednuts C values")
     common.add_data_options(parser, "calibration", "--calibration-data")
-    parser.add_argument("--limit", type=common.positive_int, default=None, help="first N calibration images")
+    parser.add_argument("--limit", type=arguments.positive_int, default=None, help="first N calibration images")
     common.add_data_options(parser, "test", "--test-data")
-    parser.add_argument("--test-limit", type=common.positive_int, default=None, help="first N test images")
+    parser.add_argument("--test-limit", type=arguments.positive_int, default=None, help="first N test images")
     parser.add_argument("--no-test", action="store_true", help="skip the test-split measurement")
     parser.add_argument(
         "--test-autoattack",

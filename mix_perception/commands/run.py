@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from mix_perception.commands.evaluate import positive_float
+from mix_perception.commands.arguments import positive_float
 
 DEFAULT_DURATION = 30.0
 

@@ -16,7 +16,7 @@ import platform
 import time
 from pathlib import Path
 
-from mix_perception.commands.evaluate import positive_int
+from mix_perception.commands.arguments import positive_int
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "default_models"
 MODEL_NAMES = ("standard", "robust", "smoothing")
