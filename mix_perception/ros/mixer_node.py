@@ -147,6 +147,7 @@ class MixerNode(Node):
         if standard is None or robust is None:
             standard, robust = load_models(values, self.device)
         robust = sharpened(robust, values)
+        self.sharpening = values["robust_sharpening"]
         self.certification = certification_of(values)
         self.classifier = FrameClassifier(standard, robust, self.certification, self.device)
         self.alpha = values["alpha"]
@@ -191,6 +192,7 @@ class MixerNode(Node):
         self.worker.start()
         self.get_logger().info(
             f"mixer ready: device {self.device}, certification {self.certification.method}, alpha {self.alpha}"
+            + ("" if self.sharpening == 1.0 else f", h's logits x {self.sharpening}")
             + ("" if self.alpha > 0.5 else " (alpha <= 0.5: no frame can be certified)")
         )
 
@@ -321,6 +323,7 @@ class MixerNode(Node):
             "inference_failures": counters["failed"],
             "device": str(self.device),
             "alpha": self.alpha,
+            "robust_sharpening": self.sharpening,
             "certification": self.certification.method,
         }
         values.update({f"rejected_{code}": count for code, count in sorted(by_code.items())})
