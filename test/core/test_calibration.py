@@ -186,22 +186,31 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path):
-    x, y = constructed_data()
-    data = tmp_path / "constructed.npz"
+def save_constructed_case(folder, x, y):
+    """Write the constructed case: data (returned path, .npz), g as folder/g.ts, h as folder/h.ts."""
+    data = folder / "constructed.npz"
     np.savez(data, images=x.numpy(), labels=y.numpy())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.script(Memorizer(x, y)), str(tmp_path / "g.ts"))
-        torch.jit.save(torch.jit.script(Constant(ROBUST_LOGITS)), str(tmp_path / "h.ts"))
-    out = tmp_path / "out"
-    argv = [
-        "calibrate", "--standard", str(tmp_path / "g.ts"), "--robust", str(tmp_path / "h.ts"),
+        torch.jit.save(torch.jit.script(Memorizer(x, y)), str(folder / "g.ts"))
+        torch.jit.save(torch.jit.script(Constant(ROBUST_LOGITS)), str(folder / "h.ts"))
+    return data
+
+
+def calibrate_argv(folder, data, *options) -> list[str]:
+    """`calibrate` on the saved case: floor 0.5, PGD eps 0.05 with 2 steps, output in folder/out."""
+    return [
+        "calibrate", "--standard", str(folder / "g.ts"), "--robust", str(folder / "h.ts"),
         "--calibration-data", str(data), "--test-data", str(data), "--min-robust", "0.5",
-        "--alphas", ",".join(map(str, CLI_ALPHAS)), "--scales", "2,4", "--eps", "0.05", "--steps", "2",
-        "--device", "cpu", "--out", str(out), "--quiet",
+        "--eps", "0.05", "--steps", "2", "--device", "cpu", "--out", str(folder / "out"), "--quiet", *options,
     ]  # fmt: skip
-    assert cli.main(argv) == 0
+
+
+def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path):
+    x, y = constructed_data()
+    data = save_constructed_case(tmp_path, x, y)
+    out = tmp_path / "out"
+    assert cli.main(calibrate_argv(tmp_path, data, "--alphas", ",".join(map(str, CLI_ALPHAS)), "--scales", "2,4")) == 0
     alpha, scale, clean, attacked = expected_choice(0.5, CLI_ALPHAS)
     assert scale != 1.0  # the answer needs sharpening: the YAML names h and the node's robust_sharpening
 
@@ -221,21 +230,10 @@ def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path):
 
 def test_calibrate_exports_a_mixednuts_sharpened_h_as_torchscript(tmp_path):
     x, y = constructed_data()
-    data = tmp_path / "constructed.npz"
-    np.savez(data, images=x.numpy(), labels=y.numpy())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.script(Memorizer(x, y)), str(tmp_path / "g.ts"))
-        torch.jit.save(torch.jit.script(Constant(ROBUST_LOGITS)), str(tmp_path / "h.ts"))
+    data = save_constructed_case(tmp_path, x, y)
     out = tmp_path / "out"
-    argv = [
-        "calibrate", "--standard", str(tmp_path / "g.ts"), "--robust", str(tmp_path / "h.ts"),
-        "--calibration-data", str(data), "--test-data", str(data), "--min-robust", "0.5",
-        "--alphas", "0.3,0.6,0.73,1", "--transform", "mixednuts", "--scales", "1", "--powers", "1",
-        "--offsets", "0.5", "--eps", "0.05", "--steps", "2",
-        "--device", "cpu", "--out", str(out), "--quiet",
-    ]  # fmt: skip
-    assert cli.main(argv) == 0
+    options = ["--alphas", "0.3,0.6,0.73,1", "--transform", "mixednuts", "--scales", "1", "--powers", "1"]
+    assert cli.main(calibrate_argv(tmp_path, data, *options, "--offsets", "0.5")) == 0
     params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["mixer"]["ros__parameters"]
     chosen = json.loads((out / "calibration.json").read_text())["calibration"]["chosen"]
     # h -> relu(LN(V) + 0.5) = (0, 2.08, 1.25, 0, 0): clean and attacked right for 0.674 < alpha < 0.762;
@@ -249,12 +247,7 @@ def test_calibrate_exports_a_mixednuts_sharpened_h_as_torchscript(tmp_path):
 
 def test_calibrate_reports_an_unreachable_floor(tmp_path, capsys):
     x, y = constructed_data()
-    data = tmp_path / "constructed.npz"
-    np.savez(data, images=x.numpy(), labels=y.numpy())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.script(Memorizer(x, y)), str(tmp_path / "g.ts"))
-        torch.jit.save(torch.jit.script(Constant(ROBUST_LOGITS)), str(tmp_path / "h.ts"))
+    data = save_constructed_case(tmp_path, x, y)
     argv = [
         "calibrate", "--standard", str(tmp_path / "g.ts"), "--robust", str(tmp_path / "h.ts"),
         "--calibration-data", str(data), "--no-test", "--min-robust", "0.9", "--alphas", "0.3,0.6",
