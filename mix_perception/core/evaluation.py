@@ -31,9 +31,9 @@ from tqdm import tqdm
 from mix_perception.core.attacks import ATTACK_TARGETS, NORMS, pgd
 from mix_perception.core.certify import gaussian_lipschitz, lipschitz_radius_from_bounds, smoothing_radius
 from mix_perception.core.mixing import MixedClassifier, check_alpha, mix_log_probs
+from mix_perception.core.smoothing import METHODS as CERTIFY_METHODS
 from mix_perception.core.smoothing import SmoothedClassifier
 
-CERTIFY_METHODS = ("lipschitz", "smoothing")
 SPLIT_NAMES = ("test", "calibration")
 
 

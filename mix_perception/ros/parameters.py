@@ -196,6 +196,17 @@ def declare(node, specs) -> dict:
     return values
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"smoothing": {"sigma": 1}} -> {"smoothing.sigma": 1}: the names ROS reads from a nested parameter file."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def defaults(specs) -> dict:
     """{name: default} of a table (what config/mixer.yaml must list)."""
     return {spec.name: spec.default for spec in specs}

@@ -172,18 +172,8 @@ def test_sharpening_modules():
 
 def test_node_parameters_use_the_node_names():
     params = calibration.node_parameters(0.7, "default:standard", "default", "smoothing", smoothing={"sigma": 0.25})
-    flat = set(_flatten(params["mixer"]["ros__parameters"]))
+    flat = set(parameters.flatten(params["mixer"]["ros__parameters"]))
     assert flat <= {spec.name for spec in parameters.MIXER}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def save_constructed_case(folder, x, y):
@@ -215,7 +205,7 @@ def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path):
     assert scale != 1.0  # the answer needs sharpening: the YAML names h and the node's robust_sharpening
 
     params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["mixer"]["ros__parameters"]
-    assert set(_flatten(params)) <= {spec.name for spec in parameters.MIXER}
+    assert set(parameters.flatten(params)) <= {spec.name for spec in parameters.MIXER}
     assert params["alpha"] == alpha and params["certification"] == "none"
     assert params["robust_model"] == str((tmp_path / "h.ts").resolve()) and params["robust_sharpening"] == scale
     assert not (out / "robust_sharpened.pt").exists()

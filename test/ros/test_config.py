@@ -16,22 +16,11 @@ TABLES = {
 }
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"smoothing": {"sigma": 1}} -> {"smoothing.sigma": 1} (how ROS reads nested parameter files)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 @pytest.mark.parametrize("node", sorted(TABLES))
 def test_yaml_lists_every_parameter_with_its_default(node):
     config = yaml.safe_load(CONFIG.read_text())
     assert set(config) == set(TABLES)
-    listed = flatten(config[node]["ros__parameters"])
+    listed = parameters.flatten(config[node]["ros__parameters"])
     assert listed == parameters.defaults(TABLES[node])
 
 
