@@ -51,6 +51,7 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     hflip: bool = True
+    shift: int = 0
     attack: dict = field(default_factory=dict)
     clean_weight: float = 0.0
     sigma: float | None = None
@@ -60,7 +61,10 @@ class Recipe:
         card = asdict(self)
         card["optimizer"] = f"SGD(momentum={self.momentum}, nesterov=True, weight_decay={self.weight_decay})"
         card["lr_schedule"] = f"OneCycleLR(max_lr={self.max_lr}, pct_start=0.2, cosine), stepped per batch"
-        card["augmentation"] = "random horizontal flip (p=0.5)" if self.hflip else "none"
+        augmentation = ["random horizontal flip (p=0.5)"] if self.hflip else []
+        if self.shift:
+            augmentation.append(f"random translation by up to {self.shift} px each way, zero fill")
+        card["augmentation"] = ", ".join(augmentation) or "none"
         if self.clean_weight > 0:
             card["objective"] = f"{self.clean_weight:g} CE(clean) + {1 - self.clean_weight:g} CE(PGD)"
         return card
@@ -93,6 +97,19 @@ def _flipped(recipe: Recipe, x: torch.Tensor, generator: torch.Generator) -> tor
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def _shifted(recipe: Recipe, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """x (N, C, H, W) with each image translated by (dy, dx), each uniform in {-shift, ..., shift} px,
+    the uncovered border filled with 0 (when the recipe shifts)."""
+    if not recipe.shift:
+        return x
+    n, _, height, width = x.shape
+    dy, dx = torch.randint(-recipe.shift, recipe.shift + 1, (2, n, 1), generator=generator).to(x.device)
+    padded = F.pad(x, (recipe.shift,) * 4)
+    rows = (torch.arange(height, device=x.device) + recipe.shift - dy)[:, None, :, None]
+    cols = (torch.arange(width, device=x.device) + recipe.shift - dx)[:, None, None, :]
+    return padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+
+
 def _loss(
     recipe: Recipe, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +118,7 @@ def _loss(
     loss = CE(model(x')) with x' = PGD(x) (robust) or x + noise (smoothing) or x, and, with
     clean_weight w > 0, w CE(model(x)) + (1 - w) CE(model(x')).
     """
-    x = _flipped(recipe, x, generator)
+    x = _shifted(recipe, _flipped(recipe, x, generator), generator)
     inputs = x
     if recipe.attack:
         inputs = pgd(model, x, y, generator=generator, random_start=True, **recipe.attack)

@@ -134,3 +134,23 @@ def test_robust_recipe_weighs_clean_and_adversarial_cross_entropy():
     assert torch.allclose(loss, 0.5 * clean_loss + 0.5 * attacked_loss)
     assert attacked_loss > clean_loss  # the attack found harder inputs
     assert (flipped != x).any() and (attacked - flipped).abs().max() <= 0.1 + 1e-6
+
+
+def test_shift_translates_each_image_by_at_most_shift_pixels_with_zero_fill():
+    """Each shifted image equals its original moved by one (dy, dx) in {-2..2}^2, zeros where uncovered."""
+    recipe = training.Recipe("shifted", epochs=1, hflip=False, shift=2)
+    x = torch.rand(64, 1, 28, 28) + 0.1  # no zero pixels, so the fill is visible
+    shifted = training._shifted(recipe, x, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    offsets = set()
+    for original, moved in zip(padded, shifted, strict=True):
+        matches = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(moved, original[:, 2 - dy : 30 - dy, 2 - dx : 30 - dx])
+        ]
+        assert len(matches) == 1
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # the offsets vary from image to image
+    assert torch.equal(training._shifted(training.RECIPES["robust"], x, torch.Generator()), x)
