@@ -6,7 +6,9 @@ over a grid of alphas and sharpenings of h's logits (temperature: logits x S; or
 S * relu(LN(z) + C) ** P). Goal "certified": the highest clean accuracy whose certified accuracy
 at --radius (smoothed h, confidence bounds) reaches the floor, over alphas (no sharpening: the
 certificates need the plain smoothed h). The floor is --min-robust (absolute) or --min-robust-ratio
-(fraction of h alone's own number on the same images; default 0.9).
+(fraction of h alone's own number on the same images; default 0.9). A candidate reaches it when a
+one-sided Clopper-Pearson lower bound on its robustness, at level 1 - --floor-delta (default 0.05),
+does, so that the floor also holds on new images; --floor-delta 0 compares the measured number.
 
 The search runs on the calibration split (disjoint from the test split); the chosen setting is then
 measured on the test split. Writes OUT/mixer_calibrated.yaml (load it with
@@ -42,6 +44,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=arguments.positive_float,
         default=None,
         help="floor as a fraction of h alone's attacked (or certified) accuracy on the same images (default 0.9)",
+    )
+    parser.add_argument(
+        "--floor-delta",
+        type=arguments.fraction,
+        default=0.05,
+        help="a candidate reaches the floor when the one-sided Clopper-Pearson lower bound on its robustness, "
+        "at level 1 - this, does; 0 = the measured number itself (default 0.05)",
     )
     parser.add_argument(
         "--floor-attack",
@@ -96,8 +105,9 @@ def main(args) -> int:
     from mix_perception.cli import CommandError
     from mix_perception.core import calibration, evaluation, plots
 
-    if args.delta >= 1:
-        raise CommandError(f"--delta must be in (0, 1), got {args.delta}")
+    for name in ("delta", "floor_delta"):
+        if getattr(args, name) >= 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be below 1, got {getattr(args, name)}")
     if args.transform == "mixednuts" and any(p < 1 for p in args.powers):
         raise CommandError("--powers must be >= 1")
     if any(s <= 0 for s in args.scales):
@@ -125,7 +135,7 @@ def main(args) -> int:
         transforms = calibration.transform_grid(args.transform, args.scales, args.powers, args.offsets)
         result = calibration.calibrate_attack(
             standard, robust, calib.x, calib.y, args.alphas, transforms, floor, config, args.floor_attack,
-            reference, args.batch_size, device, args.seed, progress, args.search,
+            reference, args.batch_size, device, args.seed, progress, args.search, args.floor_delta,
         )  # fmt: skip
     else:
         robust_spec = common.smoothing_spec(args)
@@ -141,7 +151,7 @@ def main(args) -> int:
         floor = _floor(args, probe.reference["certified_accuracy"])
         result = calibration.calibrate_certified(
             standard, bounds, calib.y, args.alphas, args.radius, floor, args.certification, args.batch_size, device,
-            x=calib.x,
+            x=calib.x, floor_delta=args.floor_delta,
         )  # fmt: skip
     search_seconds = time.perf_counter() - started
 
@@ -271,10 +281,10 @@ def _node_file(args, chosen, standard, robust, calib, standard_spec, robust_spec
     standard_model, standard_arch = node_model(standard_spec, args.standard_arch, standard, "standard")
     comments = [
         "Written by `mix-perception calibrate`: mixer parameters for the chosen setting.",
-        f"Goal: {result.goal}, floor {result.floor:.4f} on {len(calib.y)} images of {args.calibration_data}; "
-        f"chosen alpha {chosen.alpha:g}, h transform: {chosen.transform.describe()}.",
-        f"Calibration split: clean {chosen.clean_accuracy:.4f}, robust {chosen.robust_accuracy:.4f}. "
-        "Details: calibration.json next to this file.",
+        f"Goal: {result.goal}, floor {result.floor:.4f} (delta {result.floor_delta:g}) on {len(calib.y)} images of "
+        f"{args.calibration_data}; chosen alpha {chosen.alpha:g}, h transform: {chosen.transform.describe()}.",
+        f"Calibration split: clean {chosen.clean_accuracy:.4f}, robust {chosen.robust_accuracy:.4f} "
+        f"(lower bound {chosen.robust_lower:.4f}). Details: calibration.json next to this file.",
         "Use: mix-perception run --config <this file>   (parameters not listed keep their defaults)",
     ]
     if args.goal == "certified":
@@ -319,6 +329,7 @@ def _config(args, calib, test, standard_spec, robust_spec, config) -> dict:
         "robust": robust_spec,
         "min_robust": args.min_robust,
         "min_robust_ratio": args.min_robust_ratio,
+        "floor_delta": args.floor_delta,
         "floor_attack": args.floor_attack if args.goal == "attack" else None,
         "search": args.search if args.goal == "attack" else None,
         "radius": args.radius if args.goal == "certified" else None,
@@ -347,9 +358,10 @@ def _print(report: dict) -> None:
     chosen = cal["chosen"]
     tried = sum(c["robust_accuracy"] is not None for c in cal["candidates"])
     print(
-        f"goal {cal['goal']}: floor {cal['floor']:.4f}; tried {tried} of {len(cal['candidates'])} candidates; "
-        f"chosen alpha {chosen['alpha']:g}, {chosen['transform']['description']}: calibration clean "
-        f"{chosen['clean_accuracy']:.4f}, robust {chosen['robust_accuracy']:.4f}"
+        f"goal {cal['goal']}: floor {cal['floor']:.4f} (delta {cal['floor_delta']:g}); tried {tried} of "
+        f"{len(cal['candidates'])} candidates; chosen alpha {chosen['alpha']:g}, {chosen['transform']['description']}: "
+        f"calibration clean {chosen['clean_accuracy']:.4f}, robust {chosen['robust_accuracy']:.4f} "
+        f"(lower bound {chosen['robust_lower']:.4f})"
     )
     test = report.get("test")
     if test and "attacks" in test["mixture"]:

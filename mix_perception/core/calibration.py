@@ -20,6 +20,13 @@ where h is confident, so a smaller alpha gives the same robustness and g decides
 Sharpening applies to the attack goal only: the certificates of the smoothed h (Theorems 4 and 5)
 need h's probabilities to be E[hbar] with hbar in [0, 1], which a transform of them is not.
 
+A candidate reaches the floor when a one-sided Clopper-Pearson lower bound on its robust accuracy,
+at level 1 - floor_delta, does (k of n calibration images robust -> the floor_delta quantile of
+Beta(k, n - k + 1)): the floor is meant to hold on new images, not just on the calibration images,
+where the point estimate of the most accurate candidate at the floor is as likely to be above its
+true value as below. The bound holds per candidate (the choice among candidates is not corrected
+for); floor_delta = 0 compares the point estimate itself.
+
 The default search is exact over the given grid: candidates are tried in order of decreasing clean
 accuracy (ties: larger alpha first, then milder sharpening), and the first whose robustness reaches
 the floor is the answer, so only the candidates more accurate than the answer are ever attacked.
@@ -38,6 +45,7 @@ import torch
 from torch import nn
 
 from mix_perception.core import evaluation
+from mix_perception.core.bounds import clopper_pearson_lower
 from mix_perception.core.mixing import MixedClassifier, check_alpha
 
 GOALS = ("attack", "certified")
@@ -146,13 +154,22 @@ def transform_grid(kind: str, scales: Sequence[float], powers=(1.0,), offsets=(0
 
 @dataclass
 class Candidate:
-    """One (alpha, transform) point: clean accuracy, and robust accuracy once it was evaluated (else None)."""
+    """One (alpha, transform) point: clean accuracy, and once it was evaluated (else None) its robust
+    accuracy, the lower confidence bound on it (robust_lower) and whether that reaches the floor."""
 
     alpha: float
     transform: Transform
     clean_accuracy: float
     robust_accuracy: float | None = None
+    robust_lower: float | None = None
     feasible: bool | None = None
+
+    def judge(self, robust_accuracy: float, images: int, floor: float, floor_delta: float) -> bool:
+        """Record robust_accuracy (a fraction of `images`), its lower bound and feasible; return feasible."""
+        self.robust_accuracy = robust_accuracy
+        self.robust_lower = robust_lower_bound(robust_accuracy, images, floor_delta)
+        self.feasible = self.robust_lower >= floor - 1e-12
+        return self.feasible
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -160,13 +177,27 @@ class Candidate:
         return data
 
 
+def robust_lower_bound(accuracy: float, images: int, floor_delta: float) -> float:
+    """One-sided Clopper-Pearson lower bound at level 1 - floor_delta on an accuracy measured as the
+    fraction `accuracy` of `images` images (k = round(accuracy * images) successes); the accuracy itself
+    when floor_delta is 0. floor_delta in [0, 1)."""
+    if not 0.0 <= floor_delta < 1.0:
+        raise ValueError(f"floor_delta must be in [0, 1), got {floor_delta!r}")
+    if floor_delta == 0.0:
+        return float(accuracy)
+    successes = torch.tensor([round(accuracy * images)])
+    return float(clopper_pearson_lower(successes, images, floor_delta)[0])
+
+
 @dataclass
 class Calibration:
     """Result of a search: the chosen candidate (None when nothing reaches the floor), every candidate
-    with what was measured, the floor, and the reference numbers of h alone on the same images."""
+    with what was measured, the floor and floor_delta, and the reference numbers of h alone on the same
+    images."""
 
     goal: str
     floor: float
+    floor_delta: float
     chosen: Candidate | None
     candidates: list
     reference: dict
@@ -175,6 +206,7 @@ class Calibration:
         return {
             "goal": self.goal,
             "floor": self.floor,
+            "floor_delta": self.floor_delta,
             "chosen": None if self.chosen is None else self.chosen.to_json(),
             "reference": self.reference,
             "candidates": [c.to_json() for c in self.candidates],
@@ -219,8 +251,10 @@ def calibrate_attack(
     seed: int = 0,
     progress=False,
     search: str = "ordered",
+    floor_delta: float = 0.05,
 ) -> Calibration:
-    """Highest clean accuracy over alphas x transforms with robust accuracy >= floor (a fraction in [0, 1]).
+    """Highest clean accuracy over alphas x transforms whose robust accuracy reaches the floor (a fraction
+    in [0, 1]): its lower confidence bound at level 1 - floor_delta is >= floor (see the module docstring).
 
     Robust accuracy: floor_attack "mix" = accuracy under PGD (`config`) end-to-end through the
     mixture of g and the transformed h; "worst" = correct on the clean input and under MIX, STD
@@ -257,10 +291,8 @@ def calibrate_attack(
 
     def measure(candidate: Candidate) -> bool:
         if candidate.feasible is None:
-            candidate.robust_accuracy = _robust_accuracy(
-                standard, robust, candidate, x, y, config, floor_attack, cache, seed, args
-            )
-            candidate.feasible = candidate.robust_accuracy >= floor - 1e-12
+            accuracy = _robust_accuracy(standard, robust, candidate, x, y, config, floor_attack, cache, seed, args)
+            candidate.judge(accuracy, len(y), floor, floor_delta)
         return candidate.feasible
 
     allowed = candidates
@@ -277,7 +309,7 @@ def calibrate_attack(
                     low = middle + 1
             allowed += row[high:]
     chosen = next((c for c in _order(allowed) if measure(c)), None)
-    return Calibration("attack", float(floor), chosen, candidates, dict(reference or {}))
+    return Calibration("attack", float(floor), floor_delta, chosen, candidates, dict(reference or {}))
 
 
 def _robust_accuracy(standard, robust, candidate, x, y, config, floor_attack, cache, seed, args) -> float:
@@ -309,8 +341,10 @@ def calibrate_certified(
     device="cpu",
     x: torch.Tensor | None = None,
     standard_probs: torch.Tensor | None = None,
+    floor_delta: float = 0.05,
 ) -> Calibration:
-    """Highest clean accuracy over alphas with certified accuracy at l2 `radius` >= floor.
+    """Highest clean accuracy over alphas whose certified accuracy at l2 `radius` reaches the floor (its
+    lower confidence bound at level 1 - floor_delta is >= floor; see the module docstring).
 
     `bounds`: evaluation.smoothing_bounds of the smoothed h on the calibration images (one pass
     serves every alpha). Certified accuracy at r = fraction of images whose certified class is the
@@ -328,7 +362,9 @@ def calibrate_certified(
         clean = evaluation.smoothed_mixture_predictions(standard_probs, bounds, a) == y
         correct = evaluation.mixture_certified_correct(standard_probs, bounds, y, a)
         certified = evaluation.certified_curve(correct, evaluation.certified_radius(bounds, a, method), [radius])[0]
-        candidates.append(Candidate(a, Transform(), evaluation.accuracy(clean), certified, certified >= floor - 1e-12))
+        candidate = Candidate(a, Transform(), evaluation.accuracy(clean))
+        candidate.judge(certified, len(y), floor, floor_delta)
+        candidates.append(candidate)
     feasible = [c for c in _order(candidates) if c.feasible]
     robust_radius = evaluation.certified_radius(bounds, 1.0, method)
     reference = {
@@ -336,7 +372,7 @@ def calibrate_certified(
         "certified_accuracy": evaluation.certified_curve(bounds.prediction == y, robust_radius, [radius])[0],
         "radius": float(radius),
     }
-    return Calibration("certified", float(floor), feasible[0] if feasible else None, candidates, reference)
+    return Calibration("certified", float(floor), floor_delta, feasible[0] if feasible else None, candidates, reference)
 
 
 # --- outputs for the node -------------------------------------------------------------------------------

@@ -115,8 +115,9 @@ def certified_accuracy(cert: dict, path: Path) -> Path | None:
 
 
 def calibration_candidates(calibration: dict, path: Path) -> Path | None:
-    """Clean (x) against robust (y) accuracy of every attacked calibration candidate, the floor as a
-    line, the chosen one starred. Labels: alpha, then the sharpening (S, or S/P/C for MixedNUTS)."""
+    """Clean (x) against robust (y) accuracy of every attacked calibration candidate, a bar down to its
+    lower confidence bound (robust_lower, the number held against the floor), the floor as a line, the
+    chosen one starred. Labels: alpha, then the sharpening (S, or S/P/C for MixedNUTS)."""
     points = [c for c in calibration.get("candidates", []) if c.get("robust_accuracy") is not None]
     if not points:
         return None
@@ -125,6 +126,8 @@ def calibration_candidates(calibration: dict, path: Path) -> Path | None:
     for c in points:
         marker, color = ("o", "tab:blue") if c["feasible"] else ("x", "tab:red")
         ax.plot(c["clean_accuracy"], c["robust_accuracy"], marker, color=color)
+        if c.get("robust_lower") is not None:
+            ax.vlines(c["clean_accuracy"], c["robust_lower"], c["robust_accuracy"], color=color, alpha=0.4)
         t = c["transform"]
         sharpening = (
             f"S={t['scale']:g}"
@@ -147,7 +150,11 @@ def calibration_candidates(calibration: dict, path: Path) -> Path | None:
     ax.margins(x=0.15, y=0.1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Calibration candidates attacked (label: alpha, sharpening; x: below the floor)", fontsize=9)
+    ax.set_title(
+        "Calibration candidates attacked (label: alpha, sharpening)\n"
+        "bar: down to the lower confidence bound held against the floor; x: bound below the floor",
+        fontsize=8,
+    )
     return _save(fig, path, plt)
 
 

@@ -85,7 +85,7 @@ def test_attack_goal_picks_the_known_answer(floor, search):
     standard, robust = Memorizer(x, y), Constant(ROBUST_LOGITS)
     result = calibration.calibrate_attack(
         standard, robust, x, y, ALPHAS, calibration.transform_grid("temperature", SCALES), floor,
-        evaluation.PGDConfig("linf", 0.05, 3), batch_size=5, search=search,
+        evaluation.PGDConfig("linf", 0.05, 3), batch_size=5, search=search, floor_delta=0.0,
     )  # fmt: skip
     for c in result.candidates:
         clean, attacked = expected(c.alpha, c.transform.scale)
@@ -107,6 +107,40 @@ def test_attack_goal_with_no_feasible_candidate_returns_none():
     )  # fmt: skip
     assert result.chosen is None
     assert all(c.feasible is False for c in result.candidates)
+
+
+def test_robust_lower_bound_is_the_clopper_pearson_bound():
+    """k of n -> the delta quantile of Beta(k, n - k + 1) (scipy), 0 for k = 0; delta 0 -> the accuracy."""
+    from scipy.stats import beta
+
+    for k, n, delta in [(1337, 2000, 0.05), (3, 4, 0.05), (1, 2, 0.2), (7, 7, 0.01)]:
+        expected_bound = beta.ppf(delta, k, n - k + 1)
+        assert calibration.robust_lower_bound(k / n, n, delta) == pytest.approx(expected_bound, rel=1e-9)
+        assert calibration.robust_lower_bound(k / n, n, 0.0) == k / n
+    assert calibration.robust_lower_bound(0.0, 100, 0.05) == 0.0
+    with pytest.raises(ValueError, match="floor_delta"):
+        calibration.robust_lower_bound(0.5, 10, 1.0)
+
+
+@pytest.mark.parametrize("floor, delta, answer_floor", [(0.24, 0.05, 0.5), (0.25, 0.05, None), (0.25, 0.0, 0.25)])
+def test_attack_goal_holds_the_floor_against_the_lower_bound(floor, delta, answer_floor):
+    """On the 12-image case robust accuracy is 0 or 6/12; with delta 0.05 the bound on 6 of 12 is 0.2453
+    (Beta(6, 7)'s 5% quantile), so a floor of 0.24 admits exactly the candidates a measured floor of 0.5
+    admits, and 0.25 admits none, where the measured numbers alone would admit every one at 1/2."""
+    x, y = constructed_data()
+    result = calibration.calibrate_attack(
+        Memorizer(x, y), Constant(ROBUST_LOGITS), x, y, ALPHAS, calibration.transform_grid("temperature", SCALES),
+        floor, evaluation.PGDConfig("linf", 0.05, 3), batch_size=5, floor_delta=delta,
+    )  # fmt: skip
+    for c in result.candidates:
+        if c.robust_accuracy is not None:
+            assert c.robust_lower == calibration.robust_lower_bound(c.robust_accuracy, len(y), delta)
+            assert c.feasible == (c.robust_lower >= floor)
+    if answer_floor is None:
+        assert result.chosen is None and result.to_json()["floor_delta"] == delta
+        return
+    alpha, scale = expected_choice(answer_floor)[:2]
+    assert (result.chosen.alpha, result.chosen.transform.scale) == (alpha, scale)
 
 
 CERT_PROBS = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.6, 0.4]])
@@ -145,7 +179,9 @@ def expected_certified(alpha: float, radius: float) -> tuple[float, float]:
 def test_certified_goal_picks_the_known_answer(radius, floor):
     y, standard_probs, bounds = certified_case()
     alphas = [0.4, 0.6, 0.7, 0.8, 0.9, 1.0]
-    result = calibration.calibrate_certified(None, bounds, y, alphas, radius, floor, standard_probs=standard_probs)
+    result = calibration.calibrate_certified(
+        None, bounds, y, alphas, radius, floor, standard_probs=standard_probs, floor_delta=0.0
+    )
     for c in result.candidates:
         clean, certified = expected_certified(c.alpha, radius)
         assert c.clean_accuracy == clean and c.robust_accuracy == pytest.approx(certified)
@@ -156,6 +192,18 @@ def test_certified_goal_picks_the_known_answer(radius, floor):
     else:
         assert result.chosen.alpha == answer[0] and result.chosen.clean_accuracy == answer[1]
     assert result.reference["clean_accuracy"] == 0.75  # h alone: images 0-2
+
+
+def test_certified_goal_holds_the_floor_against_the_lower_bound():
+    """Alpha 0.9 certifies 3 of 4 images at radius 0.1; with delta 0.05 the bound is Beta(3, 2)'s 5%
+    quantile, 0.249: a floor of 0.2 is reached, 0.3 (which 3/4 measured would reach) is not."""
+    y, standard_probs, bounds = certified_case()
+    assert expected_certified(0.9, 0.1)[1] == 0.75
+    for floor, reached in [(0.2, True), (0.3, False)]:
+        result = calibration.calibrate_certified(None, bounds, y, [0.9], 0.1, floor, standard_probs=standard_probs)
+        (candidate,) = result.candidates
+        assert candidate.robust_lower == pytest.approx(0.2486, abs=1e-4)
+        assert (result.chosen is candidate) == reached
 
 
 def test_sharpening_modules():
@@ -188,10 +236,11 @@ def save_constructed_case(folder, x, y):
 
 
 def calibrate_argv(folder, data, *options) -> list[str]:
-    """`calibrate` on the saved case: floor 0.5, PGD eps 0.05 with 2 steps, output in folder/out."""
+    """`calibrate` on the saved case: floor 0.5 on the measured accuracies (12 images are too few for a
+    useful confidence bound), PGD eps 0.05 with 2 steps, output in folder/out."""
     return [
         "calibrate", "--standard", str(folder / "g.ts"), "--robust", str(folder / "h.ts"),
-        "--calibration-data", str(data), "--test-data", str(data), "--min-robust", "0.5",
+        "--calibration-data", str(data), "--test-data", str(data), "--min-robust", "0.5", "--floor-delta", "0",
         "--eps", "0.05", "--steps", "2", "--device", "cpu", "--out", str(folder / "out"), "--quiet", *options,
     ]  # fmt: skip
 
