@@ -226,3 +226,26 @@ def test_bad_alpha_is_rejected_by_the_parser(capsys):
         cli.main(["evaluate", "--alphas", "0.5,1.5"])
     assert exit_info.value.code == 2
     assert "alphas must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_calibrate_runs_on_user_checkpoints_with_a_torchvision_h(checkpoints, tmp_path):
+    """calibrate with g a checkpoint dict and h a bare resnet18 state_dict (3-channel, fed 1-channel images):
+    it writes a parameter file whose models (TorchScript exports: they needed --input-channels) load."""
+    import yaml
+
+    from mix_perception.core.models import load_model
+
+    standard, robust = checkpoints
+    argv = [
+        "calibrate", "--standard", str(standard), "--robust", str(robust), "--robust-arch", "resnet18",
+        "--input-channels", "1", "--limit", "16", "--test-limit", "16", "--alphas", "0.6,1", "--scales", "1",
+        "--steps", "2", "--min-robust", "0", "--batch-size", "16", "--device", "cpu", "--out", str(tmp_path),
+        "--quiet",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "calibration.json").read_text())
+    assert report["calibration"]["floor_delta"] == 0.05 and report["test"]["images"] == 16
+    params = yaml.safe_load((tmp_path / "mixer_calibrated.yaml").read_text())["mixer"]["ros__parameters"]
+    assert params["alpha"] in (0.6, 1.0)
+    for name in ("standard_model", "robust_model"):
+        assert load_model(params[name])(torch.rand(2, 1, 28, 28)).shape == (2, 10)
