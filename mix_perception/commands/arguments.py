@@ -54,6 +54,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def fraction_below_one(text: str) -> float:
+    value = finite_float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def float_list(text: str) -> list[float]:
     """'0,0.5,1' -> [0.0, 0.5, 1.0] (finite numbers, at least one)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]

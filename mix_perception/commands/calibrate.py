@@ -47,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--floor-delta",
-        type=arguments.fraction,
+        type=arguments.fraction_below_one,
         default=0.05,
         help="a candidate reaches the floor when the one-sided Clopper-Pearson lower bound on its robustness, "
         "at level 1 - this, does; 0 = the measured number itself (default 0.05)",
@@ -105,9 +105,8 @@ def main(args) -> int:
     from mix_perception.cli import CommandError
     from mix_perception.core import calibration, evaluation, plots
 
-    for name in ("delta", "floor_delta"):
-        if getattr(args, name) >= 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be below 1, got {getattr(args, name)}")
+    if args.delta >= 1:
+        raise CommandError(f"--delta must be in (0, 1), got {args.delta}")
     if args.transform == "mixednuts" and any(p < 1 for p in args.powers):
         raise CommandError("--powers must be >= 1")
     if any(s <= 0 for s in args.scales):
