@@ -21,7 +21,7 @@ import torch
 from mix_perception.core.architectures import build
 from mix_perception.core.mixing import MixedClassifier
 from mix_perception.core.models import ModelLoadError, load_default
-from mix_perception.core.smoothing import SmoothedClassifier
+from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 
 
 def load_or_build(name: str, device: torch.device) -> tuple[torch.nn.Module, str]:
@@ -71,12 +71,13 @@ def mixing_overhead(standard, robust, device, batch: int, repeats: int) -> float
 
 @torch.inference_mode()
 def certify_throughput(base, device, samples: int, batch_size: int, repeats: int) -> float:
-    smoothed = SmoothedClassifier(base, sigma=0.25, batch_size=batch_size, seed=0)
-    x = torch.rand(1, 1, 28, 28, device=device)
     n_select = 64
+    settings = SmoothingSettings(sigma=0.25, n_select=n_select, n_estimate=samples - n_select, batch_size=batch_size)
+    smoothed = SmoothedClassifier(base, settings, seed=0)
+    x = torch.rand(1, 1, 28, 28, device=device)
     noisy = torch.rand(batch_size, 1, 28, 28, device=device)
     certify_time, forward_time = paired_medians(
-        lambda: smoothed.certify(x, 0.8, n_select=n_select, n_estimate=samples - n_select),
+        lambda: smoothed.certify(x, 0.8),
         lambda: base(noisy),
         repeats,
         device,

@@ -60,8 +60,8 @@ def pure_inference_ms(config: Path, overrides: dict, repeats: int) -> np.ndarray
     import torch
     import yaml
 
-    from mix_perception.core.data import load_split
     from mix_perception.core.models import resolve_device
+    from mix_perception.experiments.data import load_split
     from mix_perception.ros import parameters
     from mix_perception.ros.image_conversion import array_to_tensor
     from mix_perception.ros.inference import FrameClassifier
@@ -134,7 +134,7 @@ def main() -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from mix_perception.commands.run import default_config
-    from mix_perception.core.data import load_split
+    from mix_perception.experiments.data import load_split
     from mix_perception.msg import MixedClassification
     from mix_perception.ros.diagnostics import values_of
 

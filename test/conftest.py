@@ -14,6 +14,8 @@ import pathlib
 import sys
 
 import pytest
+import torch
+from torch import nn
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE_PACKAGE = REPO_ROOT / "mix_perception"
@@ -45,7 +47,7 @@ def installed_package_dir() -> pathlib.Path:
     return pathlib.Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
-def stale_files(package_dir: pathlib.Path) -> list[str]:
+def _stale_files(package_dir: pathlib.Path) -> list[str]:
     """Source .py files whose installed copy is missing or different (edited since `make build`)."""
     stale = []
     for source in sorted(SOURCE_PACKAGE.rglob("*.py")):
@@ -62,7 +64,54 @@ def pytest_report_header(config):
     if package_dir == SOURCE_PACKAGE:
         return f"mix_perception: {package_dir} (SOURCE TREE: editable install?)"
     lines = [f"mix_perception: {package_dir} (installed)"]
-    stale = stale_files(package_dir)
+    stale = _stale_files(package_dir)
     if stale:
         lines.append(f"WARNING: installed mix_perception is older than the source, run `make build`: {stale}")
     return lines
+
+
+class ConstantLogits(nn.Module):
+    """The same logits (C,) for every input: (N, ...) -> (N, C). Zero gradient in x (attacks can run on it);
+    scriptable with torch.jit.script."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", torch.as_tensor(logits, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+
+class Affine(nn.Module):
+    """logits = x.flatten(1) @ weight, weight (D, C) a parameter."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight
+
+
+@pytest.fixture(scope="session")
+def installed_package() -> pathlib.Path:
+    """Folder of the installed mix_perception under test."""
+    return installed_package_dir()
+
+
+@pytest.fixture(scope="session")
+def stale_files():
+    """stale_files(package_dir) -> source .py files whose copy in package_dir is missing or different."""
+    return _stale_files
+
+
+@pytest.fixture(scope="session")
+def constant_logits():
+    """The ConstantLogits class: `constant_logits([0.0, 3.0, 2.0])` is a model with those logits everywhere."""
+    return ConstantLogits
+
+
+@pytest.fixture(scope="session")
+def affine():
+    """The Affine class: `affine(weight)` is the linear model x -> x.flatten(1) @ weight."""
+    return Affine

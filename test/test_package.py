@@ -18,7 +18,7 @@ SOURCE_PACKAGE = REPO_ROOT / "mix_perception"
 HAVE_ROS = importlib.util.find_spec("rclpy") is not None
 needs_ros = pytest.mark.skipif(not HAVE_ROS, reason="ROS 2 (rclpy) is not installed")
 
-# DESIGN.md section 3, in rosidl's type names, plus the fields this project added.
+# The message contract (msg/*.msg, the README's Topics), in rosidl's type names.
 MIXED_CLASSIFICATION_FIELDS = {
     "header": "std_msgs/Header",
     "class_id": "int32",
@@ -48,14 +48,11 @@ EXECUTABLES = ["mixer_node", "safety_monitor", "demo_camera"]
 DATA_PATTERNS = ["default_models/*.pt", "default_models/*.json", "data/*.npz"]
 
 
-def installed_package_dir() -> pathlib.Path:
+def test_tests_import_the_installed_package_not_the_source_tree(installed_package):
     import mix_perception
 
-    return pathlib.Path(mix_perception.__file__).resolve().parent
-
-
-def test_tests_import_the_installed_package_not_the_source_tree():
-    assert installed_package_dir() != SOURCE_PACKAGE.resolve()
+    assert pathlib.Path(mix_perception.__file__).resolve().parent == installed_package
+    assert installed_package != SOURCE_PACKAGE.resolve()
 
 
 @needs_ros
@@ -179,10 +176,10 @@ def _source_files(patterns):
     return sorted({path.relative_to(SOURCE_PACKAGE) for pattern in patterns for path in SOURCE_PACKAGE.glob(pattern)})
 
 
-def test_installed_package_carries_its_data():
+def test_installed_package_carries_its_data(installed_package):
     if not SOURCE_PACKAGE.is_dir():
         pytest.skip("no source tree next to the tests")
-    installed = installed_package_dir()
+    installed = installed_package
     missing = [str(rel) for rel in _source_files(DATA_PATTERNS) if not (installed / rel).is_file()]
     differ = [
         str(rel)
@@ -193,17 +190,11 @@ def test_installed_package_carries_its_data():
     assert not differ, f"installed package data differs from the source: {differ} (run `make build`)"
 
 
-def test_installed_python_code_is_the_current_source():
+def test_installed_python_code_is_the_current_source(installed_package, stale_files):
     """Catches testing a stale install: every source .py is installed with the same content."""
     if not SOURCE_PACKAGE.is_dir():
         pytest.skip("no source tree next to the tests")
-    installed = installed_package_dir()
-    stale = [
-        str(rel)
-        for rel in _source_files(["**/*.py"])
-        if "__pycache__" not in rel.parts
-        and (not (installed / rel).is_file() or (installed / rel).read_bytes() != (SOURCE_PACKAGE / rel).read_bytes())
-    ]
+    stale = stale_files(installed_package)
     assert not stale, f"installed mix_perception is older than the source, run `make build`: {stale}"
 
 

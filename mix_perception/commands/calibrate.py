@@ -26,8 +26,7 @@ import argparse
 import time
 from pathlib import Path
 
-from mix_perception.commands import arguments
-from mix_perception.commands import evaluate as common
+from mix_perception.commands import common
 
 DEFAULT_ALPHAS = "0.3,0.35,0.4,0.45,0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95,1"
 DEFAULT_SCALES = "1,1.5,2,3,4"
@@ -38,16 +37,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_model_options(parser)
     parser.add_argument("--goal", choices=("attack", "certified"), default="attack", help="(default attack)")
     floor = parser.add_mutually_exclusive_group()
-    floor.add_argument("--min-robust", type=arguments.fraction, default=None, help="absolute floor in [0, 1]")
+    floor.add_argument("--min-robust", type=common.fraction, default=None, help="absolute floor in [0, 1]")
     floor.add_argument(
         "--min-robust-ratio",
-        type=arguments.positive_float,
+        type=common.positive_float,
         default=None,
         help="floor as a fraction of h alone's attacked (or certified) accuracy on the same images (default 0.9)",
     )
     parser.add_argument(
         "--floor-delta",
-        type=arguments.fraction_below_one,
+        type=common.fraction_below_one,
         default=0.05,
         help="a candidate reaches the floor when the one-sided Clopper-Pearson lower bound on its robustness, "
         "at level 1 - this, does; 0 = the measured number itself (default 0.05)",
@@ -66,8 +65,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "until one reaches the floor); bisect = fewer attacks, assumes robustness grows with alpha for a "
         "fixed sharpening (default ordered)",
     )
-    parser.add_argument("--radius", type=arguments.positive_float, default=0.25, help="goal certified: l2 radius")
-    parser.add_argument("--alphas", type=arguments.alpha_list, default=arguments.alpha_list(DEFAULT_ALPHAS))
+    parser.add_argument("--radius", type=common.positive_float, default=0.25, help="goal certified: l2 radius")
+    parser.add_argument("--alphas", type=common.alpha_list, default=common.alpha_list(DEFAULT_ALPHAS))
     parser.add_argument(
         "--transform",
         choices=("temperature", "mixednuts"),
@@ -75,14 +74,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="sharpening family of h's logits (default temperature)",
     )
     parser.add_argument(
-        "--scales", type=arguments.float_list, default=arguments.float_list(DEFAULT_SCALES), help="S values (1 = none)"
+        "--scales", type=common.float_list, default=common.float_list(DEFAULT_SCALES), help="S values (1 = none)"
     )
-    parser.add_argument("--powers", type=arguments.float_list, default=[1.0, 2.0], help="mixednuts P values (>= 1)")
-    parser.add_argument("--offsets", type=arguments.float_list, default=[0.0, 1.0], help="mixednuts C values")
+    parser.add_argument("--powers", type=common.float_list, default=[1.0, 2.0], help="mixednuts P values (>= 1)")
+    parser.add_argument("--offsets", type=common.float_list, default=[0.0, 1.0], help="mixednuts C values")
     common.add_data_options(parser, "calibration", "--calibration-data")
-    parser.add_argument("--limit", type=arguments.positive_int, default=None, help="first N calibration images")
+    parser.add_argument("--limit", type=common.positive_int, default=None, help="first N calibration images")
     common.add_data_options(parser, "test", "--test-data")
-    parser.add_argument("--test-limit", type=arguments.positive_int, default=None, help="first N test images")
+    parser.add_argument("--test-limit", type=common.positive_int, default=None, help="first N test images")
     parser.add_argument("--no-test", action="store_true", help="skip the test-split measurement")
     parser.add_argument(
         "--test-autoattack",
@@ -103,10 +102,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from mix_perception.cli import CommandError
-    from mix_perception.core import calibration, evaluation, plots
+    from mix_perception.experiments import calibration, certified_curves, parameter_file, plots
 
-    if args.delta >= 1:
-        raise CommandError(f"--delta must be in (0, 1), got {args.delta}")
+    settings = common.smoothing_settings(args)
     if args.transform == "mixednuts" and any(p < 1 for p in args.powers):
         raise CommandError("--powers must be >= 1")
     if any(s <= 0 for s in args.scales):
@@ -118,13 +116,13 @@ def main(args) -> int:
     progress = not args.quiet
     calib = common.load_dataset(args.calibration_data, args.limit, "--calibration-data")
     test = None if args.no_test else common.load_dataset(args.test_data, args.test_limit, "--test-data")
-    standard_spec = common.model_spec(args.standard, "standard")
+    standard_spec = common.standard_spec(args)
     standard = common.load_one(standard_spec, args.standard_arch, args, device)
     out = args.out
     started = time.perf_counter()
 
     if args.goal == "attack":
-        robust_spec = common.model_spec(args.robust, "robust")
+        robust_spec = common.robust_spec(args)
         robust = common.load_one(robust_spec, args.robust_arch, args, device)
         common.check_models({"standard": standard, "robust": robust}, calib, device)
         reference = calibration.robust_reference(
@@ -140,10 +138,9 @@ def main(args) -> int:
         robust_spec = common.smoothing_spec(args)
         robust = common.load_one(robust_spec, args.smoothing_arch, args, device)
         common.check_models({"standard": standard, "smoothing": robust}, calib, device)
-        bounds = evaluation.smoothing_bounds(
-            robust, calib.x, args.sigma, args.n_select, args.n_estimate, args.delta, args.mode,
-            args.noise_batch_size, device=device, seed=args.seed, progress=progress,
-        )  # fmt: skip
+        bounds = certified_curves.smoothing_bounds(
+            robust, calib.x, settings, device=device, seed=args.seed, progress=progress
+        )
         probe = calibration.calibrate_certified(
             standard, bounds, calib.y, [1.0], args.radius, 0.0, args.certification, args.batch_size, device, x=calib.x
         )
@@ -156,7 +153,7 @@ def main(args) -> int:
 
     report = {
         "schema_version": 1,
-        "config": _config(args, calib, test, standard_spec, robust_spec, config),
+        "config": _config(args, calib, test, standard_spec, robust_spec, config, settings),
         "calibration": result.to_json(),
         "test": None,
         "parameter_file": None,
@@ -173,12 +170,14 @@ def main(args) -> int:
 
     if test is not None:
         started = time.perf_counter()
-        report["test"] = _measure_test(args, standard, robust, chosen, test, config, device, progress)
+        report["test"] = _measure_test(args, standard, robust, chosen, test, config, settings, device, progress)
         report["timing_s"]["test"] = time.perf_counter() - started
 
     yaml_path = args.yaml or out / "mixer_calibrated.yaml"
-    params, comments = _node_file(args, chosen, standard, robust, calib, standard_spec, robust_spec, yaml_path, result)
-    calibration.write_parameter_file(yaml_path, params, comments)
+    params, comments = _node_file(
+        args, chosen, standard, robust, calib, standard_spec, robust_spec, yaml_path, result, settings
+    )
+    parameter_file.write_parameter_file(yaml_path, params, comments)
     report["parameter_file"] = {"path": str(yaml_path), "parameters": params}
     common.write_json(out / "calibration.json", report)
     written = [yaml_path, out / "calibration.json"]
@@ -197,26 +196,27 @@ def _floor(args, reference_value: float) -> float:
     return min(1.0, float(args.min_robust_ratio) * reference_value)
 
 
-def _measure_test(args, standard, robust, chosen, test, config, device, progress) -> dict:
+def _measure_test(args, standard, robust, chosen, test, config, settings, device, progress) -> dict:
     """Test-split numbers of the chosen setting and of h alone (the targets' reference)."""
-    from mix_perception.core import calibration, evaluation
+    from mix_perception.experiments import autoattack, calibration, certified_curves, sweeps
+    from mix_perception.experiments.batches import accuracy
 
     if args.goal == "attack":
         transformed = chosen.transform.apply(robust)
         options = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}
-        sweep = evaluation.sweep_alphas(
+        sweep = sweeps.sweep_alphas(
             standard, transformed, test.x, test.y, [chosen.alpha], config, ("std", "rob", "mix"),
             autoattack_alphas=[chosen.alpha] if args.test_autoattack else [], autoattack_options=options,
             batch_size=args.batch_size, device=device, seed=args.seed, progress=progress,
         )  # fmt: skip
-        row = evaluation.sweep_summary(sweep)["per_alpha"][0]
+        row = sweeps.sweep_summary(sweep)["per_alpha"][0]
         reference = calibration.robust_reference(
             robust, test.x, test.y, config, args.batch_size, device, args.seed, progress
         )
-        reference["standard_clean_accuracy"] = evaluation.accuracy(sweep.standard.clean_correct)
+        reference["standard_clean_accuracy"] = accuracy(sweep.standard.clean_correct)
         if args.test_autoattack:
-            reference["autoattack_accuracy"] = evaluation.accuracy(
-                evaluation.autoattack_correct(
+            reference["autoattack_accuracy"] = accuracy(
+                autoattack.autoattack_correct(
                     robust,
                     test.x,
                     test.y,
@@ -238,10 +238,9 @@ def _measure_test(args, standard, robust, chosen, test, config, device, progress
             "paper_mix_at_least_0.8_of_robust": ratio is not None and ratio >= 0.8,
         }
         return {"images": int(len(test.y)), "mixture": row, "robust_alone": reference, "targets": targets}
-    bounds = evaluation.smoothing_bounds(
-        robust, test.x, args.sigma, args.n_select, args.n_estimate, args.delta, args.mode, args.noise_batch_size,
-        device=device, seed=args.seed + 1, progress=progress,
-    )  # fmt: skip
+    bounds = certified_curves.smoothing_bounds(
+        robust, test.x, settings, device=device, seed=args.seed + 1, progress=progress
+    )
     measured = calibration.calibrate_certified(
         standard, bounds, test.y, [chosen.alpha], args.radius, 0.0, args.certification, args.batch_size, device,
         x=test.x,
@@ -258,14 +257,14 @@ def _measure_test(args, standard, robust, chosen, test, config, device, progress
     }
 
 
-def _node_file(args, chosen, standard, robust, calib, standard_spec, robust_spec, yaml_path: Path, result):
+def _node_file(args, chosen, standard, robust, calib, standard_spec, robust_spec, yaml_path: Path, result, settings):
     """(parameters dict, comment lines) of the node's parameter file for the chosen setting.
 
     Embedded models are named as "default:<name>"; a model file is named by its absolute path, or,
     when it needed command-line options to load (--mean/--std/--input-channels/--num-classes, which
     the node has no per-model parameters for), exported as a self-contained TorchScript file.
     """
-    from mix_perception.core import calibration
+    from mix_perception.experiments import parameter_file
 
     needs_options = any(v is not None for v in (args.mean, args.std, args.input_channels, args.num_classes))
     folder = yaml_path.parent
@@ -274,7 +273,7 @@ def _node_file(args, chosen, standard, robust, calib, standard_spec, robust_spec
         if spec.startswith("default:"):
             return spec, ""
         if needs_options:
-            return str(calibration.export_torchscript(model, calib.x[:1], folder / f"{name}.pt").resolve()), ""
+            return str(parameter_file.export_torchscript(model, calib.x[:1], folder / f"{name}.pt").resolve()), ""
         return str(Path(spec).resolve()), arch or ""
 
     standard_model, standard_arch = node_model(standard_spec, args.standard_arch, standard, "standard")
@@ -288,15 +287,8 @@ def _node_file(args, chosen, standard, robust, calib, standard_spec, robust_spec
     ]
     if args.goal == "certified":
         robust_model, robust_arch = node_model(robust_spec, args.smoothing_arch, robust, "smoothing_base")
-        smoothing = {
-            "sigma": float(args.sigma),
-            "samples": int(args.n_estimate),
-            "select_samples": int(args.n_select),
-            "delta": float(args.delta),
-            "mode": args.mode,
-        }
-        params = calibration.node_parameters(
-            chosen.alpha, standard_model, robust_model, args.certification, standard_arch, robust_arch, smoothing
+        params = parameter_file.node_parameters(
+            chosen.alpha, standard_model, robust_model, args.certification, standard_arch, robust_arch, settings
         )
         return params, comments
     extra = {}
@@ -308,20 +300,20 @@ def _node_file(args, chosen, standard, robust, calib, standard_spec, robust_spec
         extra["robust_sharpening"] = float(transform.scale)
         comments.append(f"robust_sharpening: the node multiplies h's logits by {transform.scale:g} before mixing.")
     else:
-        path = calibration.export_torchscript(transform.apply(robust), calib.x[:1], folder / "robust_sharpened.pt")
+        path = parameter_file.export_torchscript(transform.apply(robust), calib.x[:1], folder / "robust_sharpened.pt")
         robust_model, robust_arch = str(path.resolve()), ""
         comments.append(f"robust_model is a TorchScript file of h with its logits transformed: {transform.describe()}.")
     comments.append(
         "certification none: no certificate for an adversarially trained h (the safety monitor then flags "
         "every frame not_certified)."
     )
-    params = calibration.node_parameters(
+    params = parameter_file.node_parameters(
         chosen.alpha, standard_model, robust_model, "none", standard_arch, robust_arch, extra=extra
     )
     return params, comments
 
 
-def _config(args, calib, test, standard_spec, robust_spec, config) -> dict:
+def _config(args, calib, test, standard_spec, robust_spec, config, settings) -> dict:
     return {
         "goal": args.goal,
         "standard": standard_spec,
@@ -343,10 +335,10 @@ def _config(args, calib, test, standard_spec, robust_spec, config) -> dict:
         "test_images": None if test is None else int(len(test.y)),
         "attack": {"norm": config.norm, "eps": config.eps, "steps": config.steps, "step_size": config.step_size},
         "certification": args.certification if args.goal == "certified" else None,
-        "sigma": args.sigma,
-        "n_select": args.n_select,
-        "n_estimate": args.n_estimate,
-        "delta": args.delta,
+        "sigma": settings.sigma,
+        "n_select": settings.n_select,
+        "n_estimate": settings.n_estimate,
+        "delta": settings.delta,
         "seed": args.seed,
         "device": args.device,
     }

@@ -5,8 +5,7 @@ end-to-end at the mixture (MIX, adaptive), and the per-image worst of them; opti
 the mixture (pyautoattack). Also h's confidence margins (the paper's Table 1) and, with --certify,
 certified accuracy against l2 radius of the mixture with the Gaussian-smoothed h and of h alone at
 equal clean accuracy (Figure 3). Writes OUT/results.json and PNG plots (accuracy_vs_alpha.png,
-tradeoff.png, certified_accuracy_<method>.png). The results.json schema is in the README ("Evaluation and
-calibration").
+tradeoff.png, certified_accuracy_<method>.png). The results.json schema is in docs/evaluation.md.
 
 Models: "default:standard", "default:robust", "default:smoothing" (embedded), or a file: a
 checkpoint dict, a bare state_dict (give --standard-arch / --robust-arch: a torchvision name such as
@@ -19,103 +18,30 @@ Example (1,000 test images, PGD-20 l_inf 0.1, the embedded models):
 """
 
 import argparse
-import json
 import math
 import platform
 import sys
 import time
-from pathlib import Path
 
-from mix_perception.commands.arguments import (
-    alpha_list,
-    float_list,
-    name_list,
-    nonnegative_float,
-    nonnegative_int,
-    positive_float,
-    positive_int,
-    transform_spec,
-)
+from mix_perception.commands import common
+from mix_perception.commands.common import alpha_list, float_list, name_list, positive_float, positive_int
 
 DEFAULT_ALPHAS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 
 
-# --- shared options (evaluate and calibrate) ---------------------------------------------------------
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("models")
-    group.add_argument("--standard", default="default:standard", help="g: default:<name> or a model file")
-    group.add_argument("--standard-arch", default=None, help="architecture of a bare state_dict for g")
-    group.add_argument("--robust", default="default:robust", help="h: default:<name> or a model file")
-    group.add_argument("--robust-arch", default=None, help="architecture of a bare state_dict for h")
-    group.add_argument("--num-classes", type=positive_int, default=None, help="classes of bare state_dicts")
-    group.add_argument("--mean", type=float_list, default=None, help="per-channel mean for model files (e.g. 0.286)")
-    group.add_argument("--std", type=float_list, default=None, help="per-channel std for model files (e.g. 0.353)")
-    group.add_argument(
-        "--input-channels",
-        type=positive_int,
-        default=None,
-        help="channels of the data, e.g. 1 to feed grey images to a 3-channel torchvision model",
-    )
-
-
-def add_data_options(parser: argparse.ArgumentParser, default="test", name="--data") -> None:
-    parser.add_argument(
-        name, default=default, help=f"test | calibration (shipped Fashion-MNIST splits) | file.npz (default {default})"
-    )
-
-
-def add_attack_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("attacks")
-    group.add_argument("--norm", choices=("linf", "l2"), default="linf", help="PGD norm (default linf)")
-    group.add_argument("--eps", type=nonnegative_float, default=0.1, help="PGD radius, pixels in [0, 1] (default 0.1)")
-    group.add_argument("--steps", type=nonnegative_int, default=20, help="PGD steps (default 20)")
-    group.add_argument("--step-size", type=positive_float, default=None, help="PGD step (default 2.5 eps / steps)")
-
-
-def add_certify_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("certification (Gaussian smoothing of --smoothing-model)")
-    group.add_argument(
-        "--smoothing-model",
-        default=None,
-        help="base model of the smoothed h (default: default:smoothing when --robust is an embedded model, "
-        "else --robust)",
-    )
-    group.add_argument("--smoothing-arch", default=None, help="architecture of a bare state_dict smoothing model")
-    group.add_argument("--sigma", type=positive_float, default=0.25, help="smoothing noise std (default 0.25)")
-    group.add_argument("--n-select", type=positive_int, default=64, help="noise draws choosing h's class (default 64)")
-    group.add_argument("--n-estimate", type=positive_int, default=512, help="noise draws bounding h (default 512)")
-    group.add_argument("--delta", type=positive_float, default=0.001, help="failure probability (default 0.001)")
-    group.add_argument(
-        "--mode", choices=("votes", "probs"), default="votes", help="votes: Clopper-Pearson; probs: Bernstein"
-    )
-    group.add_argument("--noise-batch-size", type=positive_int, default=1000, help="noisy inputs per forward")
-
-
-def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
-    group = parser.add_argument_group("run")
-    group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    group.add_argument("--seed", type=int, default=0, help="seed of every random start and noise draw (default 0)")
-    group.add_argument("--batch-size", type=positive_int, default=500, help="images per forward/attack batch")
-    group.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (default: torch's)")
-    group.add_argument("--out", type=Path, default=Path(default_out), help=f"output folder (default {default_out})")
-    group.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    add_model_options(parser)
+    common.add_model_options(parser)
     parser.add_argument(
         "--robust-transform",
-        type=transform_spec,
+        type=common.transform_spec,
         default="none",
         help="sharpen h's logits before mixing: none | temperature:S (logits x S) | mixednuts:S,P,C",
     )
-    add_data_options(parser)
+    common.add_data_options(parser)
     parser.add_argument("--limit", type=positive_int, default=None, help="use the first N images")
     parser.add_argument("--alphas", type=alpha_list, default=alpha_list(DEFAULT_ALPHAS), help="comma list in [0, 1]")
-    add_attack_options(parser)
+    common.add_attack_options(parser)
     parser.add_argument(
         "--attacks",
         type=name_list(("std", "rob", "mix")),
@@ -143,7 +69,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="certified accuracy vs radius with Theorem 4 (lipschitz), 5 (smoothing) or both from the same "
         "Monte Carlo bounds (default none)",
     )
-    add_certify_options(parser)
+    common.add_certify_options(parser)
     group = parser.add_argument_group("certified curves")
     group.add_argument("--certify-limit", type=positive_int, default=None, help="certify only the first N images")
     group.add_argument(
@@ -154,123 +80,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-radius", type=positive_float, default=1.0, help="largest radius of the curves")
     group.add_argument("--radius-step", type=positive_float, default=0.02, help="radius grid step (default 0.02)")
-    add_run_options(parser, "evaluation")
+    common.add_run_options(parser, "evaluation")
     parser.add_argument("--no-plots", action="store_true", help="write results.json only")
-
-
-# --- shared steps -----------------------------------------------------------------------------------
-
-
-def setup_torch(args):
-    """Threads and device; CommandError for a bad device."""
-    import torch
-
-    from mix_perception.cli import CommandError
-    from mix_perception.core.models import resolve_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        return resolve_device(args.device)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
-
-
-def model_spec(spec: str, kind: str) -> str:
-    """'default' alone means the embedded model of that role (as in the mixer node)."""
-    return f"default:{kind}" if spec == "default" else spec
-
-
-def load_one(spec: str, arch, args, device):
-    from mix_perception.cli import CommandError
-    from mix_perception.core.models import ModelLoadError, load_model
-
-    try:
-        return load_model(
-            spec,
-            arch=arch,
-            num_classes=args.num_classes,
-            mean=args.mean,
-            std=args.std,
-            device=device,
-            input_channels=args.input_channels,
-        )
-    except (ModelLoadError, ValueError) as error:
-        raise CommandError(str(error)) from None
-
-
-def load_dataset(spec: str, limit, option: str = "--data"):
-    from mix_perception.cli import CommandError
-    from mix_perception.core import evaluation
-
-    try:
-        data = evaluation.load_data(spec, limit)
-    except Exception as error:  # ValueError from our checks, DataError / OSError from the split files
-        raise CommandError(f"{option} {spec}: {' '.join(str(error).split())}") from None
-    if len(data.y) == 0:
-        raise CommandError(f"{option} {spec}: no images")
-    return data
-
-
-def check_models(models: dict, data, device) -> int:
-    """One forward of two images through each model: logits (2, C) with the same C > max label.
-    Returns C; CommandError naming the model otherwise."""
-    import torch
-
-    from mix_perception.cli import CommandError
-
-    classes = set()
-    for name, model in models.items():
-        try:
-            with torch.no_grad():
-                out = model(data.x[:2].to(device))
-        except Exception as error:
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise CommandError(f"{name} model fails on images of shape {tuple(data.x.shape[1:])}: {first}") from None
-        if out.dim() != 2 or out.shape[0] != min(2, len(data.x)):
-            raise CommandError(f"{name} model returns {tuple(out.shape)}, expected logits (N, classes)")
-        classes.add(int(out.shape[1]))
-    if len(classes) != 1:
-        raise CommandError(f"the models disagree on the number of classes: {sorted(classes)}")
-    num_classes = classes.pop()
-    if num_classes < 2:
-        raise CommandError("the models must have at least 2 classes")
-    if int(data.y.max()) >= num_classes or int(data.y.min()) < 0:
-        raise CommandError(f"labels range {int(data.y.min())}..{int(data.y.max())} but the models have {num_classes}")
-    return num_classes
-
-
-def smoothing_spec(args) -> str:
-    if args.smoothing_model:
-        return model_spec(args.smoothing_model, "smoothing")
-    robust = model_spec(args.robust, "robust")
-    return "default:smoothing" if robust.startswith("default:") else robust
-
-
-def pgd_config(args):
-    from mix_perception.cli import CommandError
-    from mix_perception.core.evaluation import PGDConfig
-
-    try:
-        return PGDConfig(args.norm, args.eps, args.steps, args.step_size)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def versions() -> dict:
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
-
-
-def radius_grid(max_radius: float, step: float) -> list[float]:
-    count = int(math.floor(max_radius / step + 1e-9))
-    return [round(i * step, 10) for i in range(count + 1)]
 
 
 # --- main -----------------------------------------------------------------------------------------------
@@ -278,12 +89,9 @@ def radius_grid(max_radius: float, step: float) -> list[float]:
 
 def main(args) -> int:
     from mix_perception.cli import CommandError
-    from mix_perception.core import evaluation, plots
+    from mix_perception.experiments import certified_curves, margins, plots, sweeps
 
-    if args.delta >= 1:
-        raise CommandError(f"--delta must be in (0, 1), got {args.delta}")
-    if args.n_estimate < 2:
-        raise CommandError("--n-estimate must be >= 2")
+    settings = common.smoothing_settings(args)
     if args.autoattack:
         try:
             import pyautoattack  # noqa: F401
@@ -291,19 +99,19 @@ def main(args) -> int:
             raise CommandError("--autoattack needs the pyautoattack package: pip install pyautoattack==0.2.0") from None
         if args.autoattack_version == "custom" and not args.autoattack_attacks:
             raise CommandError("--autoattack-version custom needs --autoattack-attacks")
-    config = pgd_config(args)
-    device = setup_torch(args)
-    data = load_dataset(args.data, args.limit)
-    standard_spec, robust_spec = model_spec(args.standard, "standard"), model_spec(args.robust, "robust")
-    standard = load_one(standard_spec, args.standard_arch, args, device)
-    robust_base = load_one(robust_spec, args.robust_arch, args, device)
+    config = common.pgd_config(args)
+    device = common.setup_torch(args)
+    data = common.load_dataset(args.data, args.limit)
+    standard_spec, robust_spec = common.standard_spec(args), common.robust_spec(args)
+    standard = common.load_one(standard_spec, args.standard_arch, args, device)
+    robust_base = common.load_one(robust_spec, args.robust_arch, args, device)
     robust = args.robust_transform.apply(robust_base)
     models = {"standard": standard, "robust": robust}
     smoothing_base = None
     if args.certify != "none":
-        smoothing_base = load_one(smoothing_spec(args), args.smoothing_arch, args, device)
+        smoothing_base = common.load_one(common.smoothing_spec(args), args.smoothing_arch, args, device)
         models["smoothing"] = smoothing_base
-    check_models(models, data, device)
+    common.check_models(models, data, device)
     progress = not args.quiet
     timings = {}
 
@@ -312,7 +120,7 @@ def main(args) -> int:
     options = {"version": args.autoattack_version}
     if args.autoattack_version == "custom":
         options["attacks"] = args.autoattack_attacks
-    sweep = evaluation.sweep_alphas(
+    sweep = sweeps.sweep_alphas(
         standard,
         robust,
         data.x,
@@ -328,51 +136,46 @@ def main(args) -> int:
         progress=progress,
     )
     timings["sweep"] = time.perf_counter() - started
-    summary = evaluation.sweep_summary(sweep)
+    summary = sweeps.sweep_summary(sweep)
     results = {
         "schema_version": 1,
         "config": run_config(args, data, standard_spec, robust_spec, config, autoattack_alphas),
         "models": summary["models"],
         "per_alpha": summary["per_alpha"],
-        "margins": evaluation.margin_table(sweep.robust, data.y),
+        "margins": margins.margin_table(sweep.robust, data.y),
         "certified": None,
         "claims": {},
     }
     if "mix" in args.attacks:
-        results["claims"]["paper_linear_mixing"] = evaluation.paper_claim(summary, "mix")
+        results["claims"]["paper_linear_mixing"] = sweeps.paper_claim(summary, "mix")
     if args.certify != "none":
         started = time.perf_counter()
         limit = min(args.certify_limit or len(data.x), len(data.x))
         match = args.match_sigmas if args.match_sigmas is not None else [args.sigma * f for f in (0.8, 0.6, 0.4, 0.2)]
         methods = ["smoothing", "lipschitz"] if args.certify == "both" else [args.certify]
-        results["certified"] = evaluation.certified_curves(
+        results["certified"] = certified_curves.certified_curves(
             standard,
             smoothing_base,
             data.x[:limit],
             data.y[:limit],
             args.alphas,
             methods,
-            args.sigma,
+            settings,
             radius_grid(args.max_radius, args.radius_step),
             match_sigmas=match,
-            n_select=args.n_select,
-            n_estimate=args.n_estimate,
-            delta=args.delta,
-            mode=args.mode,
             batch_size=args.batch_size,
-            noise_batch_size=args.noise_batch_size,
             device=device,
             seed=args.seed,
             progress=progress,
         )
         for curves in results["certified"].values():
-            curves["smoothing_model"] = smoothing_spec(args)
+            curves["smoothing_model"] = common.smoothing_spec(args)
         timings["certify"] = time.perf_counter() - started
     results["timing_s"] = timings
     results["environment"] = versions() | {"device": str(device)}
 
     out = args.out
-    write_json(out / "results.json", results)
+    common.write_json(out / "results.json", results)
     written = [out / "results.json"]
     if not args.no_plots:
         for path in (
@@ -391,6 +194,17 @@ def main(args) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def versions() -> dict:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+
+
+def radius_grid(max_radius: float, step: float) -> list[float]:
+    count = int(math.floor(max_radius / step + 1e-9))
+    return [round(i * step, 10) for i in range(count + 1)]
 
 
 def run_config(args, data, standard_spec, robust_spec, config, autoattack_alphas) -> dict:

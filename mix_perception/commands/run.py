@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from mix_perception.commands.arguments import positive_float
+from mix_perception.commands.common import positive_float
 
 DEFAULT_DURATION = 30.0
 
@@ -76,11 +76,12 @@ def main(args) -> int:
 
     import rclpy
 
+    from mix_perception.core.errors import first_line
     from mix_perception.ros.demo_camera import DemoCameraNode
     from mix_perception.ros.mixer_node import MixerNode
     from mix_perception.ros.run_summary import SummaryNode
     from mix_perception.ros.safety_monitor import SafetyMonitorNode
-    from mix_perception.ros.spin import spin_nodes, startup_message
+    from mix_perception.ros.spin import spin_nodes
 
     rclpy.init(args=[sys.argv[0], *ros_arguments(args)])
     nodes = []
@@ -96,7 +97,7 @@ def main(args) -> int:
         except Exception as error:  # noqa: BLE001 - reported as one line
             for node in nodes:
                 node.destroy_node()
-            raise CommandError(startup_message(error)) from None
+            raise CommandError(first_line(error)) from None
         print(
             f"running mixer ({mixer.device}, certification {mixer.certification.method}, alpha {mixer.alpha})"
             f" + safety monitor{' + demo camera' if args.demo else ''} for {args.duration:g} s ...",

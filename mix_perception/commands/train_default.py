@@ -17,7 +17,7 @@ import platform
 import time
 from pathlib import Path
 
-from mix_perception.commands.arguments import positive_int
+from mix_perception.commands.common import positive_int
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "default_models"
 MODEL_NAMES = ("standard", "robust", "smoothing")
@@ -105,7 +105,7 @@ def _command_line(args) -> str:
 def _load_data(args):
     """(train Split, test Split, data info dict) as this run uses them."""
     from mix_perception.cli import CommandError
-    from mix_perception.core import data
+    from mix_perception.experiments import data
 
     try:
         if args.train_split == "train":
@@ -126,7 +126,7 @@ def _load_data(args):
 def _model_card(name, recipe, info, metrics, args, device, train_s, eval_s, mean, std) -> dict:
     import torch
 
-    from mix_perception.core.data import CLASS_NAMES
+    from mix_perception.core.models import CLASS_NAMES
 
     return {
         "name": name,
@@ -152,8 +152,8 @@ def main(args) -> int:
     import torch
 
     from mix_perception.cli import CommandError
-    from mix_perception.core import training
     from mix_perception.core.models import resolve_device
+    from mix_perception.experiments import training
 
     try:
         device = resolve_device(args.device)

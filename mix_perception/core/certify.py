@@ -24,6 +24,17 @@ def gaussian_lipschitz(sigma: float) -> float:
     return math.sqrt(2.0 / math.pi) / sigma
 
 
+def top_two_margin(probs: torch.Tensor) -> torch.Tensor:
+    """Top-1 minus runner-up probability per row of probs (N, C) -> (N,); the top-1 itself when C == 1.
+
+    For h's probabilities this is the margin of Lemma 2 (and of the paper's Table 1).
+    """
+    if probs.shape[-1] < 2:
+        return probs[..., 0]
+    top = probs.topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
+
+
 def margin_certified(margin: torch.Tensor, alpha: float) -> torch.Tensor:
     """Lemma 2's condition, elementwise: alpha > 1/2 and margin > (1 - alpha) / alpha.
 

@@ -8,7 +8,6 @@ g is an accurate standard classifier, h a robust one; both return logits of shap
 
 import math
 import numbers
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -47,20 +46,10 @@ def mix_logits(standard_logits: torch.Tensor, robust_logits: torch.Tensor, alpha
     return mix_log_probs(torch.log_softmax(standard_logits, dim=-1), torch.log_softmax(robust_logits, dim=-1), alpha)
 
 
-class MixedOutput(NamedTuple):
-    """One forward pass of the mixed classifier. All tensors (N, C); probabilities sum to 1 per row."""
-
-    logits: torch.Tensor
-    standard_probs: torch.Tensor
-    robust_probs: torch.Tensor
-
-
 class MixedClassifier(nn.Module):
     """Drop-in classifier returning mixed logits (N, C) for inputs x accepted by both g and h.
 
     `alpha` may be changed between calls (`model.alpha = 0.7`); it is validated to lie in [0, 1].
-    `forward_parts` also returns both base models' probabilities from the same single forward of
-    g and h (e.g. h's margin for the safety monitor without a second forward).
     """
 
     def __init__(self, standard: nn.Module, robust: nn.Module, alpha: float = 0.5):
@@ -80,11 +69,6 @@ class MixedClassifier(nn.Module):
     def base_log_probs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log softmax of g(x) and of h(x), each (N, C): one forward of each model."""
         return torch.log_softmax(self.standard(x), dim=-1), torch.log_softmax(self.robust(x), dim=-1)
-
-    def forward_parts(self, x: torch.Tensor) -> MixedOutput:
-        standard_log_probs, robust_log_probs = self.base_log_probs(x)
-        logits = mix_log_probs(standard_log_probs, robust_log_probs, self._alpha)
-        return MixedOutput(logits, standard_log_probs.exp(), robust_log_probs.exp())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return mix_log_probs(*self.base_log_probs(x), self._alpha)

@@ -28,9 +28,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mix_perception.core.errors import first_line
+
 DEFAULT_MODELS = ("standard", "robust", "smoothing")
 DEFAULT_PREFIX = "default:"
 OUR_ARCH_PREFIX = "mix_perception:"
+# Class names of the embedded models (Fashion-MNIST), index = class id.
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 class ModelLoadError(Exception):
@@ -138,8 +142,7 @@ def _torch_load(path: Path):
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
         if "Weights only load failed" in str(error):
             raise _fail(path, _weights_only_problem(error)) from None
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise _fail(path, f"not a readable PyTorch checkpoint (corrupt or truncated?): {first_line}") from None
+        raise _fail(path, f"not a readable PyTorch checkpoint (corrupt or truncated?): {first_line(error)}") from None
 
 
 def _check_file(path: Path) -> None:
@@ -254,8 +257,7 @@ def _load_torchscript(path: Path, device: torch.device) -> nn.Module:
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still supported
             return torch.jit.load(str(path), map_location=device)
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise _fail(path, f"cannot load TorchScript archive: {first_line}") from None
+        raise _fail(path, f"cannot load TorchScript archive: {first_line(error)}") from None
 
 
 def load_model(
@@ -334,6 +336,12 @@ def load_model(
     if input_shape is not None:
         _check_output(path, model, input_shape, num_classes, device)
     return model
+
+
+def default_spec(spec: str, name: str) -> str:
+    """A model spec with the bare word "default" read as "default:<name>": the embedded model made for
+    the role that asks (g: standard; h for attacks: robust; the base of a smoothed h: smoothing)."""
+    return f"{DEFAULT_PREFIX}{name}" if spec == "default" else spec
 
 
 def default_model_path(name: str) -> Path:

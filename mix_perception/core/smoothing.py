@@ -7,6 +7,8 @@ hbar takes values in [0, 1] and sums to 1, so h is a probability vector whose ev
 sqrt(2/pi)/sigma-Lipschitz in l2 and satisfies Theorem 5 of Bai, Anderson, Sojoudi.
 """
 
+import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -22,6 +24,44 @@ from mix_perception.core.mixing import check_alpha
 
 MODES = ("votes", "probs")
 METHODS = ("smoothing", "lipschitz")
+
+
+@dataclass(frozen=True)
+class SmoothingSettings:
+    """How h is smoothed and certified; the one spelling of these settings for the node, evaluate,
+    calibrate and the command line.
+
+    sigma: noise standard deviation, in [0, 1]-pixel units (> 0; the base model's training noise).
+    n_select: noise draws that choose h's class y (selection samples, >= 1).
+    n_estimate: fresh noise draws that bound h (estimation samples, >= 2); also the draws of
+        `SmoothedClassifier.forward`'s estimate.
+    delta: a certificate holds with probability >= 1 - delta (0 < delta < 1).
+    mode: "votes" (hbar = one-hot argmax, Clopper-Pearson bounds) or "probs" (hbar = softmax,
+        empirical-Bernstein bounds).
+    batch_size: noisy inputs per forward of the base model (>= 1).
+    Raises ValueError whose message starts with the name of the first bad field.
+    """
+
+    sigma: float = 0.25
+    n_select: int = 64
+    n_estimate: int = 512
+    delta: float = 0.001
+    mode: str = "votes"
+    batch_size: int = 1000
+
+    def __post_init__(self):
+        if not (self.sigma > 0 and math.isfinite(self.sigma)):
+            raise ValueError(f"sigma must be positive and finite, got {self.sigma!r}")
+        if self.n_select < 1:
+            raise ValueError(f"n_select must be >= 1 (selection samples), got {self.n_select!r}")
+        if self.n_estimate < 2:
+            raise ValueError(f"n_estimate must be >= 2 (estimation samples), got {self.n_estimate!r}")
+        if not 0.0 < self.delta < 1.0:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
 
 
 class MonteCarlo(NamedTuple):
@@ -52,33 +92,18 @@ class Certificate(NamedTuple):
 
 
 class SmoothedClassifier(nn.Module):
-    """The smoothed classifier h of a base model (logits (N, C) from inputs (N, ...)).
+    """The smoothed classifier h of a base model (logits (N, C) from inputs (N, ...)), by `settings`.
 
-    forward(x) returns log of the Monte Carlo estimate of h(x) from `num_samples` noise draws,
+    forward(x) returns log of the Monte Carlo estimate of h(x) from `settings.n_estimate` noise draws,
     (N, C), floored at the smallest normal float so it stays finite. Noise is drawn in batches of
-    at most `batch_size` base-model inputs, with no Python loop over samples.
+    at most `settings.batch_size` base-model inputs, with no Python loop over samples. `seed` seeds
+    the generator of `make_generator` (None: fresh entropy).
     """
 
-    def __init__(
-        self,
-        base: nn.Module,
-        sigma: float,
-        num_samples: int = 100,
-        batch_size: int = 1000,
-        mode: str = "votes",
-        seed: int | None = None,
-    ):
+    def __init__(self, base: nn.Module, settings: SmoothingSettings, seed: int | None = None):
         super().__init__()
-        gaussian_lipschitz(sigma)  # validates sigma
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if num_samples < 1 or batch_size < 1:
-            raise ValueError("num_samples and batch_size must be positive")
         self.base = base
-        self.sigma = float(sigma)
-        self.num_samples = int(num_samples)
-        self.batch_size = int(batch_size)
-        self.mode = mode
+        self.settings = settings
         self.seed = seed
 
     def make_generator(self, device) -> torch.Generator:
@@ -93,19 +118,19 @@ class SmoothedClassifier(nn.Module):
     def hbar(self, noisy: torch.Tensor) -> torch.Tensor:
         """hbar (M, C) of noisy inputs (M, ...)."""
         logits = self.base(noisy)
-        if self.mode == "probs":
+        if self.settings.mode == "probs":
             return torch.softmax(logits, dim=-1)
         return nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
 
     def sample(self, x: torch.Tensor, count: int, generator: torch.Generator) -> MonteCarlo:
         """Sums of hbar and hbar^2 over `count` noise draws per input of x (N, ...)."""
         total = total_squares = None
-        flat_count = x.shape[0] * count
-        for start in range(0, flat_count, self.batch_size):
-            owner = torch.arange(start, min(start + self.batch_size, flat_count), device=x.device) // count
+        flat_count, batch_size = x.shape[0] * count, self.settings.batch_size
+        for start in range(0, flat_count, batch_size):
+            owner = torch.arange(start, min(start + batch_size, flat_count), device=x.device) // count
             clean = x[owner]
             noise = torch.randn(clean.shape, generator=generator, device=x.device, dtype=x.dtype)
-            values = self.hbar(clean + self.sigma * noise)
+            values = self.hbar(clean + self.settings.sigma * noise)
             if total is None:
                 total = values.new_zeros(x.shape[0], values.shape[-1])
                 total_squares = torch.zeros_like(total)
@@ -114,26 +139,19 @@ class SmoothedClassifier(nn.Module):
         return MonteCarlo(total, total_squares, count)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        estimate = self.sample(x, self.num_samples, self.make_generator(x.device))
+        estimate = self.sample(x, self.settings.n_estimate, self.make_generator(x.device))
         probs = estimate.total / estimate.count
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
     @torch.no_grad()
     def certify(
-        self,
-        x: torch.Tensor,
-        alpha: float,
-        n_select: int = 64,
-        n_estimate: int = 512,
-        delta: float = 0.001,
-        generator: torch.Generator | None = None,
-        method: str = "smoothing",
+        self, x: torch.Tensor, alpha: float, generator: torch.Generator | None = None, method: str = "smoothing"
     ) -> Certificate:
         """Certify the mixture (1 - alpha) softmax(g) + alpha h around each input of x (N, ...).
 
         Procedure (Cohen et al.'s CERTIFY, extended to the mixture):
-        1. y = argmax of hbar summed over `n_select` noise draws (selection samples).
-        2. On `n_estimate` fresh draws, bound every class at level delta / C (Bonferroni):
+        1. y = argmax of hbar summed over `settings.n_select` noise draws (selection samples).
+        2. On `settings.n_estimate` fresh draws, bound every class at level delta / C (Bonferroni):
            a lower bound L_y on h_y(x) and upper bounds U_i on h_i(x), i != y — Clopper-Pearson on
            vote counts (mode "votes") or empirical Bernstein on averaged probabilities (mode "probs").
            Runner-up bound U = min(max_{i != y} U_i, 1 - L_y).
@@ -148,21 +166,19 @@ class SmoothedClassifier(nn.Module):
         alpha = check_alpha(alpha)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if n_select < 1 or n_estimate < 2:
-            raise ValueError("certify needs n_select >= 1 and n_estimate >= 2")
         generator = generator or self.make_generator(x.device)
-        prediction = self.sample(x, n_select, generator).total.argmax(dim=-1)
-        estimate = self.sample(x, n_estimate, generator)
-        p_lower, p_upper = self.class_bounds(estimate, delta / estimate.total.shape[-1])
+        prediction = self.sample(x, self.settings.n_select, generator).total.argmax(dim=-1)
+        estimate = self.sample(x, self.settings.n_estimate, generator)
+        p_lower, p_upper = self.class_bounds(estimate, self.settings.delta / estimate.total.shape[-1])
         p_top_lower = p_lower.gather(-1, prediction.unsqueeze(-1)).squeeze(-1)
         others_upper = p_upper.scatter(-1, prediction.unsqueeze(-1), 0.0).max(dim=-1).values
         p_runner_upper = torch.minimum(others_upper, 1.0 - p_top_lower)
         if method == "smoothing":
-            radius = smoothing_radius(p_top_lower, p_runner_upper, alpha, self.sigma)
+            radius = smoothing_radius(p_top_lower, p_runner_upper, alpha, self.settings.sigma)
         else:
             p_upper = p_upper.clamp_max((1.0 - p_top_lower).unsqueeze(-1))
             radius = lipschitz_radius_from_bounds(
-                prediction, p_top_lower, p_upper, alpha, gaussian_lipschitz(self.sigma)
+                prediction, p_top_lower, p_upper, alpha, gaussian_lipschitz(self.settings.sigma)
             )
         radius = radius.to(x.device)
         robust_probs = estimate.total / estimate.count
@@ -171,7 +187,7 @@ class SmoothedClassifier(nn.Module):
     def class_bounds(self, estimate: MonteCarlo, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-class lower and upper bounds (N, C), each valid with probability >= 1 - delta."""
         n = estimate.count
-        if self.mode == "votes":
+        if self.settings.mode == "votes":
             counts = estimate.total.round()
             return bounds.clopper_pearson_lower(counts, n, delta), bounds.clopper_pearson_upper(counts, n, delta)
         mean = estimate.total.double() / n

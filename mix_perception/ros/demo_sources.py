@@ -6,6 +6,7 @@ source replays the recorded Image messages themselves (`Frame.message`). label_i
 truth class (-1 when unknown).
 """
 
+from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ from mix_perception.ros.image_conversion import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 FASHION_MNIST_TEST = "fashion_mnist_test"
+SHIPPED_SPLITS_FILE = "fashion_mnist_splits.npz"
 
 
 class Frame(NamedTuple):
@@ -25,14 +27,16 @@ class Frame(NamedTuple):
 
 
 class FashionMnistTest:
-    """The shipped 5,000-image test split, in file order (seed -1) or a seeded permutation."""
+    """The shipped 5,000-image test split, in file order (seed -1) or a seeded permutation.
+
+    Read from the package's data file (its format: mix_perception.experiments.data), uint8 as stored.
+    """
 
     def __init__(self, shuffle_seed: int = 0):
-        from mix_perception.core.data import load_split
-
-        split = load_split("test")
-        self.images = (split.images[:, 0].numpy() * 255.0).round().astype(np.uint8)
-        self.labels = split.labels.numpy()
+        path = resources.files("mix_perception").joinpath("data", SHIPPED_SPLITS_FILE)
+        with resources.as_file(path) as file, np.load(file, allow_pickle=False) as shipped:
+            self.images = shipped["test_images"]
+            self.labels = shipped["test_labels"].astype(np.int64)
         order = np.arange(len(self.labels))
         if shuffle_seed >= 0:
             order = np.random.default_rng(shuffle_seed).permutation(order)

@@ -16,15 +16,16 @@ Certification (parameter `certification`):
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from mix_perception.core.certify import top_two_margin
 from mix_perception.core.mixing import check_alpha, mix_logits
-from mix_perception.core.smoothing import SmoothedClassifier
+from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 
 # Same values as the constants of mix_perception/msg/MixedClassification.
 CERTIFICATE_NONE = 0
@@ -36,27 +37,16 @@ METHODS = ("none", "lipschitz", "smoothing")
 
 @dataclass(frozen=True)
 class Certification:
-    """How frames are certified. samples = n_estimate, select_samples = n_select of the core's certify."""
+    """How frames are certified: `method` (METHODS), the smoothing of h (`smoothing`, used unless the
+    method is "none") and the seed of the noise generator (None: fresh entropy)."""
 
     method: str = "smoothing"
-    sigma: float = 0.25
-    samples: int = 192
-    select_samples: int = 32
-    delta: float = 0.001
-    batch_size: int = 512
-    mode: str = "votes"
+    smoothing: SmoothingSettings = field(default_factory=SmoothingSettings)
     seed: int | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"certification must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method != "none":
-            if not (self.sigma > 0 and math.isfinite(self.sigma)):
-                raise ValueError(f"smoothing.sigma must be positive, got {self.sigma!r}")
-            if self.samples < 2 or self.select_samples < 1 or self.batch_size < 1:
-                raise ValueError("smoothing.samples >= 2, smoothing.select_samples >= 1, smoothing.batch_size >= 1")
-            if not 0.0 < self.delta < 1.0:
-                raise ValueError(f"smoothing.delta must be in (0, 1), got {self.delta!r}")
 
 
 class FrameResult(NamedTuple):
@@ -100,7 +90,7 @@ def publishable_certificate(
     if not (core_certified and alpha > 0.5 and certified_class == class_id and 0.0 < radius < math.inf):
         return NO_CERTIFICATE
     kind = CERTIFICATE_SMOOTHING if certification.method == "smoothing" else CERTIFICATE_LIPSCHITZ
-    return Published(float32_at_most(radius), kind, "l2", True, 1.0 - certification.delta)
+    return Published(float32_at_most(radius), kind, "l2", True, 1.0 - certification.smoothing.delta)
 
 
 def float32_at_most(value: float) -> float:
@@ -110,14 +100,6 @@ def float32_at_most(value: float) -> float:
     if float(rounded) > value:
         rounded = np.nextafter(rounded, np.float32(-np.inf))
     return float(rounded)
-
-
-def top_two_margin(probs: torch.Tensor) -> float:
-    """Top-1 minus runner-up of a probability vector (C,); the top-1 itself when C == 1."""
-    if probs.numel() < 2:
-        return float(probs.max())
-    top = torch.topk(probs, 2).values
-    return float(top[0] - top[1])
 
 
 class FrameClassifier:
@@ -134,14 +116,7 @@ class FrameClassifier:
         self.smoothed = None
         self.generator = None
         if certification.method != "none":
-            self.smoothed = SmoothedClassifier(
-                self.robust,
-                certification.sigma,
-                num_samples=certification.samples,
-                batch_size=certification.batch_size,
-                mode=certification.mode,
-                seed=certification.seed,
-            )
+            self.smoothed = SmoothedClassifier(self.robust, certification.smoothing, certification.seed)
             self.generator = self.smoothed.make_generator(self.device)
 
     @torch.no_grad()
@@ -154,15 +129,7 @@ class FrameClassifier:
             robust_logits = self.robust(x)
             certificate = None
         else:
-            certificate = self.smoothed.certify(
-                x,
-                alpha,
-                n_select=self.certification.select_samples,
-                n_estimate=self.certification.samples,
-                delta=self.certification.delta,
-                generator=self.generator,
-                method=self.certification.method,
-            )
+            certificate = self.smoothed.certify(x, alpha, self.generator, self.certification.method)
             robust_logits = certificate.robust_probs.to(standard_logits.dtype).log()  # -inf for 0 is fine
         mixed = mix_logits(standard_logits, robust_logits, alpha)
         probs = torch.softmax(mixed, dim=-1)[0].float().cpu()
@@ -184,7 +151,7 @@ class FrameClassifier:
             probabilities=probs.numpy(),
             alpha=alpha,
             robust_class_id=int(robust_probs.argmax()),
-            robust_margin=top_two_margin(robust_probs),
+            robust_margin=float(top_two_margin(robust_probs)),
             certified_radius=published.radius,
             certificate=published.kind,
             norm=published.norm,

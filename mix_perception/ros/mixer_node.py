@@ -11,9 +11,10 @@ Topics (relative names; remap `image` to the camera):
   The safety monitor subscribes to it; no classification is published for such a frame;
 - publishes `/diagnostics` every `diagnostics_period` seconds.
 
-Threads: the subscription callback validates the frame (cheap, no copy) and puts it in a one-place
-`FrameSlot`; one worker thread converts, classifies and publishes, so the executor never waits for
-the model and only the newest frame waits (older ones are counted as dropped).
+Threads: the subscription callback validates the frame (a raw image: its fields checked, its pixels
+a view of the message's buffer; a compressed image: decoded there, with its size checked first) and
+puts it in a one-place `FrameSlot`; one worker thread converts, classifies and publishes, so the
+executor never waits for the model and only the newest frame waits (older ones are counted as dropped).
 
 Parameters: see `mix_perception.ros.parameters.MIXER` and config/mixer.yaml. `robust_sharpening` S
 multiplies h's logits before mixing (certification none only). `alpha` is dynamic
@@ -31,10 +32,11 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
+from mix_perception.core.errors import first_line
 from mix_perception.ros import diagnostics, parameters
 from mix_perception.ros.frame_slot import FrameSlot
 from mix_perception.ros.image_conversion import ENCODINGS, ImageError, InputSpec, compressed_to_array, image_to_array
-from mix_perception.ros.spin import reliability_policy, run_node, startup_message
+from mix_perception.ros.spin import reliability_policy, run_node
 
 NODE_NAME = "mixer"
 REJECTED_STATUS_NAME = "mixer: rejected frame"
@@ -71,14 +73,17 @@ def input_spec(values: dict) -> InputSpec:
     )
 
 
-def load_models(values: dict, device):
-    """(standard, robust) nn.Modules from the model parameters ('default' = embedded). Raises ModelLoadError."""
-    from mix_perception.core.models import load_model
+# The embedded model that `robust_model: default` names, per certification: the base of the smoothed h
+# when certifying, the adversarially trained h otherwise.
+DEFAULT_ROBUST = {"none": "robust", "smoothing": "smoothing", "lipschitz": "smoothing"}
 
-    standard_path = values["standard_model"]
-    robust_path = values["robust_model"]
-    standard_path = "default:standard" if standard_path == "default" else standard_path
-    robust_path = "default:smoothing" if robust_path == "default" else robust_path
+
+def load_models(values: dict, device):
+    """(standard, robust) nn.Modules from the model parameters. Raises ModelLoadError."""
+    from mix_perception.core.models import default_spec, load_model
+
+    standard_path = default_spec(values["standard_model"], "standard")
+    robust_path = default_spec(values["robust_model"], DEFAULT_ROBUST[values["certification"]])
     standard = load_model(standard_path, arch=values["standard_arch"] or None, device=device)
     robust = load_model(robust_path, arch=values["robust_arch"] or None, device=device)
     return standard, robust
@@ -87,7 +92,7 @@ def load_models(values: dict, device):
 def sharpened(robust, values: dict):
     """h with its logits x robust_sharpening (h itself at 1). Raises ValueError when certifying with S != 1:
     Theorems 4 and 5 bound the smoothed h's own probabilities, which a sharpened h does not have."""
-    from mix_perception.core.calibration import ScaledLogits
+    from mix_perception.core.transforms import ScaledLogits
 
     scale = values["robust_sharpening"]
     if scale == 1.0:
@@ -101,19 +106,20 @@ def sharpened(robust, values: dict):
 
 
 def certification_of(values: dict):
+    """Certification from the certification and smoothing.* parameters; ValueError for bad values."""
+    from mix_perception.core.smoothing import SmoothingSettings
     from mix_perception.ros.inference import Certification
 
     seed = values["smoothing.seed"]
-    return Certification(
-        method=values["certification"],
+    smoothing = SmoothingSettings(
         sigma=values["smoothing.sigma"],
-        samples=values["smoothing.samples"],
-        select_samples=values["smoothing.select_samples"],
+        n_select=values["smoothing.select_samples"],
+        n_estimate=values["smoothing.samples"],
         delta=values["smoothing.delta"],
-        batch_size=values["smoothing.batch_size"],
         mode=values["smoothing.mode"],
-        seed=None if seed < 0 else seed,
+        batch_size=values["smoothing.batch_size"],
     )
+    return Certification(values["certification"], smoothing, None if seed < 0 else seed)
 
 
 class HeaderOnly:
@@ -266,7 +272,7 @@ class MixerNode(Node):
             with self.stats_lock:
                 self.failed += 1
             self.get_logger().error(f"inference failed: {error}", throttle_duration_sec=LOG_THROTTLE_S)
-            self._reject(HeaderOnly(header), ImageError("inference_failed", startup_message(error)))
+            self._reject(HeaderOnly(header), ImageError("inference_failed", first_line(error)))
             return
         msg = self._message_type()
         msg.header = header

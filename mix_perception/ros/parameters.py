@@ -8,18 +8,7 @@ same defaults (a test checks that).
 import math
 from typing import Any, NamedTuple
 
-FASHION_MNIST_LABELS = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+from mix_perception.core.models import CLASS_NAMES
 
 
 class Spec(NamedTuple):
@@ -45,16 +34,17 @@ MIXER = (
     Spec("device", "auto", "torch device: auto (GPU when there is one) | cpu | cuda | cuda:N"),
     Spec(
         "standard_model",
-        "default",
-        "accurate model g: 'default' (embedded), 'default:<name>', "
+        "default:standard",
+        "accurate model g: 'default:standard' (embedded; 'default' means the same), "
         "a checkpoint/state_dict (.pt/.pth) or a TorchScript file",
     ),
     Spec("standard_arch", "", "architecture for a bare state_dict (torchvision name or mix_perception:<name>)"),
     Spec(
         "robust_model",
-        "default",
-        "robust model h (or the base model hbar of the smoothed h when certifying): "
-        "'default' = the embedded smoothing model, 'default:robust' = the adversarially trained one, or a path",
+        "default:smoothing",
+        "robust model h (or the base model hbar of the smoothed h when certifying): 'default:smoothing' "
+        "(embedded, trained with noise), 'default:robust' (embedded, adversarially trained), "
+        "'default' (the embedded one for the certification: smoothing when certifying, else robust), or a path",
     ),
     Spec("robust_arch", "", "architecture for a bare state_dict of the robust model"),
     Spec(
@@ -100,7 +90,7 @@ MIXER = (
     ),
     Spec("input.std", [1.0], "per-channel std dividing after the mean (the embedded models: keep 1)"),
     Spec("input.max_pixels", 4096 * 4096, "frames with more pixels are rejected", bounds=(1, 2**31 - 1)),
-    Spec("labels", FASHION_MNIST_LABELS, "class names, index = class id"),
+    Spec("labels", list(CLASS_NAMES), "class names, index = class id"),
     Spec(
         "image_reliability",
         "best_effort",
@@ -162,7 +152,7 @@ DEMO_CAMERA = (
         bounds=(-1, 2**31 - 1),
     ),
     Spec("mcap_topic", "", "topic to replay from an .mcap source; empty = the first sensor_msgs/msg/Image topic"),
-    Spec("labels", FASHION_MNIST_LABELS, "class names, index = class id (folder sources map subfolders by name)"),
+    Spec("labels", list(CLASS_NAMES), "class names, index = class id (folder sources map subfolders by name)"),
 )
 
 

@@ -7,6 +7,8 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import ReliabilityPolicy
 
+from mix_perception.core.errors import first_line
+
 
 def spin_nodes(nodes, duration: float | None = None, executor=None, destroy: bool = True) -> int:
     """Spin `nodes` on one executor for `duration` seconds (None: until interrupted). Destroys the
@@ -43,18 +45,12 @@ def run_node(executable: str, node_class, argv=None) -> int:
         try:
             node = node_class()
         except Exception as error:  # noqa: BLE001 - any startup failure is reported as one line
-            print(f"{executable}: error: {startup_message(error)}", file=sys.stderr)
+            print(f"{executable}: error: {first_line(error)}", file=sys.stderr)
             return 1
         return spin_nodes([node])
     finally:
         if rclpy.ok():
             rclpy.shutdown()
-
-
-def startup_message(error: Exception) -> str:
-    """First line of an exception's message (model file, parameter value, device), for a one-line exit."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def reliability_policy(name: str) -> ReliabilityPolicy:

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from scipy.stats import norm as normal
 from torch import nn
 
-from mix_perception.core.attacks import pgd
 from mix_perception.core.certify import (
     gaussian_lipschitz,
     lipschitz_radius,
@@ -19,6 +18,7 @@ from mix_perception.core.certify import (
     smoothing_radius,
 )
 from mix_perception.core.mixing import MixedClassifier
+from mix_perception.experiments.attacks import pgd
 
 # ---------------------------------------------------------------- independent implementations
 

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mix_perception.core.mixing import MixedClassifier, mix_logits
-from mix_perception.core.mixing_variants import MixingVariant, output_gradient_norms
 
 
 def reference_mix(g_logits: np.ndarray, h_logits: np.ndarray, alpha: float) -> np.ndarray:
@@ -22,15 +21,6 @@ def reference_mix(g_logits: np.ndarray, h_logits: np.ndarray, alpha: float) -> n
 
     with np.errstate(divide="ignore"):
         return np.log((1.0 - alpha) * softmax(g_logits) + alpha * softmax(h_logits))
-
-
-class Affine(nn.Module):
-    def __init__(self, weight: torch.Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-
-    def forward(self, x):
-        return x.flatten(1) @ self.weight
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.1, 0.5, 0.73, 0.99, 1.0])
@@ -77,28 +67,26 @@ def test_bad_alpha_is_rejected(bad):
     assert model.alpha == 0.6
 
 
-def test_classifier_is_batched_changeable_and_exposes_base_probabilities():
+def test_classifier_is_batched_and_changeable(affine):
     generator = torch.Generator().manual_seed(2)
-    g, h = Affine(torch.randn(12, 4, generator=generator)), Affine(torch.randn(12, 4, generator=generator))
+    g, h = affine(torch.randn(12, 4, generator=generator)), affine(torch.randn(12, 4, generator=generator))
     x = torch.rand(16, 3, 2, 2, generator=generator)
     model = MixedClassifier(g, h, alpha=0.2)
     first = model(x)
     model.alpha = 0.8
-    parts = model.forward_parts(x)
-    assert first.shape == parts.logits.shape == (16, 4)
-    assert torch.allclose(parts.logits, mix_logits(g(x), h(x), 0.8))
-    assert not torch.allclose(first, parts.logits)
-    assert torch.allclose(parts.standard_probs, torch.softmax(g(x), -1))
-    assert torch.allclose(parts.robust_probs, torch.softmax(h(x), -1))
+    second = model(x)
+    assert first.shape == second.shape == (16, 4)
+    assert torch.allclose(second, mix_logits(g(x), h(x), 0.8))
+    assert not torch.allclose(first, second)
     # batching does not change per-sample results
-    assert torch.allclose(model(x[:1]), parts.logits[:1], atol=1e-6)
+    assert torch.allclose(model(x[:1]), second[:1], atol=1e-6)
 
 
-def test_classifier_runs_on_every_available_device():
+def test_classifier_runs_on_every_available_device(affine):
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         generator = torch.Generator().manual_seed(3)
-        model = MixedClassifier(Affine(torch.randn(4, 3, generator=generator)), Affine(torch.randn(4, 3)), 0.7)
+        model = MixedClassifier(affine(torch.randn(4, 3, generator=generator)), affine(torch.randn(4, 3)), 0.7)
         model = model.to(device)
         assert model(torch.rand(5, 4, device=device)).device.type == torch.device(device).type
 
@@ -117,24 +105,3 @@ def test_mixed_probabilities_are_a_distribution_between_the_two(alpha, g, h):
     low = torch.minimum(torch.softmax(g_t, -1), torch.softmax(h_t, -1))
     high = torch.maximum(torch.softmax(g_t, -1), torch.softmax(h_t, -1))
     assert (probs >= low - 1e-12).all() and (probs <= high + 1e-12).all()
-
-
-def test_gradient_norms_match_the_analytic_gradient_of_an_affine_model():
-    weight = torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, -2.0]])  # 2 inputs, 3 classes
-    norms = output_gradient_norms(Affine(weight), torch.rand(4, 2))
-    assert torch.allclose(norms, weight.norm(dim=0).expand(4, 3))
-
-
-@pytest.mark.parametrize("space", ["logits", "probs"])
-@pytest.mark.parametrize("scale", ["one", "grad_g", "grad_gmax", "grad_ratio"])
-def test_every_ablation_variant_returns_finite_scores(space, scale):
-    generator = torch.Generator().manual_seed(4)
-    g, h = Affine(torch.randn(6, 5, generator=generator)), Affine(torch.randn(6, 5, generator=generator))
-    x = torch.rand(7, 6, generator=generator)
-    scores = MixingVariant(g, h, 0.6, space=space, scale=scale)(x)
-    assert scores.shape == (7, 5) and torch.isfinite(scores).all()
-    if space == "probs" and scale == "one":
-        assert torch.allclose(scores, MixedClassifier(g, h, 0.6)(x), atol=1e-6)
-    if space == "logits" and scale == "grad_ratio":  # R_i = ||W_g[:, i]|| / ||W_h[:, i]|| for affine models
-        r = g.weight.norm(dim=0) / h.weight.norm(dim=0)
-        assert torch.allclose(scores, 0.4 * g(x) + 0.6 * r * h(x), atol=1e-5)

@@ -7,9 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from mix_perception.core.smoothing import SmoothedClassifier
+from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 
 SIGMA = 0.25
+
+
+def settings(**fields) -> SmoothingSettings:
+    return SmoothingSettings(sigma=SIGMA, **fields)
 
 
 class Halfspace(nn.Module):
@@ -48,7 +52,7 @@ def make_base(dim: int = 20, seed: int = 0, sharpness: float = 1.0) -> Halfspace
 def test_forward_estimates_h_and_is_finite_and_seeded(mode):
     base = make_base(sharpness=3.0)
     x = torch.rand(50, 20, generator=torch.Generator().manual_seed(1))
-    smoothed = SmoothedClassifier(base, SIGMA, num_samples=4000, batch_size=3001, mode=mode, seed=5)
+    smoothed = SmoothedClassifier(base, settings(n_estimate=4000, batch_size=3001, mode=mode), seed=5)
     log_probs = smoothed(x)
     assert torch.isfinite(log_probs).all() and log_probs.shape == (50, 2)
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(50), atol=1e-5)
@@ -58,9 +62,9 @@ def test_forward_estimates_h_and_is_finite_and_seeded(mode):
 
 def test_certify_uses_separate_selection_and_estimation_samples_in_batches():
     base = make_base()
-    smoothed = SmoothedClassifier(base, SIGMA, batch_size=700, seed=0)
+    smoothed = SmoothedClassifier(base, settings(n_select=100, n_estimate=1000, batch_size=700), seed=0)
     x = torch.rand(3, 20)
-    smoothed.certify(x, alpha=0.8, n_select=100, n_estimate=1000)
+    smoothed.certify(x, alpha=0.8)
     assert base.inputs_seen == 3 * (100 + 1000)
     assert base.calls == math.ceil(300 / 700) + math.ceil(3000 / 700)
 
@@ -72,10 +76,11 @@ def test_certified_radius_is_sound_for_the_exact_smoothed_model(mode, method):
     flipped within 0.99 r, or a bound misses the exact h) at a rate of at most delta."""
     delta, alpha = 0.05, 0.75
     base = make_base(seed=2, sharpness=4.0)
-    smoothed = SmoothedClassifier(base, SIGMA, mode=mode, batch_size=20_000)
+    sampling = settings(n_select=32, n_estimate=300, delta=delta, mode=mode, batch_size=20_000)
+    smoothed = SmoothedClassifier(base, sampling)
     x = torch.rand(400, 20, generator=torch.Generator().manual_seed(3))
     generator = torch.Generator().manual_seed(4)
-    cert = smoothed.certify(x, alpha, n_select=32, n_estimate=300, delta=delta, generator=generator, method=method)
+    cert = smoothed.certify(x, alpha, generator=generator, method=method)
     h1 = exact_h1(base, x, mode)
     h_top = torch.where(cert.prediction == 1, h1, 1 - h1)
     bound_missed = (cert.p_top_lower > h_top) | (cert.p_runner_upper < 1 - h_top)
@@ -96,10 +101,10 @@ def test_certified_radius_is_sound_for_the_exact_smoothed_model(mode, method):
 def test_abstains_on_a_coin_flip_and_at_alpha_half():
     on_boundary = torch.full((10, 20), 0.5)  # w.x + b = 0: h = (1/2, 1/2) exactly, in both modes
     for mode in ("votes", "probs"):
-        smoothed = SmoothedClassifier(Halfspace(torch.ones(20), -10.0), SIGMA, mode=mode, seed=0)
-        cert = smoothed.certify(on_boundary, alpha=0.9, n_select=16, n_estimate=200, delta=0.01)
+        coin = settings(n_select=16, n_estimate=200, delta=0.01, mode=mode)
+        cert = SmoothedClassifier(Halfspace(torch.ones(20), -10.0), coin, seed=0).certify(on_boundary, alpha=0.9)
         assert not cert.certified.any() and (cert.radius == 0).all()
-    strong = SmoothedClassifier(Halfspace(torch.ones(20), 100.0), SIGMA, seed=0)
+    strong = SmoothedClassifier(Halfspace(torch.ones(20), 100.0), settings(), seed=0)
     assert strong.certify(torch.rand(4, 20), alpha=0.9).certified.all()
     assert not strong.certify(torch.rand(4, 20), alpha=0.5).certified.any()
 
@@ -107,16 +112,26 @@ def test_abstains_on_a_coin_flip_and_at_alpha_half():
 def test_certify_on_images_with_a_cnn():
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)).eval()
-    smoothed = SmoothedClassifier(cnn, SIGMA, batch_size=257, seed=1)
-    cert = smoothed.certify(torch.rand(5, 1, 28, 28), alpha=0.7, n_select=20, n_estimate=130)
+    smoothed = SmoothedClassifier(cnn, settings(n_select=20, n_estimate=130, batch_size=257), seed=1)
+    cert = smoothed.certify(torch.rand(5, 1, 28, 28), alpha=0.7)
     assert cert.robust_probs.shape == (5, 10) and cert.prediction.shape == (5,)
     assert torch.allclose(cert.robust_probs.sum(-1), torch.ones(5))
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"sigma": 0.0}, {"sigma": -1.0}, {"mode": "soft"}, {"num_samples": 0}, {"batch_size": 0}]
+    ("field", "value"),
+    [
+        ("sigma", 0.0),
+        ("sigma", -1.0),
+        ("sigma", math.inf),
+        ("mode", "soft"),
+        ("n_select", 0),
+        ("n_estimate", 1),
+        ("delta", 0.0),
+        ("delta", 1.0),
+        ("batch_size", 0),
+    ],
 )
-def test_bad_configuration_is_rejected(kwargs):
-    arguments = {"sigma": SIGMA} | kwargs
-    with pytest.raises(ValueError):
-        SmoothedClassifier(make_base(), **arguments)
+def test_bad_settings_are_rejected_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        SmoothingSettings(**{field: value})

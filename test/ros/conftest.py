@@ -95,23 +95,15 @@ def start_node(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def constant_model(tmp_path_factory):
+def constant_model(tmp_path_factory, constant_logits):
     """Path of a TorchScript model that gives class 3 logit 20 (others 0) for any (N, 1, 28, 28) input."""
     import torch
-    from torch import nn
 
-    class Constant(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.register_buffer("logits", torch.nn.functional.one_hot(torch.tensor(3), 10).float() * 20.0)
-
-        def forward(self, x):
-            return self.logits.expand(x.shape[0], -1) + 0.0 * x.flatten(1).sum(1, keepdim=True)
-
+    model = constant_logits(torch.nn.functional.one_hot(torch.tensor(3), 10).float() * 20.0)
     path = tmp_path_factory.mktemp("models") / "constant3.pt"
     with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated; load_model still supports it
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(Constant()), str(path))
+        torch.jit.save(torch.jit.script(model), str(path))
     return path
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from mix_perception.core.models import CLASS_NAMES
 from mix_perception.ros.demo_sources import FashionMnistTest, ImageFolder, McapRecording, convert, open_source
 from mix_perception.ros.image_conversion import ImageError, array_to_image, image_to_array
-from mix_perception.ros.parameters import FASHION_MNIST_LABELS
 
 
 def test_shipped_test_split():
@@ -39,7 +39,7 @@ def test_image_folder_labels_from_subfolders(tmp_path):
     PILImage.fromarray(np.full((5, 6), 9, np.uint8), mode="L").save(tmp_path / "Trouser" / "a.png")
     PILImage.fromarray(np.zeros((4, 4, 3), np.uint8), mode="RGB").save(tmp_path / "7" / "b.png")
     PILImage.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(tmp_path / "c.png")
-    source = open_source(str(tmp_path), FASHION_MNIST_LABELS)
+    source = open_source(str(tmp_path), CLASS_NAMES)
     assert isinstance(source, ImageFolder) and len(source) == 3
     frames = [source[i] for i in range(3)]
     assert [f.label_id for f in frames] == [7, 1, -1]  # sorted paths: 7/b.png, Trouser/a.png, c.png
@@ -48,9 +48,9 @@ def test_image_folder_labels_from_subfolders(tmp_path):
 
 def test_bad_sources_are_named(tmp_path):
     with pytest.raises(ValueError, match="no image files"):
-        open_source(str(tmp_path), FASHION_MNIST_LABELS)
+        open_source(str(tmp_path), CLASS_NAMES)
     with pytest.raises(ValueError, match="not fashion_mnist_test"):
-        open_source(str(tmp_path / "missing.bag"), FASHION_MNIST_LABELS)
+        open_source(str(tmp_path / "missing.bag"), CLASS_NAMES)
 
 
 def test_mcap_recording_replays_images(tmp_path):
@@ -70,7 +70,7 @@ def test_mcap_recording_replays_images(tmp_path):
             writer.add_message(channel, log_time=time_ns, publish_time=time_ns, data=serialize_message(image))
         writer.add_message(other, log_time=5, publish_time=5, data=serialize_message(Image()))
         writer.finish()
-    source = open_source(str(path), FASHION_MNIST_LABELS, mcap_topic="/camera/image")
+    source = open_source(str(path), CLASS_NAMES, mcap_topic="/camera/image")
     assert isinstance(source, McapRecording) and len(source) == 2
     assert bytes(source[1].message.data) == bytes(images[1].data)
     assert source[1].label_id == -1

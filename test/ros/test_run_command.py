@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mix_perception.commands.run import default_config
+
+pytestmark = pytest.mark.slow  # the whole pipeline in a subprocess
 
 CLI = Path(sys.prefix) / "bin" / "mix-perception"
 

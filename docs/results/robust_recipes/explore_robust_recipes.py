@@ -29,10 +29,14 @@ import time
 import torch
 from torch.nn import functional as F
 
-from mix_perception.core import architectures, calibration, data, evaluation, training
-from mix_perception.core.attacks import pgd
+from mix_perception.core import architectures
 from mix_perception.core.mixing import MixedClassifier
 from mix_perception.core.models import Normalized, load_model
+from mix_perception.core.transforms import Transform
+from mix_perception.experiments import data, training
+from mix_perception.experiments.attacks import PGDConfig, adversarial_inputs, pgd
+from mix_perception.experiments.batches import accuracy
+from mix_perception.experiments.sweeps import mixed_predictions
 
 EPS, STEPS, STEP = 0.1, 7, 2.5 * 0.1 / 7
 
@@ -92,24 +96,24 @@ def train(kind, weight, epochs):
 
 
 def frontier(g, h, split, limit):
-    x, y = evaluation.load_data(split, limit)[:2]
-    config = evaluation.PGDConfig("linf", 0.1, 20)
+    x, y = data.load_data(split, limit)[:2]
+    config = PGDConfig("linf", 0.1, 20)
     with torch.no_grad():
         g_log, h_logits = torch.log_softmax(g(x), -1), h(x)
-        h_pgd = evaluation.accuracy(h(evaluation.attack(h, x, y, config)).argmax(-1) == y)
+        h_pgd = accuracy(h(adversarial_inputs(h, x, y, config)).argmax(-1) == y)
     rows = []
     for scale in (1.0, 1.5, 2.0):
         h_log = torch.log_softmax(h_logits * scale, -1)
         for alpha in [i / 100 for i in range(50, 101, 5)]:
-            clean = evaluation.accuracy(evaluation.mixed_predictions(g_log, h_log, alpha) == y)
+            clean = accuracy(mixed_predictions(g_log, h_log, alpha) == y)
             if not 0.895 <= clean <= 0.93:
                 continue
-            mixed = MixedClassifier(g, calibration.Transform("temperature", scale).apply(h), alpha)
+            mixed = MixedClassifier(g, Transform("temperature", scale).apply(h), alpha)
             with torch.no_grad():
-                mix = evaluation.accuracy(mixed(evaluation.attack(mixed, x, y, config)).argmax(-1) == y)
+                mix = accuracy(mixed(adversarial_inputs(mixed, x, y, config)).argmax(-1) == y)
             rows.append({"scale": scale, "alpha": alpha, "clean": clean, "mix": mix, "ratio": mix / h_pgd})
             print(f"{split} s={scale} a={alpha:.2f} clean {clean:.3f} MIX {mix:.3f} ratio {mix / h_pgd:.3f}")
-    h_clean = evaluation.accuracy(h_logits.argmax(-1) == y)
+    h_clean = accuracy(h_logits.argmax(-1) == y)
     print(f"{split}: h clean {h_clean:.3f} pgd {h_pgd:.3f}")
     return {"h_clean": h_clean, "h_pgd": h_pgd, "rows": rows}
 

@@ -22,8 +22,9 @@ import sys
 
 import torch
 
-from mix_perception.core import data, evaluation, training
 from mix_perception.core.models import load_model
+from mix_perception.experiments import data, training
+from mix_perception.experiments.batches import accuracy
 
 ROBUST_SCRIPT = pathlib.Path(__file__).parents[1] / "robust_recipes" / "explore_robust_recipes.py"
 
@@ -49,9 +50,9 @@ if __name__ == "__main__":
         name = f"standard_{epochs}"
         torch.save(training.checkpoint("standard", g, mean, std), f"{name}.pt")
         g = load_model(f"{name}.pt")
-    x, y = evaluation.load_data("calibration", None)[:2]
+    x, y = data.load_data("calibration", None)[:2]
     with torch.no_grad():
-        g_clean = evaluation.accuracy(g(x).argmax(-1) == y)
+        g_clean = accuracy(g(x).argmax(-1) == y)
     print(f"{name}: g clean on 2000 calibration images {g_clean:.4f}", flush=True)
     frontier = robust_exploration().frontier(g, load_model("default:robust"), "calibration", 1000)
     with open(f"{name}.json", "w") as file:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from mix_perception import cli
-from mix_perception.core import architectures, data, models, training
-from mix_perception.core.attacks import pgd
+from mix_perception.core import architectures, models
+from mix_perception.experiments import data, training
+from mix_perception.experiments.attacks import pgd
 
 NAMES = ("standard", "robust", "smoothing")
 CHECKPOINT_KEYS = {"arch", "num_classes", "state_dict", "mean", "std"}
@@ -64,6 +65,7 @@ def test_loaded_model_reaches_its_card_accuracy(name, test_slice):
     assert accuracy == pytest.approx(_card(name)["metrics"]["clean_accuracy"], abs=0.04)
 
 
+@pytest.mark.slow
 def test_robust_model_resists_pgd_as_its_card_says(test_slice):
     images, labels = test_slice
     model = models.load_default("robust")
@@ -89,6 +91,7 @@ def _tiny_run(out_dir, seed, names=NAMES):
     return {name: torch.load(out_dir / f"{name}.pt", weights_only=True) for name in names}
 
 
+@pytest.mark.slow
 def test_train_default_is_deterministic_given_the_seed(tmp_path):
     first = _tiny_run(tmp_path / "a", seed=3)
     second = _tiny_run(tmp_path / "b", seed=3)

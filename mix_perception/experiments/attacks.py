@@ -1,4 +1,4 @@
-"""Projected gradient descent (PGD) attacks and the attack targets of the mixing paper.
+"""Projected gradient descent (PGD) attacks, run over a data set, and the attack targets of the mixing paper.
 
 PGD: Madry, Makelov, Schmidt, Tsipras, Vladu, "Towards Deep Learning Models Resistant to
 Adversarial Attacks" (ICLR 2018). Untargeted: gradient ascent on the cross-entropy of the model's
@@ -11,9 +11,14 @@ robust model h alone and then evaluated on the mixture; MIX is the adaptive atta
 through the mixed classifier.
 """
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from mix_perception.experiments.batches import progress_bar, slices
 
 NORMS = ("linf", "l2")
 ATTACK_TARGETS = ("std", "rob", "mix")
@@ -152,3 +157,62 @@ def attack_model(mixed: nn.Module, target: str) -> nn.Module:
     if target == "mix":
         return mixed
     raise ValueError(f"attack target must be one of {ATTACK_TARGETS}, got {target!r}")
+
+
+@dataclass(frozen=True)
+class PGDConfig:
+    """Settings of `pgd`: norm "linf" | "l2", radius eps (pixels in [0, 1]), steps,
+    step size (None: 2.5 eps / steps), random start."""
+
+    norm: str = "linf"
+    eps: float = 0.1
+    steps: int = 20
+    step_size: float | None = None
+    random_start: bool = True
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if not (self.eps >= 0 and math.isfinite(self.eps)):
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps!r}")
+        if self.step_size is not None and not (self.step_size > 0 and math.isfinite(self.step_size)):
+            raise ValueError(f"step size must be positive, got {self.step_size!r}")
+
+
+def adversarial_inputs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: PGDConfig,
+    batch_size: int = 500,
+    device="cpu",
+    seed: int = 0,
+    progress=False,
+    desc="PGD",
+) -> torch.Tensor:
+    """PGD adversarial inputs (N, C, H, W) on the CPU against `model`, in batches on `device`.
+
+    Batch number k draws its random start from a generator seeded with seed + k, so two attacks with
+    the same seed and batch size start from the same points (e.g. MIX at alpha 0 equals STD).
+    """
+    device = torch.device(device)
+    results = []
+    with progress_bar(len(x), desc, progress) as bar:
+        for k, part in enumerate(slices(len(x), batch_size)):
+            generator = torch.Generator(device=device).manual_seed(int(seed) + k)
+            x_adv = pgd(
+                model,
+                x[part].to(device),
+                y[part].to(device),
+                config.eps,
+                norm=config.norm,
+                steps=config.steps,
+                step_size=config.step_size,
+                random_start=config.random_start,
+                generator=generator,
+            )
+            results.append(x_adv.cpu())
+            bar.update(part.stop - part.start)
+    return torch.cat(results) if results else x.clone()

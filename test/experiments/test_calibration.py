@@ -12,8 +12,11 @@ import yaml
 from torch import nn
 
 from mix_perception import cli
-from mix_perception.core import calibration, evaluation
 from mix_perception.core.models import load_model
+from mix_perception.core.smoothing import SmoothingSettings
+from mix_perception.core.transforms import MixedNUTSLogits, Transform
+from mix_perception.experiments import calibration, certified_curves, parameter_file
+from mix_perception.experiments.attacks import PGDConfig
 from mix_perception.ros import parameters
 
 # A constructed case whose outcome is known in closed form. Images: 8 x 8, labels 1 (first half)
@@ -41,15 +44,6 @@ class Memorizer(nn.Module):
         label = torch.where(match.any(dim=1), self.labels[index], torch.full_like(index, self.other))
         logits = nn.functional.one_hot(label, 5).to(x.dtype) * self.confidence
         return logits + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
-
-
-class Constant(nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.register_buffer("logits", torch.tensor(logits))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits.unsqueeze(0) + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
 
 
 def constructed_data(n=12, seed=0):
@@ -80,12 +74,12 @@ def expected_choice(floor: float, alphas=ALPHAS, scales=SCALES):
 
 @pytest.mark.parametrize("search", ["ordered", "bisect"])
 @pytest.mark.parametrize("floor", [0.5, 0.25, 0.0])
-def test_attack_goal_picks_the_known_answer(floor, search):
+def test_attack_goal_picks_the_known_answer(floor, search, constant_logits):
     x, y = constructed_data()
-    standard, robust = Memorizer(x, y), Constant(ROBUST_LOGITS)
+    standard, robust = Memorizer(x, y), constant_logits(ROBUST_LOGITS)
     result = calibration.calibrate_attack(
         standard, robust, x, y, ALPHAS, calibration.transform_grid("temperature", SCALES), floor,
-        evaluation.PGDConfig("linf", 0.05, 3), batch_size=5, search=search, floor_delta=0.0,
+        PGDConfig("linf", 0.05, 3), batch_size=5, search=search, floor_delta=0.0,
     )  # fmt: skip
     for c in result.candidates:
         clean, attacked = expected(c.alpha, c.transform.scale)
@@ -99,11 +93,11 @@ def test_attack_goal_picks_the_known_answer(floor, search):
         assert all(c.clean_accuracy >= clean for c in result.candidates if c.robust_accuracy is not None)
 
 
-def test_attack_goal_with_no_feasible_candidate_returns_none():
+def test_attack_goal_with_no_feasible_candidate_returns_none(constant_logits):
     x, y = constructed_data()
     result = calibration.calibrate_attack(
-        Memorizer(x, y), Constant(ROBUST_LOGITS), x, y, [0.3, 0.5], [calibration.Transform()], 0.9,
-        evaluation.PGDConfig("linf", 0.05, 1),
+        Memorizer(x, y), constant_logits(ROBUST_LOGITS), x, y, [0.3, 0.5], [Transform()], 0.9,
+        PGDConfig("linf", 0.05, 1),
     )  # fmt: skip
     assert result.chosen is None
     assert all(c.feasible is False for c in result.candidates)
@@ -123,14 +117,15 @@ def test_robust_lower_bound_is_the_clopper_pearson_bound():
 
 
 @pytest.mark.parametrize("floor, delta, answer_floor", [(0.24, 0.05, 0.5), (0.25, 0.05, None), (0.25, 0.0, 0.25)])
-def test_attack_goal_holds_the_floor_against_the_lower_bound(floor, delta, answer_floor):
+def test_attack_goal_holds_the_floor_against_the_lower_bound(floor, delta, answer_floor, constant_logits):
     """On the 12-image case robust accuracy is 0 or 6/12; with delta 0.05 the bound on 6 of 12 is 0.2453
     (Beta(6, 7)'s 5% quantile), so a floor of 0.24 admits exactly the candidates a measured floor of 0.5
     admits, and 0.25 admits none, where the measured numbers alone would admit every one at 1/2."""
     x, y = constructed_data()
+    transforms = calibration.transform_grid("temperature", SCALES)
     result = calibration.calibrate_attack(
-        Memorizer(x, y), Constant(ROBUST_LOGITS), x, y, ALPHAS, calibration.transform_grid("temperature", SCALES),
-        floor, evaluation.PGDConfig("linf", 0.05, 3), batch_size=5, floor_delta=delta,
+        Memorizer(x, y), constant_logits(ROBUST_LOGITS), x, y, ALPHAS, transforms,
+        floor, PGDConfig("linf", 0.05, 3), batch_size=5, floor_delta=delta,
     )  # fmt: skip
     for c in result.candidates:
         if c.robust_accuracy is not None:
@@ -151,7 +146,7 @@ def certified_case():
     Smoothed h: class 0 everywhere, estimate CERT_PROBS, bounds L = 0.9, U = 0.05, sigma 0.5."""
     y = torch.tensor([0, 0, 0, 1])
     standard_probs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
-    bounds = evaluation.Bounds(
+    bounds = certified_curves.Bounds(
         torch.zeros(4, dtype=torch.long),
         torch.full((4,), 0.9, dtype=torch.float64),
         torch.full((4,), 0.05, dtype=torch.float64),
@@ -206,32 +201,21 @@ def test_certified_goal_holds_the_floor_against_the_lower_bound():
         assert (result.chosen is candidate) == reached
 
 
-def test_sharpening_modules():
-    base = Constant([0.0, 1.0, -1.0])
-    x = torch.rand(2, 1, 4, 4)
-    assert torch.allclose(calibration.ScaledLogits(base, 3.0)(x), 3.0 * base(x))
-    nuts = calibration.MixedNUTSLogits(base, 2.0, 2.0, 0.5)
-    z = nn.functional.layer_norm(base(x), (3,))
-    assert torch.allclose(nuts(x), 2.0 * torch.relu(z + 0.5) ** 2)
-    assert calibration.Transform().apply(base) is base
-    with pytest.raises(ValueError):
-        calibration.ScaledLogits(base, 0.0)
-
-
 def test_node_parameters_use_the_node_names():
-    params = calibration.node_parameters(0.7, "default:standard", "default", "smoothing", smoothing={"sigma": 0.25})
+    settings = SmoothingSettings(sigma=0.25)
+    params = parameter_file.node_parameters(0.7, "default:standard", "default", "smoothing", smoothing=settings)
     flat = set(parameters.flatten(params["mixer"]["ros__parameters"]))
     assert flat <= {spec.name for spec in parameters.MIXER}
 
 
-def save_constructed_case(folder, x, y):
+def save_constructed_case(folder, x, y, constant_logits):
     """Write the constructed case: data (returned path, .npz), g as folder/g.ts, h as folder/h.ts."""
     data = folder / "constructed.npz"
     np.savez(data, images=x.numpy(), labels=y.numpy())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.script(Memorizer(x, y)), str(folder / "g.ts"))
-        torch.jit.save(torch.jit.script(Constant(ROBUST_LOGITS)), str(folder / "h.ts"))
+        torch.jit.save(torch.jit.script(constant_logits(ROBUST_LOGITS)), str(folder / "h.ts"))
     return data
 
 
@@ -245,9 +229,9 @@ def calibrate_argv(folder, data, *options) -> list[str]:
     ]  # fmt: skip
 
 
-def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path):
+def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path, constant_logits):
     x, y = constructed_data()
-    data = save_constructed_case(tmp_path, x, y)
+    data = save_constructed_case(tmp_path, x, y, constant_logits)
     out = tmp_path / "out"
     assert cli.main(calibrate_argv(tmp_path, data, "--alphas", ",".join(map(str, CLI_ALPHAS)), "--scales", "2,4")) == 0
     alpha, scale, clean, attacked = expected_choice(0.5, CLI_ALPHAS)
@@ -267,9 +251,9 @@ def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path):
     assert (out / "calibration.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_calibrate_exports_a_mixednuts_sharpened_h_as_torchscript(tmp_path):
+def test_calibrate_exports_a_mixednuts_sharpened_h_as_torchscript(tmp_path, constant_logits):
     x, y = constructed_data()
-    data = save_constructed_case(tmp_path, x, y)
+    data = save_constructed_case(tmp_path, x, y, constant_logits)
     out = tmp_path / "out"
     options = ["--alphas", "0.3,0.6,0.73,1", "--transform", "mixednuts", "--scales", "1", "--powers", "1"]
     assert cli.main(calibrate_argv(tmp_path, data, *options, "--offsets", "0.5")) == 0
@@ -280,13 +264,13 @@ def test_calibrate_exports_a_mixednuts_sharpened_h_as_torchscript(tmp_path):
     assert (chosen["alpha"], chosen["transform"]["kind"], chosen["clean_accuracy"]) == (0.73, "mixednuts", 1.0)
     assert "robust_sharpening" not in params
     probe = torch.rand(3, 1, 8, 8)
-    expected = calibration.MixedNUTSLogits(Constant(ROBUST_LOGITS), 1.0, 1.0, 0.5)(probe)
+    expected = MixedNUTSLogits(constant_logits(ROBUST_LOGITS), 1.0, 1.0, 0.5)(probe)
     assert torch.allclose(load_model(params["robust_model"])(probe), expected)
 
 
-def test_calibrate_reports_an_unreachable_floor(tmp_path, capsys):
+def test_calibrate_reports_an_unreachable_floor(tmp_path, capsys, constant_logits):
     x, y = constructed_data()
-    data = save_constructed_case(tmp_path, x, y)
+    data = save_constructed_case(tmp_path, x, y, constant_logits)
     argv = [
         "calibrate", "--standard", str(tmp_path / "g.ts"), "--robust", str(tmp_path / "h.ts"),
         "--calibration-data", str(data), "--no-test", "--min-robust", "0.9", "--alphas", "0.3,0.6",

@@ -1,4 +1,4 @@
-"""Evaluation toolkit: a tiny `mix-perception evaluate` run end to end (JSON schema, plots, invariants),
+"""`mix-perception evaluate` and its toolkit: a tiny run end to end (JSON schema, plots, invariants),
 certified radii against the core's certify, certified curves, margins, the paper-claim check, bad input."""
 
 import json
@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from mix_perception import cli
-from mix_perception.core import evaluation
 from mix_perception.core.architectures import build
-from mix_perception.core.smoothing import SmoothedClassifier
+from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
+from mix_perception.experiments import autoattack, certified_curves, data, margins, sweeps
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -49,6 +49,7 @@ def tiny_run(checkpoints, tmp_path_factory):
     return json.loads((out / "results.json").read_text()), out
 
 
+@pytest.mark.slow  # a whole evaluate run (module fixture)
 def test_results_json_schema(tiny_run):
     results, out = tiny_run
     assert results["schema_version"] == 1
@@ -88,6 +89,7 @@ def test_results_json_schema(tiny_run):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow  # a whole evaluate run (module fixture)
 def test_worst_is_at_most_every_attack_and_clean(tiny_run):
     for row in tiny_run[0]["per_alpha"]:
         worst = row["attacks"]["worst"]["accuracy"]
@@ -96,6 +98,7 @@ def test_worst_is_at_most_every_attack_and_clean(tiny_run):
             assert worst <= row["attacks"][name]["accuracy"]
 
 
+@pytest.mark.slow  # a whole evaluate run (module fixture)
 def test_alpha_zero_and_one_are_the_base_models(tiny_run):
     results = tiny_run[0]
     first, last = results["per_alpha"][0], results["per_alpha"][-1]
@@ -105,6 +108,7 @@ def test_alpha_zero_and_one_are_the_base_models(tiny_run):
     assert last["attacks"]["rob"]["accuracy"] == results["models"]["robust"]["pgd_accuracy"]
 
 
+@pytest.mark.slow  # a whole evaluate run (module fixture)
 def test_certified_curves_non_increasing_and_zero_for_small_alpha(tiny_run):
     for cert in tiny_run[0]["certified"].values():
         curves = [m["curve"] for m in cert["mixture"]] + [r["curve"] for r in cert["robust_alone"]]
@@ -126,40 +130,39 @@ def test_radius_from_bounds_equals_certify(method, mode):
     with torch.no_grad():
         base[1].weight.mul_(8.0)
     x = torch.rand(6, 1, 4, 4)
-    bounds = evaluation.smoothing_bounds(base, x, 0.3, 8, 64, 0.01, mode, 128, chunk=100, seed=5)
-    smoothed = SmoothedClassifier(base, 0.3, 64, 128, mode, seed=5)
+    settings = SmoothingSettings(sigma=0.3, n_select=8, n_estimate=64, delta=0.01, mode=mode, batch_size=128)
+    bounds = certified_curves.smoothing_bounds(base, x, settings, chunk=100, seed=5)
+    smoothed = SmoothedClassifier(base, settings)
     for alpha in (0.4, 0.7, 0.95, 1.0):
-        cert = smoothed.certify(
-            x, alpha, n_select=8, n_estimate=64, delta=0.01, generator=torch.Generator().manual_seed(5), method=method
-        )
+        cert = smoothed.certify(x, alpha, generator=torch.Generator().manual_seed(5), method=method)
         assert torch.equal(bounds.prediction, cert.prediction)
-        assert torch.allclose(evaluation.certified_radius(bounds, alpha, method), cert.radius.double())
+        assert torch.allclose(certified_curves.certified_radius(bounds, alpha, method), cert.radius.double())
 
 
 def test_certified_curve_counts_only_correct_certified_images():
     correct = torch.tensor([True, True, False, True, True])
     radius = torch.tensor([0.0, 0.3, 0.9, 0.1, 0.5], dtype=torch.float64)
-    assert evaluation.certified_curve(correct, radius, [0.0, 0.1, 0.3, 0.5, 0.6]) == [0.6, 0.6, 0.4, 0.2, 0.0]
+    assert certified_curves.certified_curve(correct, radius, [0.0, 0.1, 0.3, 0.5, 0.6]) == [0.6, 0.6, 0.4, 0.2, 0.0]
     generator = torch.Generator().manual_seed(1)
     for _ in range(20):
         correct = torch.rand(50, generator=generator) > 0.3
         radius = torch.rand(50, generator=generator).double() * (torch.rand(50, generator=generator) > 0.2)
-        curve = evaluation.certified_curve(correct, radius, np.linspace(0, 1, 21))
+        curve = certified_curves.certified_curve(correct, radius, np.linspace(0, 1, 21))
         assert all(a >= b for a, b in zip(curve, curve[1:], strict=False))
 
 
 def test_match_clean_accuracy_prefers_the_most_robust_sigma_that_reaches_the_target():
     candidates = [(0.25, 0.80), (0.2, 0.84), (0.15, 0.88), (0.1, 0.90)]
-    assert evaluation.match_clean_accuracy(0.85, candidates) == (0.15, 0.88)
-    assert evaluation.match_clean_accuracy(0.80, candidates) == (0.25, 0.80)
-    assert evaluation.match_clean_accuracy(0.95, candidates) == (0.1, 0.90)  # none reaches: most accurate
+    assert certified_curves.match_clean_accuracy(0.85, candidates) == (0.15, 0.88)
+    assert certified_curves.match_clean_accuracy(0.80, candidates) == (0.25, 0.80)
+    assert certified_curves.match_clean_accuracy(0.95, candidates) == (0.1, 0.90)  # none reaches: most accurate
 
 
 def test_margin_table_splits_by_correctness():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
     y = torch.tensor([0, 0, 0, 2])
-    base = evaluation.BaseResult(probs.argmax(-1) == y, probs.argmax(-1) == y, probs, probs)
-    table = evaluation.margin_table(base, y)
+    base = sweeps.BaseResult(probs.argmax(-1) == y, probs.argmax(-1) == y, probs, probs)
+    table = margins.margin_table(base, y)
     assert table["clean"]["correct"]["count"] == 3 and table["clean"]["incorrect"]["count"] == 1
     assert table["clean"]["correct"]["mean"] == pytest.approx((0.5 + 0.3 + 0.4) / 3, abs=1e-6)
     assert table["clean"]["correct"]["median"] == pytest.approx(0.4, abs=1e-6)
@@ -175,21 +178,21 @@ def test_paper_claim():
             {"alpha": 0.9, "clean_accuracy": 0.85, "attacks": {"mix": {"accuracy": 0.7}}},
         ],
     }
-    claim = evaluation.paper_claim(summary)
+    claim = sweeps.paper_claim(summary)
     assert claim["holds"] and [a["alpha"] for a in claim["alphas"]] == [0.7]
     summary["per_alpha"][1]["attacks"]["mix"]["accuracy"] = 0.55
-    assert not evaluation.paper_claim(summary)["holds"]
+    assert not sweeps.paper_claim(summary)["holds"]
 
 
 def test_load_data_npz_layouts(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, size=(5, 6, 7, 3), dtype=np.uint8)
     np.savez(tmp_path / "hwc.npz", images=images, labels=np.arange(5))
-    data = evaluation.load_data(str(tmp_path / "hwc.npz"), limit=3)
-    assert data.x.shape == (3, 3, 6, 7) and data.y.tolist() == [0, 1, 2]
-    assert torch.allclose(data.x[1, 2], torch.from_numpy(images[1, :, :, 2]).float() / 255)
+    loaded = data.load_data(str(tmp_path / "hwc.npz"), limit=3)
+    assert loaded.x.shape == (3, 3, 6, 7) and loaded.y.tolist() == [0, 1, 2]
+    assert torch.allclose(loaded.x[1, 2], torch.from_numpy(images[1, :, :, 2]).float() / 255)
     np.savez(tmp_path / "bad.npz", x=np.full((2, 4, 4), 2.0), y=np.zeros(2, dtype=np.int64))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        evaluation.load_data(str(tmp_path / "bad.npz"))
+        data.load_data(str(tmp_path / "bad.npz"))
 
 
 def test_autoattack_on_mixture_is_at_most_clean():
@@ -198,7 +201,7 @@ def test_autoattack_on_mixture_is_at_most_clean():
 
     mixed = MixedClassifier(_noisy_linear(1), _noisy_linear(2), 0.6)
     x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 4, (8,))
-    correct = evaluation.autoattack_correct(mixed, x, y, "linf", 0.05, version="custom", attacks=["apgd-ce", "apgd-t"])
+    correct = autoattack.autoattack_correct(mixed, x, y, "linf", 0.05, version="custom", attacks=["apgd-ce", "apgd-t"])
     clean = mixed(x).argmax(-1) == y
     assert correct.shape == (8,) and not bool((correct & ~clean).any())
 
@@ -228,6 +231,7 @@ def test_bad_alpha_is_rejected_by_the_parser(capsys):
     assert "alphas must lie in [0, 1]" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_calibrate_runs_on_user_checkpoints_with_a_torchvision_h(checkpoints, tmp_path):
     """calibrate with g a checkpoint dict and h a bare resnet18 state_dict (3-channel, fed 1-channel images):
     it writes a parameter file whose models (TorchScript exports: they needed --input-channels) load."""
