@@ -33,6 +33,8 @@ MIXED_CLASSIFICATION_FIELDS = {
     "inference_ms": "float",
     "certified": "boolean",
     "certificate_confidence": "float",
+    "source": "string",
+    "samples": "uint32",
 }
 SAFETY_STATUS_FIELDS = {
     "header": "std_msgs/Header",
@@ -43,6 +45,7 @@ SAFETY_STATUS_FIELDS = {
     "required_radius": "float",
     "alpha": "double",
     "consecutive_unsafe": "uint32",
+    "source": "string",
 }
 EXECUTABLES = ["mixer_node", "safety_monitor", "demo_camera"]
 DATA_PATTERNS = ["default_models/*.pt", "default_models/*.json", "data/*.npz"]
@@ -114,6 +117,8 @@ def test_mixed_classification_round_trips_through_rclpy_serialization():
     msg.inference_ms = 3.5
     msg.certified = True
     msg.certificate_confidence = 0.9375  # exact in float32, so == holds after the trip
+    msg.source = "/camera/front/image_raw"
+    msg.samples = 48
 
     data = serialize_message(msg)
     back = deserialize_message(data, MixedClassification)
@@ -135,6 +140,7 @@ def test_safety_status_round_trips_through_rclpy_serialization():
     msg.required_radius = 0.125  # exact in float32
     msg.alpha = 0.4
     msg.consecutive_unsafe = 3
+    msg.source = "/camera/rear/image_raw"
 
     back = deserialize_message(serialize_message(msg), SafetyStatus)
 
@@ -160,7 +166,7 @@ def test_ros_executables_are_installed(name):
     text = script.read_text()
     assert os.access(script, os.X_OK)
     assert text.startswith("#!")
-    assert f"from mix_perception.ros.{name} import main" in text
+    assert f"from mix_perception.ros.executables import {name}" in text
 
 
 @needs_ros
@@ -228,6 +234,7 @@ THIRD_PARTY = {
     "sensor_msgs": ("ros-sensor-msgs", "sensor_msgs"),
     "diagnostic_msgs": ("ros-diagnostic-msgs", "diagnostic_msgs"),
     "rcl_interfaces": ("ros-rcl-interfaces", "rcl_interfaces"),
+    "lifecycle_msgs": ("ros-lifecycle-msgs", "lifecycle_msgs"),
     "builtin_interfaces": ("ros-builtin-interfaces", "builtin_interfaces"),
     "ament_index_python": ("ros-ament-index-python", "ament_index_python"),
     "catkin_pkg": ("catkin-pkg", None),

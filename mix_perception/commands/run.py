@@ -47,13 +47,43 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=positive_float, help="demo camera rate in Hz (default: from the config)")
     parser.add_argument("--alpha", type=float, help="initial alpha (default: from the config)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: from the config)")
-    parser.add_argument("--image-topic", default="image", help="image topic to classify (default: image)")
+    parser.add_argument(
+        "--image-topic", default="image", help="image topic to classify when there is one camera (default: image)"
+    )
+    parser.add_argument(
+        "--image-topics",
+        type=topic_list,
+        default=None,
+        help="comma-separated image topics of several cameras (sets the mixer's image_topics and the "
+        "monitor's sources; default: from the config)",
+    )
+    parser.add_argument(
+        "--no-autostart",
+        action="store_true",
+        help="leave the mixer unconfigured (it waits for lifecycle transitions); default: bring it to active",
+    )
     parser.add_argument("--json", type=Path, help="also write the summary as JSON to this file")
+
+
+def topic_list(text: str) -> list[str]:
+    """'/cam1/image,/cam2/image' -> ['/cam1/image', '/cam2/image'] (at least one)."""
+    topics = [part.strip() for part in text.split(",") if part.strip()]
+    if not topics:
+        raise argparse.ArgumentTypeError("expected comma-separated image topics")
+    return topics
 
 
 def ros_arguments(args) -> list[str]:
     """rclpy.init arguments: the parameter file, per-node overrides, the image remap."""
+    from mix_perception.ros.safety_monitor import source_name
+
     ros_args = ["--ros-args", "--params-file", str(args.config)]
+    if args.image_topics is not None:
+        topics = ", ".join(f"'{topic}'" for topic in args.image_topics)
+        sources = ", ".join(f"'{source_name(topic)}'" for topic in args.image_topics)
+        ros_args += ["-p", f"mixer:image_topics:=[{topics}]", "-p", f"safety_monitor:sources:=[{sources}]"]
+    if args.no_autostart:
+        ros_args += ["-p", "mixer:autostart:=false"]
     if args.alpha is not None:
         ros_args += ["-p", f"mixer:alpha:={float(args.alpha)!r}"]
     if args.device is not None:
@@ -74,16 +104,14 @@ def main(args) -> int:
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}")
 
-    import rclpy
-
     from mix_perception.core.errors import first_line
+    from mix_perception.ros import spin
     from mix_perception.ros.demo_camera import DemoCameraNode
     from mix_perception.ros.mixer_node import MixerNode
     from mix_perception.ros.run_summary import SummaryNode
     from mix_perception.ros.safety_monitor import SafetyMonitorNode
-    from mix_perception.ros.spin import spin_nodes
 
-    rclpy.init(args=[sys.argv[0], *ros_arguments(args)])
+    stop = spin.init([sys.argv[0], *ros_arguments(args)])
     nodes = []
     try:
         try:
@@ -91,27 +119,24 @@ def main(args) -> int:
             nodes.append(summary)
             mixer = MixerNode()
             nodes.append(mixer)
+            mixer.start()
             nodes.append(SafetyMonitorNode())
             if args.demo:
                 nodes.append(DemoCameraNode())
         except Exception as error:  # noqa: BLE001 - reported as one line
-            for node in nodes:
-                node.destroy_node()
             raise CommandError(first_line(error)) from None
+        configured = mixer.runtime is not None
+        state = f"{mixer.device}, certification {mixer.certification.method}" if configured else "unconfigured"
+        demo = " + demo camera" if args.demo else ""
         print(
-            f"running mixer ({mixer.device}, certification {mixer.certification.method}, alpha {mixer.alpha})"
-            f" + safety monitor{' + demo camera' if args.demo else ''} for {args.duration:g} s ...",
+            f"running mixer ({state}, alpha {mixer.alpha}) + safety monitor{demo} for {args.duration:g} s ...",
             file=sys.stderr,
         )
         started = time.monotonic()
-        spin_nodes(nodes, duration=args.duration, destroy=False)
-        elapsed = time.monotonic() - started
-        report = summary.report(elapsed, mixer.counters())
-        for node in nodes:
-            node.destroy_node()
+        spin.spin_nodes(nodes, stop, duration=args.duration)
+        report = summary.report(time.monotonic() - started, mixer.counters())
     finally:
-        if rclpy.ok():
-            rclpy.shutdown()
+        spin.shut_down(nodes)
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

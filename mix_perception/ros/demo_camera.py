@@ -42,7 +42,7 @@ class DemoCameraNode(Node):
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
 
-        values = parameters.declare(self, parameters.DEMO_CAMERA + EXTRA)
+        values = parameters.declare_and_read(self, parameters.DEMO_CAMERA + EXTRA)
         self.labels = list(values["labels"])
         self.source = (
             source
@@ -93,11 +93,11 @@ class DemoCameraNode(Node):
         self.published += 1
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     """Entry point of `demo_camera`."""
     from mix_perception.ros.spin import run_node
 
-    return run_node("demo_camera", DemoCameraNode, argv)
+    run_node("demo_camera", DemoCameraNode, argv)
 
 
 if __name__ == "__main__":

@@ -1,53 +1,65 @@
-"""A one-place mailbox between a subscription callback and an inference worker thread.
+"""Newest-frame mailboxes between the subscription callbacks and the inference worker: one per source
+(camera), all behind one lock.
 
-`put` never blocks: a frame still waiting when a newer one arrives is replaced and counted as
-dropped, so the worker always takes the newest frame and latency stays bounded by one inference
-(plus the frame in flight) however fast the camera runs. Memory is bounded by one waiting frame.
+`put` never blocks: a frame still waiting when a newer one of the same source arrives is replaced
+and counted as dropped, so the worker always takes the newest frame of each camera and latency stays
+bounded by one inference (plus the batch in flight) however fast the cameras run. `take_all` hands
+over the waiting frame of every source at once, so one batch serves every camera and none starves.
+Memory is bounded by one waiting frame per source.
 """
 
 import threading
+from collections import Counter
 
 
-class FrameSlot:
-    """Latest-frame-only handoff. Thread-safe; counters `received` and `dropped` only grow."""
+class FrameSlots:
+    """Latest-frame-only handoff per source. Thread-safe; the counters only grow.
+
+    received[source]: frames put; dropped[source]: frames replaced before the worker took them.
+    """
 
     def __init__(self):
         self._condition = threading.Condition()
-        self._item = None
-        self._full = False
+        self._waiting: dict[str, object] = {}
         self._closed = False
-        self.received = 0
-        self.dropped = 0
+        self.received: Counter = Counter()
+        self.dropped: Counter = Counter()
 
-    def put(self, item) -> bool:
-        """Store `item` as the newest frame. Returns True when it replaced a frame nobody took."""
+    def put(self, source: str, item) -> bool:
+        """Store `item` as the newest frame of `source`. Returns True when it replaced a frame nobody took.
+        A closed mailbox refuses it (returns False, counts nothing)."""
         with self._condition:
-            self.received += 1
-            replaced = self._full
+            if self._closed:
+                return False
+            self.received[source] += 1
+            replaced = source in self._waiting
             if replaced:
-                self.dropped += 1
-            self._item, self._full = item, True
+                self.dropped[source] += 1
+            self._waiting[source] = item
             self._condition.notify()
             return replaced
 
-    def take(self, timeout: float | None = None):
-        """Wait up to `timeout` seconds (None: forever) for a frame and remove it.
-
-        Returns the frame, or None on timeout or once the slot is closed.
-        """
+    def take_all(self, timeout: float | None = None) -> list[tuple[str, object]]:
+        """Wait up to `timeout` seconds (None: forever) for a frame; return every waiting (source, frame),
+        in the order the sources first sent one, and empty the mailboxes. [] on timeout or when closed."""
         with self._condition:
-            self._condition.wait_for(lambda: self._full or self._closed, timeout)
-            if not self._full or self._closed:
-                return None
-            item, self._item, self._full = self._item, None, False
-            return item
+            self._condition.wait_for(lambda: self._waiting or self._closed, timeout)
+            if self._closed:
+                return []
+            taken, self._waiting = list(self._waiting.items()), {}
+            return taken
 
     def close(self) -> None:
-        """Wake every waiting `take` (they return None) and make later takes return None at once."""
+        """Drop the waiting frames, wake every `take_all` (it returns []) and refuse frames until `open`."""
         with self._condition:
             self._closed = True
-            self._item, self._full = None, False
+            self._waiting = {}
             self._condition.notify_all()
+
+    def open(self) -> None:
+        """Accept frames again (after `close`)."""
+        with self._condition:
+            self._closed = False
 
     @property
     def closed(self) -> bool:

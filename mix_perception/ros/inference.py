@@ -1,10 +1,11 @@
-"""One frame through the mixed classifier and its certificate: torch in, plain numbers out.
+"""A batch of frames (one per camera) through the mixed classifier and its certificate: torch in,
+plain numbers out.
 
-No ROS here, so it is tested with plain torch. The node feeds it (1, C, H, W) tensors and turns
-the `FrameResult` into a MixedClassification message.
+No ROS here, so it is tested with plain torch. The node feeds it (N, C, H, W) tensors and turns each
+`FrameResult` into a MixedClassification message.
 
 Certification (parameter `certification`):
-- "none": g and h are each run once; p_mix = (1 - alpha) softmax(g) + alpha softmax(h); radius 0.
+- "none": g and h are each run once per batch; p_mix = (1 - alpha) softmax(g) + alpha softmax(h); radius 0.
 - "smoothing" / "lipschitz": h is the Gaussian smoothing of the robust model (sigma). g runs once;
   h's probabilities are the Monte Carlo estimate from `SmoothedClassifier.certify`, which also bounds
   them (Clopper-Pearson or empirical Bernstein, Bonferroni over classes, selection samples apart from
@@ -14,7 +15,6 @@ Certification (parameter `certification`):
   class; the certificate then holds with probability >= 1 - delta. Otherwise radius 0, no certificate.
 """
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mix_perception.core.certify import top_two_margin
-from mix_perception.core.mixing import check_alpha, mix_logits
+from mix_perception.core.mixing import check_alpha
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 
 # Same values as the constants of mix_perception/msg/MixedClassification.
@@ -62,48 +62,67 @@ class FrameResult(NamedTuple):
     norm: str
     certified: bool
     confidence: float
+    samples: int
     inference_ms: float
 
 
-class Published(NamedTuple):
-    """The certificate fields of a MixedClassification."""
+class RobustOutput(NamedTuple):
+    """What a certifier says about a batch of N frames (tensors on the model's device).
 
-    radius: float
-    kind: int
-    norm: str
-    certified: bool
-    confidence: float
-
-
-NO_CERTIFICATE = Published(0.0, CERTIFICATE_NONE, "", False, 0.0)
-
-
-def publishable_certificate(
-    core_certified: bool, certified_class: int, radius: float, class_id: int, alpha: float, certification
-) -> Published:
-    """What may be published for one frame, given the core's certify result for it.
-
-    Certified only when the core certified (its bounds separate; it never does for alpha <= 1/2),
-    alpha > 1/2, the radius is positive and finite, and the class the certificate is about equals the
-    published mixed class `class_id`. Otherwise nothing (radius 0, CERTIFICATE_NONE).
+    robust_probs (N, C): h's probabilities that enter the mixture (for a smoothed h, the Monte Carlo
+    estimate); certified_class (N,) int64: the class each certificate is about (-1: none); radius (N,)
+    float64: the radius within which the mixture predicts that class (0: nothing certified); samples
+    (N,) int64: noise samples drawn per frame.
     """
-    if not (core_certified and alpha > 0.5 and certified_class == class_id and 0.0 < radius < math.inf):
-        return NO_CERTIFICATE
-    kind = CERTIFICATE_SMOOTHING if certification.method == "smoothing" else CERTIFICATE_LIPSCHITZ
-    return Published(float32_at_most(radius), kind, "l2", True, 1.0 - certification.smoothing.delta)
+
+    robust_probs: torch.Tensor
+    certified_class: torch.Tensor
+    radius: torch.Tensor
+    samples: torch.Tensor
 
 
-def float32_at_most(value: float) -> float:
-    """The largest float32 <= value: the message field is float32, and rounding to nearest could
+class Uncertified:
+    """h run once per batch; no certificate."""
+
+    kind = CERTIFICATE_NONE
+
+    def __init__(self, robust: nn.Module):
+        self.robust = robust
+
+    def __call__(self, x: torch.Tensor, alpha: float) -> RobustOutput:
+        probs = torch.softmax(self.robust(x), dim=-1)
+        zeros = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        return RobustOutput(probs, zeros - 1, zeros.double(), zeros)
+
+
+class SmoothingCertifier:
+    """h = Gaussian smoothing of the robust model, certified by `SmoothedClassifier.certify` (fixed n):
+    Theorem 5 (method "smoothing") or Theorem 4 with Lip = sqrt(2/pi)/sigma (method "lipschitz")."""
+
+    def __init__(self, robust: nn.Module, certification: Certification, device: torch.device):
+        self.smoothed = SmoothedClassifier(robust, certification.smoothing, certification.seed)
+        self.generator = self.smoothed.make_generator(device)
+        self.method = certification.method
+        self.kind = CERTIFICATE_SMOOTHING if self.method == "smoothing" else CERTIFICATE_LIPSCHITZ
+        self.samples = certification.smoothing.n_select + certification.smoothing.n_estimate
+
+    def __call__(self, x: torch.Tensor, alpha: float) -> RobustOutput:
+        certificate = self.smoothed.certify(x, alpha, self.generator, self.method)
+        certified_class = certificate.prediction.where(certificate.certified, -1)
+        samples = torch.full_like(certificate.prediction, self.samples)
+        return RobustOutput(certificate.robust_probs, certified_class, certificate.radius, samples)
+
+
+def float32_at_most(values: np.ndarray) -> np.ndarray:
+    """The largest float32 <= each value: the message field is float32, and rounding to nearest could
     publish a radius larger than the one certified."""
-    rounded = np.float32(value)
-    if float(rounded) > value:
-        rounded = np.nextafter(rounded, np.float32(-np.inf))
-    return float(rounded)
+    rounded = values.astype(np.float32)
+    above = rounded.astype(np.float64) > values
+    return np.where(above, np.nextafter(rounded, np.float32(-np.inf)), rounded)
 
 
 class FrameClassifier:
-    """g (standard) and h (robust) on one device, classifying one frame at a time with a given alpha.
+    """g (standard) and h (robust) on one device, classifying a batch of frames with a given alpha.
 
     Not thread-safe: one worker thread calls `classify`. Models are put in eval mode.
     """
@@ -113,49 +132,51 @@ class FrameClassifier:
         self.standard = standard.to(self.device).eval()
         self.robust = robust.to(self.device).eval()
         self.certification = certification
-        self.smoothed = None
-        self.generator = None
-        if certification.method != "none":
-            self.smoothed = SmoothedClassifier(self.robust, certification.smoothing, certification.seed)
-            self.generator = self.smoothed.make_generator(self.device)
+        if certification.method == "none":
+            self.certifier = Uncertified(self.robust)
+            self.confidence = 0.0
+        else:
+            self.certifier = SmoothingCertifier(self.robust, certification, self.device)
+            self.confidence = 1.0 - certification.smoothing.delta
 
     @torch.no_grad()
-    def classify(self, x: torch.Tensor, alpha: float) -> FrameResult:
-        """Classify one input x (1, C, H, W) with mixing weight alpha in [0, 1]."""
+    def classify(self, x: torch.Tensor, alpha: float) -> list[FrameResult]:
+        """Classify a batch x (N, C, H, W) with mixing weight alpha in [0, 1]; one FrameResult per frame.
+
+        p_mix = (1 - alpha) softmax(g(x)) + alpha h(x), with h's probabilities from the certifier. A
+        frame is certified only when the certifier certified a class (its radius > 0 and finite), that
+        class is the mixed prediction, and alpha > 1/2. One host transfer for the whole batch.
+        """
         alpha = check_alpha(alpha)
         start = time.perf_counter()
-        standard_logits = self.standard(x)
-        if self.smoothed is None:
-            robust_logits = self.robust(x)
-            certificate = None
-        else:
-            certificate = self.smoothed.certify(x, alpha, self.generator, self.certification.method)
-            robust_logits = certificate.robust_probs.to(standard_logits.dtype).log()  # -inf for 0 is fine
-        mixed = mix_logits(standard_logits, robust_logits, alpha)
-        probs = torch.softmax(mixed, dim=-1)[0].float().cpu()
-        robust_probs = torch.softmax(robust_logits, dim=-1)[0].float().cpu()
+        standard_probs = torch.softmax(self.standard(x), dim=-1)
+        robust = self.certifier(x, alpha)
+        probs = (1.0 - alpha) * standard_probs + alpha * robust.robust_probs.to(standard_probs.dtype)
+        columns = (robust.certified_class, robust.radius, robust.samples, top_two_margin(robust.robust_probs))
+        parts = [probs, robust.robust_probs, *(c.unsqueeze(1) for c in columns)]
+        packed = torch.cat([part.double() for part in parts], 1).cpu().numpy()  # float64 keeps the radius exact
         inference_ms = (time.perf_counter() - start) * 1000.0
-        class_id = int(probs.argmax())
-        published = NO_CERTIFICATE
-        if certificate is not None:
-            published = publishable_certificate(
-                bool(certificate.certified[0]),
-                int(certificate.prediction[0]),
-                float(certificate.radius[0]),
-                class_id,
-                alpha,
-                self.certification,
+        classes = probs.shape[1]
+        mixed, robust_probs = packed[:, :classes], packed[:, classes : 2 * classes]
+        certified_class, radius, samples, margin = packed[:, -4], packed[:, -3], packed[:, -2], packed[:, -1]
+        class_id = mixed.argmax(axis=1)
+        certified = (certified_class == class_id) & (radius > 0) & np.isfinite(radius) & (alpha > 0.5)
+        published = np.where(certified, float32_at_most(np.where(certified, radius, 0.0)), 0.0)
+        kind = self.certifier.kind
+        return [
+            FrameResult(
+                class_id=int(class_id[i]),
+                probabilities=mixed[i].astype(np.float32),
+                alpha=alpha,
+                robust_class_id=int(robust_probs[i].argmax()),
+                robust_margin=float(margin[i]),
+                certified_radius=float(published[i]),
+                certificate=kind if certified[i] else CERTIFICATE_NONE,
+                norm="l2" if certified[i] else "",
+                certified=bool(certified[i]),
+                confidence=self.confidence if certified[i] else 0.0,
+                samples=int(samples[i]),
+                inference_ms=inference_ms,
             )
-        return FrameResult(
-            class_id=class_id,
-            probabilities=probs.numpy(),
-            alpha=alpha,
-            robust_class_id=int(robust_probs.argmax()),
-            robust_margin=float(top_two_margin(robust_probs)),
-            certified_radius=published.radius,
-            certificate=published.kind,
-            norm=published.norm,
-            certified=published.certified,
-            confidence=published.confidence,
-            inference_ms=inference_ms,
-        )
+            for i in range(len(class_id))
+        ]

@@ -1,8 +1,11 @@
-"""Parameter tables of the nodes: name, default, description, range, read-only — declared in one call.
+"""Parameter tables of the nodes: name, default, description, range, dynamic or not — declared in one call.
 
-Every parameter is declared with a ParameterDescriptor (description, type, range where one applies,
-read_only for what cannot change while running). `config/mixer.yaml` lists the same names with the
-same defaults (a test checks that).
+Every parameter is declared with a ParameterDescriptor (description, type, range where one applies).
+A `dynamic` parameter applies at once, in any state. The others are read-only in the plain nodes
+(safety monitor, demo camera); in the managed mixer they are configure-time parameters: settable
+while the mixer is not active, read when it is configured (`reconfigurable`). `startup` parameters
+are read once, when the node starts, and are read-only everywhere. `config/mixer.yaml` lists the
+same names with the same defaults (a test checks that).
 """
 
 import math
@@ -12,14 +15,16 @@ from mix_perception.core.models import CLASS_NAMES
 
 
 class Spec(NamedTuple):
-    """One parameter. `bounds` (low, high) becomes a floating-point or integer range descriptor."""
+    """One parameter. `bounds` (low, high) becomes a floating-point or integer range descriptor; `choices`
+    the allowed strings; `dynamic` applies at once; `startup` is read once, when the node starts."""
 
     name: str
     default: Any
     description: str
-    read_only: bool = True
+    dynamic: bool = False
     bounds: tuple | None = None
     choices: tuple | None = None
+    startup: bool = False
 
 
 MIXER = (
@@ -28,10 +33,23 @@ MIXER = (
         0.75,
         "mixing weight of the robust model h: p = (1-alpha) softmax(g) + alpha h; "
         "certificates need alpha > 0.5; applies from the next frame",
-        read_only=False,
+        dynamic=True,
         bounds=(0.0, 1.0),
     ),
+    Spec(
+        "autostart",
+        True,
+        "configure and activate the mixer when it starts; false: it waits for lifecycle transitions "
+        "(ros2 lifecycle set /mixer configure, then activate)",
+        startup=True,
+    ),
     Spec("device", "auto", "torch device: auto (GPU when there is one) | cpu | cuda | cuda:N"),
+    Spec(
+        "image_topics",
+        ["image"],
+        "image topics to classify, one per camera (sensor_msgs/Image; with subscribe_compressed also "
+        "<topic>/compressed); the newest frame of every camera goes into one batched forward",
+    ),
     Spec(
         "standard_model",
         "default:standard",
@@ -111,7 +129,7 @@ MIXER = (
         "other nodes, and avoids torch's thread contention on a busy 2-core machine",
         bounds=(0, 1024),
     ),
-    Spec("diagnostics_period", 1.0, "seconds between /diagnostics messages", bounds=(0.05, 3600.0)),
+    Spec("diagnostics_period", 1.0, "seconds between /diagnostics messages", bounds=(0.05, 3600.0), startup=True),
 )
 
 SAFETY_MONITOR = (
@@ -119,17 +137,24 @@ SAFETY_MONITOR = (
         "required_radius",
         0.1,
         "certified l2 radius (pixels in [0, 1]) the control stack requires",
-        read_only=False,
+        dynamic=True,
         bounds=(0.0, 1000.0),
     ),
     Spec(
         "max_frame_age",
         0.5,
         "seconds: a frame older than this (now - header.stamp) is unsafe, and a stream silent for longer is stale",
-        read_only=False,
+        dynamic=True,
         bounds=(0.001, 3600.0),
     ),
     Spec("watchdog_period", 0.1, "seconds between watchdog checks for a stale stream", bounds=(0.001, 3600.0)),
+    Spec(
+        "sources",
+        [""],
+        "cameras watched from the start, by the fully qualified image topic the mixer reports as `source` "
+        "(e.g. /camera/front/image_raw), each STALE until its first frame; \"\" stands for the stream as a "
+        "whole until any frame arrives. Cameras that send frames are watched from then on, listed or not",
+    ),
     Spec("diagnostics_period", 1.0, "seconds between /diagnostics messages", bounds=(0.05, 3600.0)),
 )
 
@@ -156,11 +181,14 @@ DEMO_CAMERA = (
 )
 
 
-def descriptor_for(spec: Spec):
-    """ParameterDescriptor with description, read_only and a range or choices constraint."""
+def descriptor_for(spec: Spec, reconfigurable: bool = False):
+    """ParameterDescriptor with description, read_only and a range or choices constraint.
+
+    read_only: neither dynamic nor (reconfigurable and not startup)."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-    descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    read_only = not spec.dynamic and (spec.startup or not reconfigurable)
+    descriptor = ParameterDescriptor(description=spec.description, read_only=read_only)
     if spec.bounds is not None:
         low, high = spec.bounds
         if isinstance(spec.default, float):
@@ -172,18 +200,38 @@ def descriptor_for(spec: Spec):
     return descriptor
 
 
-def declare(node, specs) -> dict:
-    """Declare every spec on `node` (overrides from --params-file / parameter_overrides apply) and
-    return {name: value}. Raises ValueError for a value outside its choices or a non-finite float."""
+def problem(spec: Spec, value) -> str | None:
+    """Why `value` is not acceptable for `spec` (a choice it does not offer, a non-finite float), or None.
+    Types and ranges are checked by rclpy against the descriptor."""
+    if spec.choices is not None and value not in spec.choices:
+        return f"parameter {spec.name} must be one of {', '.join(spec.choices)}, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"parameter {spec.name} must be finite, got {value!r}"
+    return None
+
+
+def declare(node, specs, reconfigurable: bool = False) -> None:
+    """Declare every spec on `node` (overrides from --params-file / parameter_overrides apply)."""
+    for spec in specs:
+        node.declare_parameter(spec.name, spec.default, descriptor_for(spec, reconfigurable))
+
+
+def read(node, specs) -> dict:
+    """{name: value} of the declared specs; ValueError naming the first unacceptable value (`problem`)."""
     values = {}
     for spec in specs:
-        value = node.declare_parameter(spec.name, spec.default, descriptor_for(spec)).value
-        if spec.choices is not None and value not in spec.choices:
-            raise ValueError(f"parameter {spec.name} must be one of {', '.join(spec.choices)}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"parameter {spec.name} must be finite, got {value!r}")
+        value = node.get_parameter(spec.name).value
+        reason = problem(spec, value)
+        if reason:
+            raise ValueError(reason)
         values[spec.name] = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else value
     return values
+
+
+def declare_and_read(node, specs) -> dict:
+    """`declare`, then `read`: what the plain (unmanaged) nodes do once, at startup."""
+    declare(node, specs)
+    return read(node, specs)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

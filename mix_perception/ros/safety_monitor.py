@@ -1,13 +1,19 @@
-"""Node `safety_monitor` (executable `safety_monitor`): a verdict for every frame, and a watchdog.
+"""Node `safety_monitor` (executable `safety_monitor`): a verdict for every frame, and a watchdog per camera.
 
 Topics (relative names, remappable):
 - subscribes `mixer/classification` (MixedClassification, reliable) and `mixer/rejected`
   (diagnostic_msgs/DiagnosticArray: the frames the mixer could not use, see mixer_node);
 - publishes `~/status` (SafetyStatus; reliable, transient local, depth 10: a late joiner gets the
   last statuses, the newest last): one per classified frame, one per rejected frame (reason
-  `bad_input`), and one per watchdog tick while no frame arrived for longer than `max_frame_age`
-  (level STALE, reason `stale_stream`; also before the first frame);
-- publishes `/diagnostics` every `diagnostics_period` seconds.
+  `bad_input`), and, per camera (`source`), one per watchdog tick while that camera sent no frame for
+  longer than `max_frame_age` (level STALE, reason `stale_stream`);
+- publishes `/diagnostics` every `diagnostics_period` seconds: one status per camera.
+
+Each camera is judged and watched on its own: a silent camera is flagged STALE within max_frame_age
+plus one watchdog tick while the others stay OK, and its consecutive_unsafe count is its own. The
+cameras watched are those listed in `sources` (STALE until their first frame; "" stands for the
+stream as a whole until any frame arrives, so a mixer that never publishes is flagged too) and every
+camera that sends a frame. While the mixer is not active no frame arrives, so every camera is STALE.
 
 The rules are in `safety_rules` (pure functions). Frame age = this node's clock - header.stamp, so
 the camera's and this node's clocks must agree (same machine, or synchronized). `required_radius`
@@ -17,15 +23,37 @@ and `max_frame_age` are dynamic parameters.
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 
 from mix_perception.ros import diagnostics, parameters, safety_rules
+from mix_perception.ros.diagnostics import values_of
 
 NODE_NAME = "safety_monitor"
 STATUS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+WHOLE_STREAM = ""  # the source name of "any camera" before the first frame
+
+
+@dataclass
+class Camera:
+    """What the monitor remembers of one source: when its last frame arrived (time.monotonic()),
+    its unsafe streak, the alpha and level of its last verdict, and its counters."""
+
+    last_arrival: float
+    consecutive_unsafe: int = 0
+    last_alpha: float = 0.0
+    last_level: int = safety_rules.STALE
+    judged: int = 0
+    unsafe: int = 0
+    by_reason: dict = field(default_factory=dict)
+
+
+def source_name(topic: str) -> str:
+    """A `sources` entry as the mixer reports it: fully qualified ("/" prefixed), "" kept as it is."""
+    return topic if not topic or topic.startswith("/") else "/" + topic
 
 
 class SafetyMonitorNode(Node):
@@ -35,18 +63,13 @@ class SafetyMonitorNode(Node):
 
         from mix_perception.msg import MixedClassification, SafetyStatus
 
-        values = parameters.declare(self, parameters.SAFETY_MONITOR)
+        values = parameters.declare_and_read(self, parameters.SAFETY_MONITOR)
         self.limits = safety_rules.Limits(values["required_radius"], values["max_frame_age"])
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._status_type = SafetyStatus
         self.lock = threading.Lock()
-        self.last_arrival = time.monotonic()
-        self.consecutive_unsafe = 0
-        self.judged = 0
-        self.unsafe = 0
-        self.by_reason: dict[str, int] = {}
-        self.last_level = safety_rules.STALE
-        self.last_alpha = 0.0
+        started = time.monotonic()
+        self.cameras = {source_name(topic): Camera(started) for topic in values["sources"]}
 
         self.status_pub = self.create_publisher(SafetyStatus, "~/status", STATUS_QOS)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -67,35 +90,50 @@ class SafetyMonitorNode(Node):
         """Seconds between the frame's stamp and now on this node's clock."""
         return (self.get_clock().now() - Time.from_msg(stamp, clock_type=self.get_clock().clock_type)).nanoseconds / 1e9
 
+    def _arrived(self, source: str) -> Camera:
+        """The camera of `source`, marked as heard from now; the whole-stream stand-in retires."""
+        with self.lock:
+            if source != WHOLE_STREAM:
+                self.cameras.pop(WHOLE_STREAM, None)
+            camera = self.cameras.setdefault(source, Camera(0.0))
+            camera.last_arrival = time.monotonic()
+            return camera
+
     def _on_classification(self, msg) -> None:
-        self.last_arrival = time.monotonic()
+        camera = self._arrived(msg.source)
         verdict = safety_rules.judge_frame(
             msg.certified, msg.certified_radius, msg.alpha, self._age(msg.header.stamp), self.limits
         )
-        self._publish(verdict, msg.header, msg.certified_radius if msg.certified else 0.0, msg.alpha)
+        radius = msg.certified_radius if msg.certified else 0.0
+        self._publish(msg.source, camera, verdict, msg.header, radius, msg.alpha)
 
     def _on_rejected(self, msg) -> None:
-        self.last_arrival = time.monotonic()
-        self._publish(safety_rules.judge_rejected(), msg.header, 0.0, self.last_alpha)
+        source = values_of(msg.status[0]).get("source", WHOLE_STREAM) if msg.status else WHOLE_STREAM
+        camera = self._arrived(source)
+        self._publish(source, camera, safety_rules.judge_rejected(), msg.header, 0.0, camera.last_alpha)
 
     def _on_watchdog(self) -> None:
-        verdict = safety_rules.judge_stream(time.monotonic() - self.last_arrival, self.limits)
-        if verdict is not None:
-            from std_msgs.msg import Header
+        from std_msgs.msg import Header
 
-            header = Header(stamp=self.get_clock().now().to_msg())
-            self._publish(verdict, header, 0.0, self.last_alpha)
-
-    def _publish(self, verdict: safety_rules.Verdict, header, radius: float, alpha: float) -> None:
+        now = time.monotonic()
         with self.lock:
-            self.consecutive_unsafe = safety_rules.next_consecutive(self.consecutive_unsafe, verdict)
-            self.judged += 1
-            self.unsafe += 0 if verdict.safe else 1
+            cameras = list(self.cameras.items())
+        for source, camera in cameras:
+            verdict = safety_rules.judge_stream(now - camera.last_arrival, self.limits)
+            if verdict is not None:
+                header = Header(stamp=self.get_clock().now().to_msg())
+                self._publish(source, camera, verdict, header, 0.0, camera.last_alpha)
+
+    def _publish(self, source: str, camera: Camera, verdict, header, radius: float, alpha: float) -> None:
+        with self.lock:
+            camera.consecutive_unsafe = safety_rules.next_consecutive(camera.consecutive_unsafe, verdict)
+            camera.judged += 1
+            camera.unsafe += 0 if verdict.safe else 1
             for reason in verdict.reasons:
-                self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
-            self.last_level = verdict.level
-            self.last_alpha = alpha
-            consecutive = self.consecutive_unsafe
+                camera.by_reason[reason] = camera.by_reason.get(reason, 0) + 1
+            camera.last_level = verdict.level
+            camera.last_alpha = alpha
+            consecutive = camera.consecutive_unsafe
         status = self._status_type()
         status.header = header
         status.safe = verdict.safe
@@ -105,29 +143,32 @@ class SafetyMonitorNode(Node):
         status.required_radius = float(self.limits.required_radius)
         status.alpha = float(alpha)
         status.consecutive_unsafe = consecutive
+        status.source = source
         self.status_pub.publish(status)
 
     def _publish_diagnostics(self) -> None:
+        statuses = []
         with self.lock:
-            values = {
-                "verdicts": self.judged,
-                "unsafe": self.unsafe,
-                "consecutive_unsafe": self.consecutive_unsafe,
-                "required_radius": self.limits.required_radius,
-                "max_frame_age_s": self.limits.max_frame_age,
-            }
-            values.update({f"reason_{reason}": count for reason, count in sorted(self.by_reason.items())})
-            level = self.last_level
-        message = {0: "safe", 1: "warning", 2: "unsafe", 3: "stale"}[level]
-        status = diagnostics.make_status(f"{self.get_name()}: safety", level, message, values)
-        self.diagnostics_pub.publish(diagnostics.make_array(self.get_clock().now().to_msg(), [status]))
+            for source, camera in sorted(self.cameras.items()):
+                values = {
+                    "verdicts": camera.judged,
+                    "unsafe": camera.unsafe,
+                    "consecutive_unsafe": camera.consecutive_unsafe,
+                    "required_radius": self.limits.required_radius,
+                    "max_frame_age_s": self.limits.max_frame_age,
+                }
+                values.update({f"reason_{reason}": count for reason, count in sorted(camera.by_reason.items())})
+                message = {0: "safe", 1: "warning", 2: "unsafe", 3: "stale"}[camera.last_level]
+                name = f"{self.get_name()}: safety {source or '(any camera)'}"
+                statuses.append(diagnostics.make_status(name, camera.last_level, message, values))
+        self.diagnostics_pub.publish(diagnostics.make_array(self.get_clock().now().to_msg(), statuses))
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     """Entry point of `safety_monitor`."""
     from mix_perception.ros.spin import run_node
 
-    return run_node("safety_monitor", SafetyMonitorNode, argv)
+    run_node("safety_monitor", SafetyMonitorNode, argv)
 
 
 if __name__ == "__main__":

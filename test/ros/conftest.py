@@ -80,6 +80,18 @@ class NodeProcess:
 
 
 @pytest.fixture(scope="session")
+def command_for_executable():
+    """command_for(executable) -> the command line that starts an installed node executable."""
+    return command_for
+
+
+@pytest.fixture(scope="session")
+def parameter_text():
+    """ros_value(value) -> the value as `-p name:=value` wants it."""
+    return ros_value
+
+
+@pytest.fixture(scope="session")
 def start_node(tmp_path_factory):
     """start_node(executable, parameters, namespace="") -> NodeProcess; all stopped at the end of the session."""
     started = []

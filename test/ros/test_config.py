@@ -35,5 +35,5 @@ def test_every_parameter_has_a_description_and_sane_default(node):
 
 
 def test_only_the_documented_parameters_are_dynamic():
-    dynamic = {spec.name for table in TABLES.values() for spec in table if not spec.read_only}
+    dynamic = {spec.name for table in TABLES.values() for spec in table if spec.dynamic}
     assert dynamic == {"alpha", "required_radius", "max_frame_age"}

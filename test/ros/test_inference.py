@@ -1,4 +1,5 @@
-"""FrameClassifier: the mixture it publishes, and that only the core's certificates are published."""
+"""FrameClassifier: the mixture it publishes for a batch of frames, and that only the core's certificates
+are published."""
 
 import numpy as np
 import pytest
@@ -11,10 +12,10 @@ from mix_perception.ros.inference import (
     CERTIFICATE_LIPSCHITZ,
     CERTIFICATE_NONE,
     CERTIFICATE_SMOOTHING,
-    NO_CERTIFICATE,
     Certification,
     FrameClassifier,
-    publishable_certificate,
+    RobustOutput,
+    float32_at_most,
 )
 
 
@@ -23,7 +24,7 @@ def linear(seed: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
 
 
-X = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+X = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 SETTINGS = SmoothingSettings(sigma=0.25, n_select=16, n_estimate=200, delta=0.001, batch_size=512)
 SMOOTHING = Certification("smoothing", SETTINGS, seed=1)
 
@@ -34,44 +35,82 @@ def constant(constant_logits):
     return lambda label: constant_logits(torch.nn.functional.one_hot(torch.tensor(label), 10).float() * 20.0)
 
 
-def test_no_certification_publishes_the_plain_mixture():
+def test_no_certification_publishes_the_plain_mixture_per_frame():
     g, h = linear(0), linear(1)
     classifier = FrameClassifier(g, h, Certification("none"))
     for alpha in (0.0, 0.3, 0.75, 1.0):
-        result = classifier.classify(X, alpha)
-        expected = torch.softmax(mix_logits(g(X), h(X), alpha), dim=-1)[0]
-        torch.testing.assert_close(torch.from_numpy(result.probabilities), expected.detach())
-        assert result.class_id == int(expected.argmax())
-        assert result.robust_class_id == int(h(X).argmax())
-        assert result.alpha == alpha
-        assert (result.certified, result.certificate, result.certified_radius, result.norm) == (
-            False,
-            CERTIFICATE_NONE,
-            0.0,
-            "",
-        )
-        assert result.inference_ms > 0
+        results = classifier.classify(X, alpha)
+        expected = torch.softmax(mix_logits(g(X), h(X), alpha), dim=-1).detach()
+        assert len(results) == 3
+        for result, want, h_logits in zip(results, expected, h(X), strict=True):
+            torch.testing.assert_close(torch.from_numpy(result.probabilities), want)
+            assert result.class_id == int(want.argmax())
+            assert result.robust_class_id == int(h_logits.argmax())
+            assert result.alpha == alpha and result.samples == 0 and result.inference_ms > 0
+            assert (result.certified, result.certificate, result.certified_radius, result.norm) == (
+                False,
+                CERTIFICATE_NONE,
+                0.0,
+                "",
+            )
+
+
+def test_a_frame_is_classified_the_same_alone_and_in_a_batch():
+    g, h = linear(0), linear(1)
+    classifier = FrameClassifier(g, h, Certification("none"))
+    batch = classifier.classify(X, 0.6)
+    for index in range(3):
+        alone = classifier.classify(X[index : index + 1], 0.6)[0]
+        np.testing.assert_allclose(alone.probabilities, batch[index].probabilities, atol=1e-6)
 
 
 @pytest.mark.parametrize("method, kind", [("smoothing", CERTIFICATE_SMOOTHING), ("lipschitz", CERTIFICATE_LIPSCHITZ)])
 def test_a_confident_robust_model_is_certified_with_the_cores_radius(method, kind, constant):
     certification = Certification(method, SETTINGS, seed=1)
-    classifier = FrameClassifier(linear(0), constant(3), certification)
-    result = classifier.classify(X, 0.8)
-    assert result.class_id == 3 and result.robust_class_id == 3
-    assert result.certified and result.certificate == kind and result.norm == "l2"
-    assert result.confidence == pytest.approx(0.999)
+    results = FrameClassifier(linear(0), constant(3), certification).classify(X, 0.8)
     reference = SmoothedClassifier(constant(3), SETTINGS, seed=1).certify(X, 0.8, method=method)
-    assert result.certified_radius == pytest.approx(float(reference.radius[0]), rel=1e-6)
-    assert result.robust_margin == pytest.approx(1.0)
-    assert abs(float(result.probabilities.sum()) - 1.0) < 1e-5
+    for result, radius in zip(results, reference.radius, strict=True):
+        assert result.class_id == 3 and result.robust_class_id == 3
+        assert result.certified and result.certificate == kind and result.norm == "l2"
+        assert result.confidence == pytest.approx(0.999)
+        assert result.certified_radius == pytest.approx(float(radius), rel=1e-6)
+        assert result.robust_margin == pytest.approx(1.0)
+        assert result.samples == 16 + 200
+        assert abs(float(result.probabilities.sum()) - 1.0) < 1e-5
 
 
 def test_alpha_at_most_half_is_never_certified(constant):
     classifier = FrameClassifier(linear(0), constant(3), SMOOTHING)
     for alpha in (0.0, 0.25, 0.5):
-        result = classifier.classify(X, alpha)
-        assert not result.certified and result.certified_radius == 0.0 and result.certificate == CERTIFICATE_NONE
+        for result in classifier.classify(X, alpha):
+            assert not result.certified and result.certified_radius == 0.0 and result.certificate == CERTIFICATE_NONE
+
+
+def test_only_a_certificate_of_the_published_class_with_a_finite_positive_radius_is_published(constant_logits):
+    """The certifier's word is taken only for frames where its class is the mixed class, its radius is
+    positive and finite, and alpha > 1/2. Frames: (certified class, radius) = (2, 0.3) published;
+    (3, 0.3) about another class than the mixture's 2; (2, 0) nothing; (2, inf) and (2, nan) not finite."""
+    g = constant_logits(torch.nn.functional.one_hot(torch.tensor(2), 10).float() * 30.0)
+    robust_probs = torch.full((5, 10), 0.0)
+    robust_probs[:, 2] = robust_probs[:, 3] = 0.5
+    certified_class = torch.tensor([2, 3, 2, 2, 2])
+    radius = torch.tensor([0.3, 0.3, 0.0, float("inf"), float("nan")], dtype=torch.float64)
+
+    class Given:  # a certifier that says exactly the above
+        kind = CERTIFICATE_SMOOTHING
+
+        def __call__(self, x, alpha):
+            return RobustOutput(robust_probs, certified_class, radius, torch.full((5,), 40))
+
+    classifier = FrameClassifier(g, linear(1), SMOOTHING)
+    classifier.certifier = Given()
+    results = classifier.classify(torch.rand(5, 1, 28, 28), 0.8)
+    assert [r.class_id for r in results] == [2] * 5
+    assert [r.certified for r in results] == [True, False, False, False, False]
+    assert results[0].certified_radius == pytest.approx(0.3) and results[0].certificate == CERTIFICATE_SMOOTHING
+    assert all(r.certified_radius == 0.0 and r.certificate == CERTIFICATE_NONE for r in results[1:])
+    assert [r.samples for r in results] == [40] * 5
+    assert not any(r.certified for r in classifier.classify(torch.rand(5, 1, 28, 28), 0.5))
 
 
 def test_a_robust_model_split_between_classes_is_not_certified():
@@ -81,25 +120,16 @@ def test_a_robust_model_split_between_classes_is_not_certified():
             logits = torch.zeros(x.shape[0], 10)
             return logits + 10 * torch.cat([torch.zeros_like(positive), positive, 1 - positive, logits[:, 3:]], 1)
 
-    result = FrameClassifier(linear(0), CoinFlip(), SMOOTHING).classify(X, 0.9)
+    result = FrameClassifier(linear(0), CoinFlip(), SMOOTHING).classify(X[:1], 0.9)[0]
     assert not result.certified and result.certified_radius == 0.0
 
 
 def test_published_radius_is_never_rounded_up_to_float32():
-    for radius in (0.1, 1 / 3, 0.123456789123, 2.0**-30 * 3.0000001):
-        published = publishable_certificate(True, 3, radius, 3, 0.8, SMOOTHING).radius
-        assert published <= radius and float(np.float32(published)) == published
-        assert radius - published <= abs(radius) * 2**-23
-
-
-def test_publishable_certificate_needs_the_same_class_and_a_real_certificate():
-    assert publishable_certificate(True, 3, 0.4, 3, 0.8, SMOOTHING).certified
-    assert publishable_certificate(True, 3, 0.4, 5, 0.8, SMOOTHING) == NO_CERTIFICATE  # mixed class differs
-    assert publishable_certificate(False, 3, 0.4, 3, 0.8, SMOOTHING) == NO_CERTIFICATE
-    assert publishable_certificate(True, 3, 0.4, 3, 0.5, SMOOTHING) == NO_CERTIFICATE
-    assert publishable_certificate(True, 3, 0.0, 3, 0.8, SMOOTHING) == NO_CERTIFICATE
-    assert publishable_certificate(True, 3, float("inf"), 3, 0.8, SMOOTHING) == NO_CERTIFICATE
-    assert publishable_certificate(True, 3, float("nan"), 3, 0.8, SMOOTHING) == NO_CERTIFICATE
+    radii = np.array([0.1, 1 / 3, 0.123456789123, 2.0**-30 * 3.0000001, 0.0])
+    published = float32_at_most(radii)
+    assert (published <= radii).all()
+    assert (published.astype(np.float32).astype(np.float64) == published).all()
+    assert (radii - published <= np.abs(radii) * 2**-23).all()
 
 
 def test_an_unknown_certification_method_is_refused():

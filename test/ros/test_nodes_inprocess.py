@@ -1,10 +1,11 @@
-"""The nodes built in this process: declared parameters and descriptors, injected models, startup
-validation. (Behaviour across processes is in test_integration.py.)"""
+"""The nodes built in this process: declared parameters and descriptors, injected models, the mixer's
+lifecycle and its configure-time validation. (Behaviour across processes is in test_integration.py.)"""
 
 import math
 
 import pytest
 import rclpy
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from torch import nn
 
@@ -28,12 +29,12 @@ def tiny() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
 
 
-def check_declared(node, table):
+def check_declared(node, table, reconfigurable=False):
     names = [spec.name for spec in table]
     assert set(names) <= {name for name in node._parameters}
     for spec, descriptor in zip(table, node.describe_parameters(names), strict=True):
         assert descriptor.description == spec.description
-        assert descriptor.read_only == spec.read_only
+        assert descriptor.read_only == (not spec.dynamic and (spec.startup or not reconfigurable))
         if spec.bounds and isinstance(spec.default, float):
             assert (descriptor.floating_point_range[0].from_value, descriptor.floating_point_range[0].to_value) == (
                 pytest.approx(spec.bounds[0]),
@@ -41,13 +42,24 @@ def check_declared(node, table):
             )
 
 
-def test_mixer_declares_every_parameter_and_uses_injected_models(context):
-    node = MixerNode(tiny(), tiny(), context=context, parameter_overrides=[Parameter("certification", value="none")])
+def started(context, overrides=()):
+    """A mixer with injected models, brought to active by `start` (autostart)."""
+    node = MixerNode(tiny(), tiny(), context=context, parameter_overrides=list(overrides))
     try:
-        check_declared(node, parameters.MIXER)
+        node.start()
+    except Exception:
+        node.destroy_node()
+        raise
+    return node
+
+
+def test_mixer_declares_every_parameter_and_uses_injected_models(context):
+    node = started(context, [Parameter("certification", value="none")])
+    try:
+        check_declared(node, parameters.MIXER, reconfigurable=True)
         alpha = node.describe_parameter("alpha")
         assert not alpha.read_only and alpha.floating_point_range[0].to_value == 1.0
-        assert node.certification.method == "none" and str(node.device) == "cpu"
+        assert node.certification.method == "none" and str(node.device) == "cpu" and node.active
         assert node.counters() == {"received": 0, "processed": 0, "dropped": 0, "rejected": 0, "failed": 0}
     finally:
         node.destroy_node()
@@ -56,33 +68,69 @@ def test_mixer_declares_every_parameter_and_uses_injected_models(context):
 @pytest.mark.parametrize(
     "name, value, message",
     [
-        ("alpha", math.nan, r"Parameter alpha out of range Min: 0.0, Max: 1.0, value: nan"),
         ("certification", "exact", r"parameter certification must be one of none, lipschitz, smoothing, got 'exact'"),
         ("input.size", [28], r"input.size must be \[height, width\] of positive ints, got \[28\]"),
         ("input.std", [0.0], r"input.std must be positive"),
         ("device", "tpu", r"invalid device 'tpu'"),
+        ("image_topics", [""], r"image_topics must list at least one topic"),
     ],
 )
-def test_mixer_refuses_bad_startup_parameters(context, name, value, message):
-    with pytest.raises(Exception, match=message):
-        MixerNode(tiny(), tiny(), context=context, parameter_overrides=[Parameter(name, value=value)])
+def test_mixer_refuses_bad_configure_parameters_with_one_line(context, name, value, message):
+    with pytest.raises(RuntimeError, match=message):
+        started(context, [Parameter(name, value=value)])
+
+
+def test_mixer_refuses_an_out_of_range_alpha_at_once(context):
+    with pytest.raises(Exception, match=r"Parameter alpha out of range Min: 0.0, Max: 1.0, value: nan"):
+        MixerNode(tiny(), tiny(), context=context, parameter_overrides=[Parameter("alpha", value=math.nan)])
 
 
 def test_mixer_refuses_robust_sharpening_with_a_certificate(context):
     for certification in ("smoothing", "lipschitz"):
         overrides = [Parameter("robust_sharpening", value=2.0), Parameter("certification", value=certification)]
-        with pytest.raises(ValueError, match="robust_sharpening 2.0 needs certification none"):
-            MixerNode(tiny(), tiny(), context=context, parameter_overrides=overrides)
-    node = MixerNode(
-        tiny(),
-        tiny(),
-        context=context,
-        parameter_overrides=[Parameter("robust_sharpening", value=2.0), Parameter("certification", value="none")],
-    )
+        with pytest.raises(RuntimeError, match="robust_sharpening 2.0 needs certification none"):
+            started(context, overrides)
+    node = started(context, [Parameter("robust_sharpening", value=2.0), Parameter("certification", value="none")])
     try:
-        assert node.classifier.robust.scale == 2.0
+        assert node.runtime.classifier.robust.scale == 2.0
     finally:
         node.destroy_node()
+
+
+def test_mixer_lifecycle_swaps_its_configuration_without_a_restart(context):
+    """deactivate -> set parameters -> cleanup -> configure -> activate; configure-time parameters are
+    refused while active, accepted while inactive, and in force after the next configure."""
+    node = MixerNode(tiny(), tiny(), context=context, parameter_overrides=[Parameter("autostart", value=False)])
+    try:
+        node.start()  # autostart false: stays unconfigured
+        assert node.runtime is None and not node.active and not node.image_subscriptions
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS and node.runtime is not None
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.active and node.worker.is_alive() and len(node.image_subscriptions) == 1
+        assert node.certification.method == "smoothing"
+
+        refused = node.set_parameters([Parameter("certification", value="none")])[0]
+        assert not refused.successful and "deactivate" in refused.reason
+        assert node.set_parameters([Parameter("alpha", value=0.9)])[0].successful  # dynamic: any time
+
+        worker = node.worker
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert not node.active and not worker.is_alive() and not node.image_subscriptions
+        topics = ["/cam_a/image", "cam_b/image"]
+        changes = [Parameter("certification", value="none"), Parameter("image_topics", value=topics)]
+        results = node.set_parameters(changes)
+        assert all(r.successful for r in results)
+        bad = node.set_parameters([Parameter("certification", value="exact")])[0]
+        assert not bad.successful and "must be one of" in bad.reason
+        assert node.certification.method == "smoothing"  # in force only after the next configure
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS and node.runtime is None
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.certification.method == "none" and node.alpha == 0.9
+        assert sorted(s.topic_name for s in node.image_subscriptions) == ["/cam_a/image", "/cam_b/image"]
+    finally:
+        node.destroy_node()
+    assert node.worker is None
 
 
 def test_safety_monitor_declares_every_parameter(context):
