@@ -105,12 +105,13 @@ def main(args) -> int:
         raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}")
 
     from mix_perception.core.errors import first_line
-    from mix_perception.ros import spin
+    from mix_perception.ros import allocator, spin
     from mix_perception.ros.demo_camera import DemoCameraNode
     from mix_perception.ros.mixer_node import MixerNode
     from mix_perception.ros.run_summary import SummaryNode
     from mix_perception.ros.safety_monitor import SafetyMonitorNode
 
+    allocator.tune_malloc()
     stop = spin.init([sys.argv[0], *ros_arguments(args)])
     nodes = []
     try:

@@ -1,11 +1,13 @@
 """Entry points of the node executables (`ros2 run mix_perception <name>`): the stop request is installed
-first, then the node module, with rclpy and torch, is imported and run."""
+first (and, for the mixer, the malloc settings, before any thread starts), then the node module, with
+rclpy and torch, is imported and run."""
 
-from mix_perception.ros import stop_request
+from mix_perception.ros import allocator, stop_request
 
 
 def mixer_node() -> None:
     stop_request.install()
+    allocator.tune_malloc()
     from mix_perception.ros.mixer_node import main
 
     main()

@@ -66,3 +66,4 @@ def test_a_fast_camera_does_not_starve_a_slow_one():
     assert slow == list(range(0, 2000, 100))
     assert slots.received["/fast"] == 2000 and slots.dropped["/fast"] == 2000 - len(fast)
     assert slots.dropped["/slow"] == 0
+
