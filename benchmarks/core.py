@@ -4,7 +4,9 @@ Prints, per device (CPU, and CUDA when present):
 - batch 1 and 64: median time of MixedClassifier's forward / median time of g then h run back to back
   without mixing (target <= 1.05);
 - noise samples per second of SmoothedClassifier.certify / inputs per second of hbar's plain
-  batched forward at the same batch size (target >= 0.9).
+  batched forward at the same batch size (target >= 0.9);
+- the node's hot path: a VGA bgr8 frame to the model input (ros.image_conversion.FrameConverter,
+  target <= 3 ms), and hbar's forward in channels_last against NCHW (core.models.for_inference).
 
 Models: the embedded defaults (standard, robust, smoothing) when shipped, else freshly initialised
 networks of the same architecture (the timing does not depend on the weights). Nothing is asserted.
@@ -13,14 +15,16 @@ networks of the same architecture (the timing does not depend on the weights). N
 """
 
 import argparse
+import copy
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from mix_perception.core.architectures import build
 from mix_perception.core.mixing import MixedClassifier
-from mix_perception.core.models import ModelLoadError, load_default
+from mix_perception.core.models import ModelLoadError, for_inference, load_default
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 
 
@@ -89,6 +93,22 @@ def certify_throughput(base, device, samples: int, batch_size: int, repeats: int
     return certify_rate / forward_rate
 
 
+@torch.inference_mode()
+def hot_path(base, device, repeats: int) -> None:
+    from mix_perception.ros.image_conversion import FrameConverter, InputSpec
+
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    converter = FrameConverter(InputSpec(channels=1, size=(28, 28)), device)
+    times = [seconds(lambda: converter(frame, "bgr"), device) for _ in range(repeats + 3)][3:]
+    print(f"  VGA bgr8 frame -> (1, 1, 28, 28) input: median {statistics.median(times) * 1e3:.2f} ms  (target <= 3 ms)")
+    nhwc = for_inference(copy.deepcopy(base), device)
+    for batch in (64, 224):
+        x = torch.rand(batch, 1, 28, 28, device=device)
+        nchw_time, nhwc_time = paired_medians(lambda x=x: base(x), lambda x=x: nhwc(x), repeats, device)
+        print(f"  hbar forward, batch {batch:3d}: NCHW {nchw_time * 1e3:7.2f} ms   channels_last "
+              f"{nhwc_time * 1e3:7.2f} ms   speed-up {nchw_time / nhwc_time:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30, help="timed repetitions per figure")
@@ -110,6 +130,8 @@ def main() -> None:
             mixing_overhead(standard, robust, device, batch, args.repeats)
         print(" smoothing certify throughput / plain batched forward of hbar:")
         certify_throughput(base, device, args.samples, args.batch_size, max(3, args.repeats // 10))
+        print(" the node's hot path:")
+        hot_path(base, device, args.repeats)
 
 
 if __name__ == "__main__":

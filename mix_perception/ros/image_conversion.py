@@ -3,11 +3,12 @@
 `image_to_array` returns an (H, W, C) array in the message's own channel order and dtype, after
 checking every field that can be wrong (encoding, width/height, step, data length, endianness,
 size limit); anything unusable raises `ImageError` with a short machine-readable `code` and a
-human-readable message. `array_to_tensor` turns that into the float (1, C, H, W) tensor a model
-takes: pixels scaled to [0, 1] (uint8 / 255, uint16 / 65535, floats taken as they are), channels
-brought to RGB order (or luma for one-channel models), resized and normalized on the model's device.
+human-readable message. `FrameConverter` turns that into the float (1, C, H, W) tensor a model
+takes: resized, pixels scaled to [0, 1] (uint8 / 255, uint16 / 65535, floats taken as they are),
+channels brought to RGB order (or luma for one-channel models) and normalized, on the model's device.
 """
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -154,28 +155,6 @@ def compressed_to_array(msg, max_pixels: int = MAX_PIXELS_DEFAULT) -> tuple[np.n
     return array, "rgb8"
 
 
-def scale_to_unit(pixels: np.ndarray) -> np.ndarray:
-    """float32 copy of the pixels on [0, 1]: uint8 / 255, uint16 / 65535, floats unchanged."""
-    if pixels.dtype.kind == "u":
-        return pixels.astype(np.float32) / float(np.iinfo(pixels.dtype).max)
-    return pixels.astype(np.float32)
-
-
-def to_channels(pixels: np.ndarray, order: str, channels: int) -> np.ndarray:
-    """(H, W, C_in) in `order` -> (H, W, channels) in RGB order (1 channel: BT.601 luma; alpha dropped)."""
-    if pixels.shape[2] == 4:
-        pixels = pixels[:, :, :3]
-    if order == "bgr":
-        pixels = pixels[:, :, ::-1]
-    if channels == pixels.shape[2]:
-        return pixels
-    if channels == 1:
-        return (pixels * np.asarray(LUMA, dtype=pixels.dtype)).sum(axis=2, keepdims=True, dtype=pixels.dtype)
-    if pixels.shape[2] == 1:
-        return np.repeat(pixels, channels, axis=2)
-    raise ImageError("bad_channels", f"cannot turn {pixels.shape[2]} channels into {channels}")
-
-
 class InputSpec(NamedTuple):
     """What the model takes: `channels` (1 or 3), `size` (H, W) or None to keep the frame's size,
     per-channel `mean` and `std` applied after scaling to [0, 1] (empty: no normalization)."""
@@ -186,32 +165,69 @@ class InputSpec(NamedTuple):
     std: tuple[float, ...] = ()
 
 
-def array_to_tensor(pixels: np.ndarray, order: str, spec: InputSpec, device="cpu"):
-    """(H, W, C) pixels in channel `order` -> float32 tensor (1, spec.channels, H', W') on `device`.
+class FrameConverter:
+    """A frame's pixels -> the model input: float32 tensor (1, spec.channels, H', W') on `device`.
 
-    Scaling and channel conversion happen in numpy; resize (bilinear, antialiased when shrinking)
-    and normalization (x - mean) / std happen in torch on `device`.
+    The frame is resized first (bilinear, antialiased when shrinking), in its own channels and pixel
+    scale. Every later step is an affine map per pixel — scaling to [0, 1] (uint8 / 255, uint16 / 65535,
+    floats as they are), RGB order, BT.601 luma for one-channel models, (x - mean) / std — and the
+    resize weights sum to 1, so the result equals converting first, to float rounding, at a fraction of
+    the cost for a large frame. The luma weights and the mean and std tensors are built once.
     """
-    import torch
 
-    unit = to_channels(scale_to_unit(pixels), order, spec.channels)
-    tensor = torch.from_numpy(np.ascontiguousarray(unit)).to(device).permute(2, 0, 1).unsqueeze(0)
-    if spec.size is not None and tuple(tensor.shape[-2:]) != tuple(spec.size):
-        shrink = tensor.shape[-2] > spec.size[0] or tensor.shape[-1] > spec.size[1]
-        tensor = torch.nn.functional.interpolate(
-            tensor, size=tuple(spec.size), mode="bilinear", align_corners=False, antialias=shrink
-        )
-    if spec.mean:
-        mean = torch.tensor(spec.mean, dtype=tensor.dtype, device=tensor.device).view(1, -1, 1, 1)
-        std = torch.tensor(spec.std, dtype=tensor.dtype, device=tensor.device).view(1, -1, 1, 1)
-        tensor = (tensor - mean) / std
-    return tensor
+    def __init__(self, spec: InputSpec, device="cpu"):
+        import torch
+
+        self.spec = spec
+        self.device = torch.device(device)
+        self.luma = torch.tensor(LUMA, device=self.device).view(1, 3, 1, 1)
+        self.mean = self.std = None
+        if spec.mean:
+            self.mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
+            self.std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
+
+    def __call__(self, pixels: np.ndarray, order: str):
+        """(H, W, C) pixels in channel `order` ("rgb", "bgr", "mono"; a 4th channel is alpha, dropped)."""
+        import torch
+
+        scale = 1.0 / np.iinfo(pixels.dtype).max if pixels.dtype.kind == "u" else 1.0
+        if pixels.dtype != np.uint8:  # uint16, floats, big-endian: torch takes float32 in native order
+            pixels = pixels.astype(np.float32)
+        with warnings.catch_warnings():  # a decoded frame is read-only; it is only read: each step makes a new tensor
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(np.ascontiguousarray(pixels))
+        tensor = tensor.to(self.device).permute(2, 0, 1).unsqueeze(0)
+        tensor = tensor[:, :3].float()
+        size = self.spec.size
+        if size is not None and tuple(tensor.shape[-2:]) != tuple(size):
+            shrink = tensor.shape[-2] > size[0] or tensor.shape[-1] > size[1]
+            tensor = torch.nn.functional.interpolate(
+                tensor, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink
+            )
+        tensor = tensor * scale
+        if order == "bgr":
+            tensor = tensor.flip(1)
+        tensor = self._channels(tensor)
+        if self.mean is not None:
+            tensor = (tensor - self.mean) / self.std
+        return tensor
+
+    def _channels(self, tensor):
+        """(1, C, H, W) RGB or grey -> (1, spec.channels, H, W): luma of RGB, or grey repeated."""
+        have, want = tensor.shape[1], self.spec.channels
+        if have == want:
+            return tensor
+        if want == 1 and have == 3:
+            return (tensor * self.luma).sum(dim=1, keepdim=True)
+        if have == 1:
+            return tensor.expand(-1, want, -1, -1)
+        raise ImageError("bad_channels", f"cannot turn {have} channels into {want}")
 
 
-def image_to_tensor(msg, spec: InputSpec, device="cpu", max_pixels: int = MAX_PIXELS_DEFAULT):
+def image_to_tensor(msg, converter: FrameConverter, max_pixels: int = MAX_PIXELS_DEFAULT):
     """sensor_msgs/Image or CompressedImage -> model input tensor (1, C, H, W); raises ImageError."""
     if hasattr(msg, "format"):
         pixels, encoding = compressed_to_array(msg, max_pixels)
     else:
         pixels, encoding = image_to_array(msg, max_pixels), msg.encoding
-    return array_to_tensor(pixels, ENCODINGS[encoding].order, spec, device)
+    return converter(pixels, ENCODINGS[encoding].order)

@@ -25,6 +25,7 @@ from torch import nn
 
 from mix_perception.core.certify import top_two_margin
 from mix_perception.core.mixing import check_alpha
+from mix_perception.core.models import for_inference
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 
 # Same values as the constants of mix_perception/msg/MixedClassification.
@@ -129,8 +130,8 @@ class FrameClassifier:
 
     def __init__(self, standard: nn.Module, robust: nn.Module, certification: Certification, device="cpu"):
         self.device = torch.device(device)
-        self.standard = standard.to(self.device).eval()
-        self.robust = robust.to(self.device).eval()
+        self.standard = for_inference(standard, self.device)
+        self.robust = for_inference(robust, self.device)
         self.certification = certification
         if certification.method == "none":
             self.certifier = Uncertified(self.robust)

@@ -50,7 +50,14 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from mix_perception.core.errors import first_line
 from mix_perception.ros import diagnostics, parameters
 from mix_perception.ros.frame_slot import FrameSlots
-from mix_perception.ros.image_conversion import ENCODINGS, ImageError, InputSpec, compressed_to_array, image_to_array
+from mix_perception.ros.image_conversion import (
+    ENCODINGS,
+    FrameConverter,
+    ImageError,
+    InputSpec,
+    compressed_to_array,
+    image_to_array,
+)
 from mix_perception.ros.spin import reliability_policy, run_node
 
 NODE_NAME = "mixer"
@@ -142,7 +149,7 @@ class Runtime(NamedTuple):
     """What configure builds from the parameters; cleanup drops it."""
 
     classifier: object  # inference.FrameClassifier
-    spec: InputSpec
+    converter: FrameConverter
     labels: list
     max_pixels: int
     topics: list
@@ -176,7 +183,7 @@ def build_runtime(values: dict, models=None) -> Runtime:
     )
     return Runtime(
         classifier,
-        spec,
+        FrameConverter(spec, device),
         list(values["labels"]),
         values["input.max_pixels"],
         list(values["image_topics"]),
@@ -433,15 +440,13 @@ class MixerNode(LifecycleNode):
         """Convert the batch's frames, classify them in one forward and publish one message per frame."""
         import torch
 
-        from mix_perception.ros.image_conversion import array_to_tensor
-
         runtime = self.runtime
         frames, tensors = [], []
         for source, frame in batch:
             decoded = self._decoded(source, frame)
             if decoded is not None:
                 try:
-                    tensors.append(array_to_tensor(*decoded, runtime.spec, runtime.classifier.device))
+                    tensors.append(runtime.converter(*decoded))
                     frames.append((source, frame))
                 except ImageError as error:
                     self._reject(HeaderOnly(frame.header), error, source)

@@ -359,3 +359,19 @@ def test_default_models_load_or_fail_clearly(name, grey_batch):
         with torch.no_grad():
             logits = model(grey_batch)
         assert logits.shape == (3, 10) and torch.isfinite(logits).all()
+
+
+def test_for_inference_keeps_the_function_and_puts_convolutions_channels_last():
+    from mix_perception.core.models import for_inference, load_default
+
+    model = load_default("smoothing")
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+        prepared = for_inference(model, "cpu")
+        torch.testing.assert_close(prepared(x), expected, rtol=1e-4, atol=1e-5)
+    weights = [m.weight for m in prepared.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert not prepared.training
+    linear = for_inference(torch.nn.Linear(3, 2), "cpu")  # nothing to change without convolutions
+    assert linear.weight.is_contiguous()

@@ -10,10 +10,10 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from mix_perception.ros.image_conversion import (
     ENCODINGS,
+    FrameConverter,
     ImageError,
     InputSpec,
     array_to_image,
-    array_to_tensor,
     compressed_to_array,
     image_to_array,
     image_to_tensor,
@@ -91,26 +91,58 @@ def test_too_large_is_rejected_before_reading_data():
 
 def test_colour_orders_agree_and_grey_is_bt601_luma():
     rgb = random_pixels("rgb8")
-    spec = InputSpec(channels=3, size=None)
-    from_rgb = array_to_tensor(rgb, "rgb", spec)
-    from_bgr = array_to_tensor(rgb[:, :, ::-1].copy(), "bgr", spec)
+    convert = FrameConverter(InputSpec(channels=3, size=None))
+    from_rgb = convert(rgb, "rgb")
+    from_bgr = convert(rgb[:, :, ::-1].copy(), "bgr")
     torch.testing.assert_close(from_rgb, from_bgr)
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
-    torch.testing.assert_close(array_to_tensor(rgba, "rgb", spec), from_rgb)
-    grey = array_to_tensor(rgb, "rgb", InputSpec(channels=1, size=None))
+    torch.testing.assert_close(convert(rgba, "rgb"), from_rgb)
+    grey = FrameConverter(InputSpec(channels=1, size=None))(rgb, "rgb")
     expected = (rgb.astype(np.float32) / 255.0) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     torch.testing.assert_close(grey[0, 0], torch.from_numpy(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_scaling_resizing_and_normalization():
     mono16 = np.full((56, 56, 1), 65535, dtype=np.uint16)
-    tensor = array_to_tensor(mono16, "mono", InputSpec(channels=1, size=(28, 28)))
+    tensor = FrameConverter(InputSpec(channels=1, size=(28, 28)))(mono16, "mono")
     assert tensor.shape == (1, 1, 28, 28) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor, torch.ones_like(tensor))
     grey = np.full((28, 28, 1), 0.25, dtype=np.float32)
-    rgb = array_to_tensor(grey, "mono", InputSpec(channels=3, size=(28, 28), mean=(0.25,) * 3, std=(0.5,) * 3))
+    normalized = InputSpec(channels=3, size=(28, 28), mean=(0.25,) * 3, std=(0.5,) * 3)
+    rgb = FrameConverter(normalized)(grey, "mono")
     assert rgb.shape == (1, 3, 28, 28)
     torch.testing.assert_close(rgb, torch.zeros_like(rgb))
+
+
+def convert_first(pixels: np.ndarray, order: str, spec: InputSpec) -> torch.Tensor:
+    """Reference: scale to [0, 1], RGB order, luma or grey repeated, normalize, and only then resize."""
+    unit = pixels[:, :, :3].astype(np.float64) / (np.iinfo(pixels.dtype).max if pixels.dtype.kind == "u" else 1.0)
+    unit = unit[:, :, ::-1] if order == "bgr" else unit
+    if spec.channels == 1 and unit.shape[2] == 3:
+        unit = unit @ np.array([0.299, 0.587, 0.114])[:, None]
+    unit = np.repeat(unit, spec.channels // unit.shape[2], axis=2)
+    if spec.mean:
+        unit = (unit - np.array(spec.mean)) / np.array(spec.std)
+    tensor = torch.from_numpy(np.ascontiguousarray(unit)).permute(2, 0, 1).unsqueeze(0).float()
+    return torch.nn.functional.interpolate(tensor, size=spec.size, mode="bilinear", align_corners=False, antialias=True)
+
+
+@pytest.mark.parametrize(
+    "encoding, spec",
+    [
+        ("bgr8", InputSpec(channels=1, size=(28, 28))),
+        ("rgba8", InputSpec(channels=3, size=(32, 24), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))),
+        ("mono16", InputSpec(channels=3, size=(28, 28))),
+    ],
+)
+def test_resizing_first_gives_the_input_of_converting_first(encoding, spec):
+    """A VGA frame: the converter resizes before scaling, reordering, luma and normalization (all affine
+    per pixel), and must give what converting first gives, to float rounding."""
+    layout = ENCODINGS[encoding]
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, np.iinfo(layout.dtype).max, (480, 640, layout.channels)).astype(layout.dtype)
+    got = FrameConverter(spec)(pixels, layout.order)
+    torch.testing.assert_close(got, convert_first(pixels, layout.order, spec), rtol=1e-4, atol=1e-5)
 
 
 def png_message(array, mode):
@@ -130,10 +162,9 @@ def test_compressed_png_decodes_like_the_raw_image():
     pixels, encoding = compressed_to_array(png_message(rgb, "RGB"))
     assert encoding == "rgb8"
     np.testing.assert_array_equal(pixels, rgb)
-    spec = InputSpec(channels=1, size=(28, 28))
-    torch.testing.assert_close(
-        image_to_tensor(png_message(grey[:, :, 0], "L"), spec), image_to_tensor(array_to_image(grey, "mono8"), spec)
-    )
+    convert = FrameConverter(InputSpec(channels=1, size=(28, 28)))
+    from_png = image_to_tensor(png_message(grey[:, :, 0], "L"), convert)
+    torch.testing.assert_close(from_png, image_to_tensor(array_to_image(grey, "mono8"), convert))
 
 
 @pytest.mark.parametrize("data, code", [(b"", "zero_size"), (b"\x89PNG garbage", "decode_failed")])
