@@ -164,6 +164,8 @@ def format_report(report: dict) -> str:
         f" rejected {report['mixer']['rejected']}, failed {report['mixer']['failed']}",
         f"safety statuses     {report['statuses']} ({report['unsafe']} unsafe)",
     ]
+    if len(report["frames_by_source"]) > 1:
+        lines[1:1] = [f"  from {source:<31} {count}" for source, count in sorted(report["frames_by_source"].items())]
     for reason, count in sorted(report["flags_by_reason"].items()):
         lines.append(f"  flagged {reason:<22} {count}")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ class SummaryNode(Node):
         self.radii: list[float] = []
         self.certified = 0
         self.frames = 0
+        self.by_source: dict[str, int] = {}
         self.with_truth = 0
         self.correct = 0
         self.statuses = 0
@@ -60,6 +61,7 @@ class SummaryNode(Node):
         latency_ms = (now - Time.from_msg(msg.header.stamp, clock_type=now.clock_type)).nanoseconds / 1e6
         with self.lock:
             self.frames += 1
+            self.by_source[msg.source] = self.by_source.get(msg.source, 0) + 1
             self.latencies_ms.append(latency_ms)
             self.inference_ms.append(msg.inference_ms)
             if msg.certified:
@@ -79,12 +81,14 @@ class SummaryNode(Node):
                     self.flags[reason] = self.flags.get(reason, 0) + 1
 
     def report(self, seconds: float, mixer_counters: dict) -> dict:
-        """Summary dict: frames, rate_hz, latency p50/p99 (ms), accuracy, certified fraction, flags by reason."""
+        """Summary dict: frames (in all and by source camera), rate_hz, latency p50/p99 (ms), accuracy, certified
+        fraction, flags by reason."""
         with self.lock:
             latencies = np.asarray(self.latencies_ms, dtype=float)
             return {
                 "seconds": seconds,
                 "frames": self.frames,
+                "frames_by_source": dict(self.by_source),
                 "rate_hz": self.frames / seconds if seconds > 0 else 0.0,
                 "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies.size else 0.0,
                 "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies.size else 0.0,
