@@ -22,10 +22,10 @@ import time
 import torch
 
 from mix_perception.core.certify import smoothing_radius
-from mix_perception.core.data import load_split
 from mix_perception.core.models import load_default
 from mix_perception.core.sequential import SequentialPlan, certify_sequential
-from mix_perception.core.smoothing import SmoothedClassifier
+from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
+from mix_perception.experiments.data import load_split
 
 
 def groups(count: int, size: int):
@@ -40,7 +40,7 @@ def run_fixed(smoothed, images, labels, args):
     start = time.perf_counter()
     for part in groups(len(images), args.frames):
         # any alpha: the bounds do not depend on it
-        cert = smoothed.certify(images[part], 0.75, args.n_select, args.n_estimate, args.delta, generator)
+        cert = smoothed.certify(images[part], 0.75, generator)
         lower.append(cert.p_top_lower)
         upper.append(cert.p_runner_upper)
         correct.append(cert.prediction == labels[part])
@@ -85,7 +85,8 @@ def main() -> None:
 
     split = load_split("test")
     images, labels = split.images[: args.limit], split.labels[: args.limit]
-    smoothed = SmoothedClassifier(load_default("smoothing"), args.sigma, batch_size=args.batch_size, mode="votes")
+    settings = SmoothingSettings(args.sigma, args.n_select, args.n_estimate, args.delta, "votes", args.batch_size)
+    smoothed = SmoothedClassifier(load_default("smoothing"), settings)
     fixed_n = args.n_select + args.n_estimate
     with torch.inference_mode():
         lower, upper, fixed_correct, fixed_seconds = run_fixed(smoothed, images, labels, args)

@@ -13,7 +13,7 @@ tensors of any shape (broadcast together); outputs are float64 tensors in [0, 1]
 import math
 
 import torch
-from scipy.stats import beta
+from scipy.special import betaincinv
 
 
 def check_delta(delta: float) -> float:
@@ -28,7 +28,7 @@ def clopper_pearson_lower(successes: torch.Tensor, trials: int, delta: float) ->
     """Lower bound: the delta quantile of Beta(k, n - k + 1); 0 where k = 0."""
     delta = check_delta(delta)
     k = successes.detach().double().cpu().numpy()
-    bound = torch.from_numpy(beta.ppf(delta, k, trials - k + 1)).nan_to_num(0.0)
+    bound = torch.from_numpy(betaincinv(k, trials - k + 1, delta)).nan_to_num(0.0)
     return bound.where(torch.from_numpy(k > 0), torch.zeros(())).to(successes.device)
 
 

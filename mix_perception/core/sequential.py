@@ -49,11 +49,10 @@ class SequentialCertificate(NamedTuple):
     prediction (N,) int64: the class y certified (chosen before any noise was drawn).
     certified (N,) bool: radius >= required_radius was decided (and radius > 0).
     radius (N,) float64: sigma PhiInv(alpha L) at the look where sampling stopped, clipped at 0;
-        0 where nothing was drawn.
-    p_top_lower (N,) float64: L, the lower bound on h_y(x) at that look; 0 where nothing was drawn.
-    samples (N,) int64: noise samples drawn for each input (a look n_k, or 0).
-    robust_probs (N, C) float: the Monte Carlo estimate of h(x) from those samples (not a bound);
-        NaN rows where nothing was drawn.
+        0 when the plan cannot certify.
+    p_top_lower (N,) float64: L, the lower bound on h_y(x) at that look; 0 when the plan cannot certify.
+    samples (N,) int64: noise samples drawn for each input (a look n_k).
+    robust_probs (N, C) float: the Monte Carlo estimate of h(x) from those samples (not a bound).
     """
 
     prediction: torch.Tensor
@@ -91,7 +90,8 @@ class SequentialPlan:
     Theorem 5 radius (U = 1 - L) of count t at look k (t <= n_k); certify_at[k]: the smallest count
     with radius >= r_req and radius > 0 (n_k + 1 if none); continue_from[k]: the smallest count from
     which a later look can still certify (certify_at[k] at the last look: sampling ends there);
-    reachable: whether any look can certify at all (if not, nothing is drawn).
+    reachable: whether any look can certify at all (if not, each input draws n_max samples for the
+    estimate of h that the mixture needs, and nothing is certified).
     """
 
     def __init__(self, sigma: float, alpha: float, required_radius: float, delta: float = 0.001, n_max: int = 256):
@@ -141,24 +141,30 @@ def certify_sequential(
 
     y = `classes` (N,) when given, else the base model's prediction on the clean inputs (one clean
     forward per input, not counted in `samples`). At each look, the inputs still undecided draw
-    their next n_k - n_{k-1} noise samples together (batched by smoothed.batch_size); each input
+    their next n_k - n_{k-1} noise samples together (batched by settings.batch_size); each input
     stops on its own. Guarantee (module docstring): per input, with probability >= 1 - plan.delta,
     p_top_lower <= h_y(x) and the mixture predicts y within `radius`; certified => radius >= r_req.
     """
-    if smoothed.mode != "votes":
+    settings = smoothed.settings
+    if settings.mode != "votes":
         raise ValueError(
             f"sequential certification counts votes: the smoothed classifier's mode must be "
-            f"'votes', got {smoothed.mode!r} (use SmoothedClassifier.certify for 'probs')"
+            f"'votes', got {settings.mode!r} (use SmoothedClassifier.certify for 'probs')"
         )
-    if smoothed.sigma != plan.sigma:
-        raise ValueError(f"the plan is for sigma {plan.sigma}, the smoothed classifier has {smoothed.sigma}")
+    if settings.sigma != plan.sigma:
+        raise ValueError(f"the plan is for sigma {plan.sigma}, the smoothed classifier has {settings.sigma}")
     clean_logits = smoothed.base(x)
     prediction = clean_logits.argmax(dim=-1) if classes is None else torch.as_tensor(classes, device=x.device).long()
     generator = generator or smoothed.make_generator(x.device)
+    if not plan.reachable:  # nothing can be certified: n_max samples give the mixture its estimate of h
+        estimate = smoothed.sample(x, plan.looks[-1], generator).total / plan.looks[-1]
+        zeros = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        samples = torch.full_like(prediction, plan.looks[-1])
+        return SequentialCertificate(prediction, zeros > 0, zeros, zeros, samples, estimate)
     total = torch.zeros(clean_logits.shape, dtype=clean_logits.dtype, device=x.device)
     counts = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    stopped_at = torch.full_like(counts, -1)  # look index where sampling stopped; -1: nothing drawn
-    active = torch.arange(x.shape[0] if plan.reachable else 0, device=x.device)
+    stopped_at = torch.zeros_like(counts)  # the look where sampling stopped
+    active = torch.arange(x.shape[0], device=x.device)
     drawn = 0
     for look, n in enumerate(plan.looks):
         if active.numel() == 0:
@@ -169,11 +175,10 @@ def certify_sequential(
         _, stop = plan.decide(look, counts[active])
         stopped_at[active[stop]] = look
         active = active[~stop]
-    sampled = stopped_at >= 0
-    look = stopped_at.clamp_min(0).cpu()
-    lower = plan.lower[look, counts.cpu()].to(x.device).where(sampled, 0.0)
-    radius = plan.radius[look, counts.cpu()].to(x.device).where(sampled, 0.0)
-    certify_at = torch.tensor(plan.certify_at, device=x.device)[look.to(x.device)]
-    samples = torch.tensor(plan.looks, device=x.device)[look.to(x.device)].where(sampled, 0)
-    robust_probs = total / samples.unsqueeze(-1)  # 0 / 0 = NaN where nothing was drawn
-    return SequentialCertificate(prediction, sampled & (counts >= certify_at), radius, lower, samples, robust_probs)
+    look, count = stopped_at.cpu(), counts.cpu()
+    lower = plan.lower[look, count].to(x.device)
+    radius = plan.radius[look, count].to(x.device)
+    certify_at = torch.tensor(plan.certify_at, device=x.device)[stopped_at]
+    samples = torch.tensor(plan.looks, device=x.device)[stopped_at]
+    estimate = total / samples.unsqueeze(-1)
+    return SequentialCertificate(prediction, counts >= certify_at, radius, lower, samples, estimate)

@@ -65,7 +65,8 @@ class SmoothingSettings:
 
 
 class MonteCarlo(NamedTuple):
-    """Sums over n noise samples per input: `total` (N, C) of hbar, `total_squares` (N, C) of hbar^2."""
+    """Sums over n noise samples per input: `total` (N, C) of hbar, `total_squares` (N, C) of hbar^2
+    (mode "probs" only, for the empirical Bernstein bound; None in mode "votes", where hbar^2 = hbar)."""
 
     total: torch.Tensor
     total_squares: torch.Tensor
@@ -133,9 +134,10 @@ class SmoothedClassifier(nn.Module):
             values = self.hbar(clean + self.settings.sigma * noise)
             if total is None:
                 total = values.new_zeros(x.shape[0], values.shape[-1])
-                total_squares = torch.zeros_like(total)
+                total_squares = torch.zeros_like(total) if self.settings.mode == "probs" else None
             total.index_add_(0, owner, values)
-            total_squares.index_add_(0, owner, values.square())
+            if total_squares is not None:
+                total_squares.index_add_(0, owner, values.square())
         return MonteCarlo(total, total_squares, count)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +156,8 @@ class SmoothedClassifier(nn.Module):
         2. On `settings.n_estimate` fresh draws, bound every class at level delta / C (Bonferroni):
            a lower bound L_y on h_y(x) and upper bounds U_i on h_i(x), i != y — Clopper-Pearson on
            vote counts (mode "votes") or empirical Bernstein on averaged probabilities (mode "probs").
-           Runner-up bound U = min(max_{i != y} U_i, 1 - L_y).
+           Runner-up bound U = min(max_{i != y} U_i, 1 - L_y). (Only L_y and the largest U_i enter
+           the radius, so in mode "votes", where U_i grows with the count, only those two are computed.)
         3. method "smoothing": Theorem 5, r = sigma/2 (PhiInv(alpha L_y) - PhiInv(alpha U + 1 - alpha));
            method "lipschitz": Theorem 4 with Lip = sqrt(2/pi)/sigma for every class.
            Radius 0 (abstain) where the bounds do not separate.
@@ -169,27 +172,42 @@ class SmoothedClassifier(nn.Module):
         generator = generator or self.make_generator(x.device)
         prediction = self.sample(x, self.settings.n_select, generator).total.argmax(dim=-1)
         estimate = self.sample(x, self.settings.n_estimate, generator)
-        p_lower, p_upper = self.class_bounds(estimate, self.settings.delta / estimate.total.shape[-1])
-        p_top_lower = p_lower.gather(-1, prediction.unsqueeze(-1)).squeeze(-1)
-        others_upper = p_upper.scatter(-1, prediction.unsqueeze(-1), 0.0).max(dim=-1).values
-        p_runner_upper = torch.minimum(others_upper, 1.0 - p_top_lower)
-        if method == "smoothing":
-            radius = smoothing_radius(p_top_lower, p_runner_upper, alpha, self.settings.sigma)
-        else:
-            p_upper = p_upper.clamp_max((1.0 - p_top_lower).unsqueeze(-1))
-            radius = lipschitz_radius_from_bounds(
-                prediction, p_top_lower, p_upper, alpha, gaussian_lipschitz(self.settings.sigma)
-            )
-        radius = radius.to(x.device)
+        p_top_lower, p_runner_upper = self.top_bounds(estimate, prediction)
+        radius = radius_from_bounds(p_top_lower, p_runner_upper, alpha, self.settings.sigma, method).to(x.device)
         robust_probs = estimate.total / estimate.count
         return Certificate(prediction, p_top_lower, p_runner_upper, radius, radius > 0, robust_probs)
 
-    def class_bounds(self, estimate: MonteCarlo, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-class lower and upper bounds (N, C), each valid with probability >= 1 - delta."""
-        n = estimate.count
+    def top_bounds(self, estimate: MonteCarlo, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_y, U) (N,) float64: L_y <= h_y(x) and U >= max_{i != y} h_i(x), U <= 1 - L_y, jointly valid
+        with probability >= 1 - delta: each of the C one-sided bounds at level delta / C (Bonferroni)."""
+        n, classes = estimate.count, estimate.total.shape[-1]
+        level = self.settings.delta / classes
+        top = prediction.unsqueeze(-1)
         if self.settings.mode == "votes":
             counts = estimate.total.round()
-            return bounds.clopper_pearson_lower(counts, n, delta), bounds.clopper_pearson_upper(counts, n, delta)
-        mean = estimate.total.double() / n
-        variance = ((estimate.total_squares.double() - n * mean.square()) / (n - 1)).clamp_min(0.0)
-        return bounds.bernstein_lower(mean, variance, n, delta), bounds.bernstein_upper(mean, variance, n, delta)
+            runner = counts.scatter(-1, top, -1.0).max(dim=-1).values
+            lower = bounds.clopper_pearson_lower(counts.gather(-1, top).squeeze(-1), n, level)
+            upper = bounds.clopper_pearson_upper(runner, n, level)
+        else:
+            mean = estimate.total.double() / n
+            variance = ((estimate.total_squares.double() - n * mean.square()) / (n - 1)).clamp_min(0.0)
+            lower = bounds.bernstein_lower(mean, variance, n, level).gather(-1, top).squeeze(-1)
+            upper = bounds.bernstein_upper(mean, variance, n, level).scatter(-1, top, 0.0).max(dim=-1).values
+        return lower, torch.minimum(upper, 1.0 - lower)
+
+
+def radius_from_bounds(p_top_lower, p_runner_upper, alpha: float, sigma: float, method: str = "smoothing"):
+    """l2 radius (N,) float64 of the mixture from a smoothed h's bounds L_y and U (`top_bounds`).
+
+    "smoothing": Theorem 5, sigma/2 (PhiInv(alpha L_y) - PhiInv(alpha U + 1 - alpha)). "lipschitz":
+    Theorem 4 with Lip = sqrt(2/pi)/sigma for every class, whose minimum over i != y is at the
+    largest upper bound, U: (alpha (L_y - U) + alpha - 1) / (2 alpha Lip). Both clipped at 0.
+    """
+    if method == "smoothing":
+        return smoothing_radius(p_top_lower, p_runner_upper, alpha, sigma)
+    if method == "lipschitz":
+        lower = torch.as_tensor(p_top_lower, dtype=torch.float64)
+        upper = torch.stack([lower, torch.as_tensor(p_runner_upper, dtype=torch.float64)], dim=-1)
+        top_class = torch.zeros(lower.shape, dtype=torch.int64, device=lower.device)
+        return lipschitz_radius_from_bounds(top_class, lower, upper, alpha, gaussian_lipschitz(sigma))
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -11,9 +11,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mix_perception.core.certify import gaussian_lipschitz, lipschitz_radius_from_bounds, smoothing_radius
 from mix_perception.core.mixing import check_alpha
-from mix_perception.core.smoothing import METHODS, SmoothedClassifier, SmoothingSettings
+from mix_perception.core.smoothing import METHODS, SmoothedClassifier, SmoothingSettings, radius_from_bounds
 from mix_perception.experiments.batches import accuracy, log_probs, progress_bar, slices
 
 
@@ -62,23 +61,10 @@ def smoothing_bounds(
 
 
 def certified_radius(bounds: Bounds, alpha: float, method: str = "smoothing") -> torch.Tensor:
-    """Certified l2 radius (N,) float64 of the mixture at `alpha` from the bounds (0 = not certified).
-
-    "smoothing": Theorem 5, smoothing_radius(L_y, U, alpha, sigma). "lipschitz": Theorem 4 with
-    Lip = sqrt(2/pi)/sigma for every class, which depends on the other classes' upper bounds only
-    through their maximum U: lipschitz_radius_from_bounds with every U_i = U. Both equal what
-    SmoothedClassifier.certify(x, alpha, method=...) returns with the same noise.
-    """
-    alpha = check_alpha(alpha)
-    if method == "smoothing":
-        return smoothing_radius(bounds.p_top_lower, bounds.p_runner_upper, alpha, bounds.sigma)
-    if method == "lipschitz":
-        n, c = bounds.robust_probs.shape
-        upper = bounds.p_runner_upper.double().unsqueeze(-1).expand(n, c)
-        return lipschitz_radius_from_bounds(
-            bounds.prediction, bounds.p_top_lower, upper, alpha, gaussian_lipschitz(bounds.sigma)
-        )
-    raise ValueError(f"certification method must be one of {', '.join(METHODS)}, got {method!r}")
+    """Certified l2 radius (N,) float64 of the mixture at `alpha` from the bounds (0 = not certified):
+    Theorem 5 ("smoothing") or 4 ("lipschitz"), as SmoothedClassifier.certify(x, alpha, method=...)
+    returns it with the same noise (core.smoothing.radius_from_bounds)."""
+    return radius_from_bounds(bounds.p_top_lower, bounds.p_runner_upper, check_alpha(alpha), bounds.sigma, method)
 
 
 def certified_curve(correct: torch.Tensor, radius: torch.Tensor, radii: Sequence[float]) -> list[float]:

@@ -10,10 +10,15 @@ from scipy.stats import beta, norm
 from torch import nn
 
 from mix_perception.core.sequential import SequentialPlan, certify_sequential
-from mix_perception.core.smoothing import SmoothedClassifier
+from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 
 SIGMA = 0.25
 STREAMS = 40_000
+
+
+def smoothed_by(base, seed=None, **settings) -> SmoothedClassifier:
+    """The smoothing of `base` at SIGMA (unless `sigma` is given) with these settings."""
+    return SmoothedClassifier(base, SmoothingSettings(**({"sigma": SIGMA} | settings)), seed)
 
 
 def allowed_failures(delta: float, trials: int) -> float:
@@ -119,7 +124,7 @@ def test_inputs_just_below_p_min_are_falsely_certified_at_most_delta_of_the_time
     delta, trials = 0.1, 2000
     base = make_base()
     plan = SequentialPlan(SIGMA, 0.75, 0.1, delta=delta)
-    smoothed = SmoothedClassifier(base, SIGMA, batch_size=100_000)
+    smoothed = smoothed_by(base, batch_size=100_000)
     x = base.inputs_with_h1(torch.full((trials,), plan.p_min * (1 - 1e-6)), 20)
     cert = certify_sequential(smoothed, x, plan, generator=torch.Generator().manual_seed(0))
     assert (cert.prediction == 1).all()
@@ -134,7 +139,7 @@ def test_certified_radius_is_sound_for_the_exact_smoothed_halfspace(alpha, requi
     delta = 0.05
     base = make_base(seed=2)
     plan = SequentialPlan(SIGMA, alpha, required, delta=delta)
-    smoothed = SmoothedClassifier(base, SIGMA, batch_size=100_000)
+    smoothed = smoothed_by(base, batch_size=100_000)
     x = torch.rand(1000, 20, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     cert = certify_sequential(smoothed, x, plan, generator=torch.Generator().manual_seed(4))
     h1 = base.exact_h1(x)
@@ -191,7 +196,7 @@ class InsideBall(nn.Module):
 
 def test_class_comes_from_the_clean_input_or_the_caller_never_from_the_noise():
     """At the origin the clean prediction is 0 but (almost) every noisy vote is 1 (|sigma Z| ~ 1.1 in 20-D)."""
-    smoothed = SmoothedClassifier(InsideBall(), SIGMA, seed=0)
+    smoothed = smoothed_by(InsideBall(), seed=0)
     plan = SequentialPlan(SIGMA, 0.75, 0.1)
     origin = torch.zeros(3, 20, dtype=torch.float64)
     cert = certify_sequential(smoothed, origin, plan)
@@ -205,7 +210,7 @@ def test_class_comes_from_the_clean_input_or_the_caller_never_from_the_noise():
 def test_inputs_stop_independently_and_samples_are_counted():
     base = make_base(seed=5)
     plan = SequentialPlan(SIGMA, 0.75, 0.1)
-    smoothed = SmoothedClassifier(base, SIGMA, batch_size=50, seed=1)
+    smoothed = smoothed_by(base, seed=1, batch_size=50)
     h1 = torch.tensor([1 - 1e-9, 0.9, 0.9, 0.9, 0.5, 1e-9], dtype=torch.float64)
     cert = certify_sequential(smoothed, base.inputs_with_h1(h1, 20), plan)
     assert cert.samples[0] == cert.samples[5] == plan.looks[0]  # all agree: certified at the first look
@@ -222,17 +227,19 @@ def test_abstains_at_once_when_the_radius_is_unreachable(alpha, required):
     plan = SequentialPlan(SIGMA, alpha, required)
     assert not plan.reachable and plan.p_min > 1
     base = make_base()
-    cert = certify_sequential(SmoothedClassifier(base, SIGMA), torch.rand(4, 20, dtype=torch.float64), plan)
-    assert base.inputs_seen == 4  # the clean forward only
-    assert (cert.samples == 0).all() and not cert.certified.any()
-    assert (cert.radius == 0).all() and (cert.p_top_lower == 0).all() and cert.robust_probs.isnan().all()
+    cert = certify_sequential(smoothed_by(base), torch.rand(4, 20, dtype=torch.float64), plan)
+    n_max = plan.looks[-1]
+    assert base.inputs_seen == 4 + 4 * n_max  # the clean forward, then n_max samples for the estimate of h
+    assert (cert.samples == n_max).all() and not cert.certified.any()
+    assert (cert.radius == 0).all() and (cert.p_top_lower == 0).all()
+    assert torch.allclose(cert.robust_probs.sum(-1), torch.ones(4, dtype=torch.float64))
 
 
 def test_images_with_a_cnn():
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)).eval()
     cert = certify_sequential(
-        SmoothedClassifier(cnn, SIGMA, seed=1), torch.rand(5, 1, 28, 28), SequentialPlan(SIGMA, 0.8, 0.1)
+        smoothed_by(cnn, seed=1), torch.rand(5, 1, 28, 28), SequentialPlan(SIGMA, 0.8, 0.1)
     )
     assert cert.robust_probs.shape == (5, 10) and cert.prediction.shape == (5,)
     assert torch.allclose(cert.robust_probs.sum(-1), torch.ones(5))
@@ -252,6 +259,6 @@ def test_bad_configuration_is_rejected():
             SequentialPlan(**({"sigma": SIGMA, "alpha": 0.8, "required_radius": 0.1} | kwargs))
     x = torch.rand(2, 20, dtype=torch.float64)
     with pytest.raises(ValueError, match="votes"):
-        certify_sequential(SmoothedClassifier(make_base(), SIGMA, mode="probs"), x, SequentialPlan(SIGMA, 0.8, 0.1))
+        certify_sequential(smoothed_by(make_base(), mode="probs"), x, SequentialPlan(SIGMA, 0.8, 0.1))
     with pytest.raises(ValueError, match="sigma"):
-        certify_sequential(SmoothedClassifier(make_base(), 0.5), x, SequentialPlan(SIGMA, 0.8, 0.1))
+        certify_sequential(smoothed_by(make_base(), sigma=0.5), x, SequentialPlan(SIGMA, 0.8, 0.1))

@@ -135,3 +135,32 @@ def test_certify_on_images_with_a_cnn():
 def test_bad_settings_are_rejected_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SmoothingSettings(**{field: value})
+
+
+@pytest.mark.parametrize("mode", ["votes", "probs"])
+def test_top_bounds_are_the_bounds_of_every_class_that_enter_the_radius(mode):
+    """L_y and U from `top_bounds` equal the lower bound of y and the largest upper bound of the other
+    classes when all C bounds are computed (Bonferroni, delta / C each), capped at 1 - L_y."""
+    from mix_perception.core import bounds
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Flatten(), nn.Linear(16, 5)).eval()
+    smoothed = SmoothedClassifier(cnn, settings(n_estimate=300, delta=0.01, mode=mode), seed=3)
+    x = torch.rand(40, 1, 4, 4) * 4
+    estimate = smoothed.sample(x, 300, smoothed.make_generator("cpu"))
+    prediction = torch.randint(0, 5, (40,))
+    lower, upper = smoothed.top_bounds(estimate, prediction)
+    level = 0.01 / 5
+    if mode == "votes":
+        all_lower = bounds.clopper_pearson_lower(estimate.total, 300, level)
+        all_upper = bounds.clopper_pearson_upper(estimate.total, 300, level)
+    else:
+        mean = estimate.total.double() / 300
+        variance = ((estimate.total_squares.double() - 300 * mean.square()) / 299).clamp_min(0.0)
+        all_lower = bounds.bernstein_lower(mean, variance, 300, level)
+        all_upper = bounds.bernstein_upper(mean, variance, 300, level)
+    expected_lower = all_lower.gather(-1, prediction[:, None]).squeeze(-1)
+    others = all_upper.scatter(-1, prediction[:, None], 0.0).max(dim=-1).values
+    torch.testing.assert_close(lower, expected_lower)
+    torch.testing.assert_close(upper, torch.minimum(others, 1.0 - expected_lower))
+    assert (estimate.total_squares is None) == (mode == "votes")
