@@ -48,9 +48,9 @@ class SequentialCertificate(NamedTuple):
 
     prediction (N,) int64: the class y certified (chosen before any noise was drawn).
     certified (N,) bool: radius >= required_radius was decided (and radius > 0).
-    radius (N,) float64: sigma PhiInv(alpha L) at the look where sampling stopped, clipped at 0;
-        0 when the plan cannot certify.
-    p_top_lower (N,) float64: L, the lower bound on h_y(x) at that look; 0 when the plan cannot certify.
+    radius (N,) float64: sigma PhiInv(alpha L) at the look where sampling stopped, clipped at 0 (it
+        holds below the required radius too; 0 for alpha <= 1/2).
+    p_top_lower (N,) float64: L, the lower bound on h_y(x) at that look.
     samples (N,) int64: noise samples drawn for each input (a look n_k).
     robust_probs (N, C) float: the Monte Carlo estimate of h(x) from those samples (not a bound).
     """
@@ -90,8 +90,9 @@ class SequentialPlan:
     Theorem 5 radius (U = 1 - L) of count t at look k (t <= n_k); certify_at[k]: the smallest count
     with radius >= r_req and radius > 0 (n_k + 1 if none); continue_from[k]: the smallest count from
     which a later look can still certify (certify_at[k] at the last look: sampling ends there);
-    reachable: whether any look can certify at all (if not, each input draws n_max samples for the
-    estimate of h that the mixture needs, and nothing is certified).
+    reachable: whether any look can certify at all (if not, with p_min >= 1 there is one look, at n_max:
+    each input still draws n_max samples, for the estimate of h that the mixture needs and for the
+    smaller radius they certify).
     """
 
     def __init__(self, sigma: float, alpha: float, required_radius: float, delta: float = 0.001, n_max: int = 256):
@@ -156,11 +157,6 @@ def certify_sequential(
     clean_logits = smoothed.base(x)
     prediction = clean_logits.argmax(dim=-1) if classes is None else torch.as_tensor(classes, device=x.device).long()
     generator = generator or smoothed.make_generator(x.device)
-    if not plan.reachable:  # nothing can be certified: n_max samples give the mixture its estimate of h
-        estimate = smoothed.sample(x, plan.looks[-1], generator).total / plan.looks[-1]
-        zeros = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-        samples = torch.full_like(prediction, plan.looks[-1])
-        return SequentialCertificate(prediction, zeros > 0, zeros, zeros, samples, estimate)
     total = torch.zeros(clean_logits.shape, dtype=clean_logits.dtype, device=x.device)
     counts = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     stopped_at = torch.zeros_like(counts)  # the look where sampling stopped

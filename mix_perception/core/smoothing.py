@@ -39,6 +39,7 @@ class SmoothingSettings:
     mode: "votes" (hbar = one-hot argmax, Clopper-Pearson bounds) or "probs" (hbar = softmax,
         empirical-Bernstein bounds).
     batch_size: noisy inputs per forward of the base model (>= 1).
+    n_max: the most noise draws per input of sequential certification (core.sequential, >= 1).
     Raises ValueError whose message starts with the name of the first bad field.
     """
 
@@ -48,6 +49,7 @@ class SmoothingSettings:
     delta: float = 0.001
     mode: str = "votes"
     batch_size: int = 1000
+    n_max: int = 256
 
     def __post_init__(self):
         if not (self.sigma > 0 and math.isfinite(self.sigma)):
@@ -62,6 +64,8 @@ class SmoothingSettings:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.n_max < 1:
+            raise ValueError(f"n_max must be >= 1, got {self.n_max!r}")
 
 
 class MonteCarlo(NamedTuple):

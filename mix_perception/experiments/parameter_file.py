@@ -48,8 +48,9 @@ def node_parameters(
 
     Keys are the node's parameter names (mix_perception/ros/parameters.py, config/mixer.yaml):
     alpha, standard_model, standard_arch, robust_model, robust_arch, certification and, when
-    certifying, smoothing.{sigma, samples, select_samples, delta, mode} (nested as in the YAML) from
-    `smoothing`'s sigma, n_estimate, n_select, delta and mode.
+    certifying, smoothing.{sequential: false, sigma, samples, select_samples, delta, mode} (nested as in
+    the YAML) from `smoothing`'s sigma, n_estimate, n_select, delta and mode: the fixed-n certificates
+    that calibrate measured.
     `extra` adds keys as they are (e.g. robust_sharpening).
     """
     params = {
@@ -62,6 +63,7 @@ def node_parameters(
     }
     if smoothing is not None:
         params["smoothing"] = {
+            "sequential": False,  # the fixed-n certificates that were calibrated
             "sigma": smoothing.sigma,
             "samples": smoothing.n_estimate,
             "select_samples": smoothing.n_select,

@@ -141,8 +141,9 @@ def certification_of(values: dict):
         delta=values["smoothing.delta"],
         mode=values["smoothing.mode"],
         batch_size=values["smoothing.batch_size"],
+        n_max=values["smoothing.max_samples"],
     )
-    return Certification(values["certification"], smoothing, None if seed < 0 else seed)
+    return Certification(values["certification"], smoothing, values["smoothing.sequential"], None if seed < 0 else seed)
 
 
 class Runtime(NamedTuple):
@@ -228,6 +229,7 @@ class MixerNode(LifecycleNode):
         if alpha_problem:
             raise ValueError(alpha_problem)
         self.alpha = self.get_parameter("alpha").value
+        self.required_radius = self.get_parameter("required_radius").value
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
@@ -379,6 +381,8 @@ class MixerNode(LifecycleNode):
 
     def _apply_parameters(self, params) -> None:
         for parameter in params:
+            if parameter.name == "required_radius":
+                self.required_radius = float(parameter.value)
             if parameter.name == "alpha":
                 self.alpha = float(parameter.value)
                 note = "" if self.alpha > 0.5 else " (alpha <= 0.5: frames cannot be certified)"
@@ -453,7 +457,7 @@ class MixerNode(LifecycleNode):
         if not frames:
             return
         try:
-            results = runtime.classifier.classify(torch.cat(tensors), self.alpha)
+            results = runtime.classifier.classify(torch.cat(tensors), self.alpha, self.required_radius)
         except Exception as error:  # a model that fails on a batch must not stop the node
             with self.stats_lock:
                 self.failed += len(frames)

@@ -66,6 +66,14 @@ MIXER = (
     ),
     Spec("robust_arch", "", "architecture for a bare state_dict of the robust model"),
     Spec(
+        "required_radius",
+        0.1,
+        "certified l2 radius (pixels in [0, 1]) the control stack requires: sequential smoothing stops as soon "
+        "as it is decided for a frame; keep it equal to the safety monitor's",
+        dynamic=True,
+        bounds=(0.0, 1000.0),
+    ),
+    Spec(
         "robust_sharpening",
         1.0,
         "h's logits are multiplied by this before mixing (temperature 1 / S; mix-perception calibrate "
@@ -86,16 +94,31 @@ MIXER = (
         "(must match the sigma the robust model was trained with)",
         bounds=(1e-6, 10.0),
     ),
-    Spec("smoothing.samples", 192, "Monte Carlo samples used to bound h (n_estimate)", bounds=(2, 1_000_000)),
     Spec(
-        "smoothing.select_samples", 32, "Monte Carlo samples used to choose h's class (n_select)", bounds=(1, 1_000_000)
+        "smoothing.sequential",
+        True,
+        "certify at required_radius with early stopping: noise is drawn in looks until radius >= required_radius "
+        "is decided (votes mode; Theorem 5); false: a fixed select_samples + samples per frame",
+    ),
+    Spec(
+        "smoothing.max_samples",
+        256,
+        "sequential: the most noise samples per frame (n_max)",
+        bounds=(1, 1_000_000),
+    ),
+    Spec("smoothing.samples", 192, "fixed n: Monte Carlo samples used to bound h (n_estimate)", bounds=(2, 1_000_000)),
+    Spec(
+        "smoothing.select_samples",
+        32,
+        "fixed n: Monte Carlo samples used to choose h's class (n_select)",
+        bounds=(1, 1_000_000),
     ),
     Spec("smoothing.delta", 0.001, "certificates hold with probability >= 1 - delta", bounds=(1e-12, 0.5)),
-    Spec("smoothing.batch_size", 512, "noisy inputs per forward of the base model", bounds=(1, 1_000_000)),
+    Spec("smoothing.batch_size", 256, "noisy inputs per forward of the base model", bounds=(1, 1_000_000)),
     Spec(
         "smoothing.mode",
         "votes",
-        "votes (Clopper-Pearson on argmax counts) | probs (empirical Bernstein on softmax averages)",
+        "votes (Clopper-Pearson on argmax counts) | probs (empirical Bernstein on softmax averages; fixed n only)",
         choices=("votes", "probs"),
     ),
     Spec("smoothing.seed", -1, "seed of the noise generator; -1 = fresh entropy", bounds=(-1, 2**62)),

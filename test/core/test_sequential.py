@@ -223,15 +223,19 @@ def test_inputs_stop_independently_and_samples_are_counted():
 
 
 @pytest.mark.parametrize("alpha,required", [(0.5, 0.0), (0.3, 0.1), (0.6, 0.1), (0.75, 2.0)])
-def test_abstains_at_once_when_the_radius_is_unreachable(alpha, required):
+def test_an_unreachable_radius_is_never_certified_and_draws_one_look(alpha, required):
     plan = SequentialPlan(SIGMA, alpha, required)
     assert not plan.reachable and plan.p_min > 1
     base = make_base()
     cert = certify_sequential(smoothed_by(base), torch.rand(4, 20, dtype=torch.float64), plan)
     n_max = plan.looks[-1]
-    assert base.inputs_seen == 4 + 4 * n_max  # the clean forward, then n_max samples for the estimate of h
+    assert plan.looks == (n_max,)  # one look: the estimate of h, and the radius it certifies
+    assert base.inputs_seen == 4 + 4 * n_max  # the clean forward, then n_max samples
     assert (cert.samples == n_max).all() and not cert.certified.any()
-    assert (cert.radius == 0).all() and (cert.p_top_lower == 0).all()
+    if alpha <= 0.5:
+        assert (cert.radius == 0).all()  # no certificate below alpha 1/2
+    else:
+        assert ((cert.radius >= 0) & (cert.radius < required)).all()  # what n_max votes certify, short of r_req
     assert torch.allclose(cert.robust_probs.sum(-1), torch.ones(4, dtype=torch.float64))
 
 

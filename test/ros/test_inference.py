@@ -99,7 +99,7 @@ def test_only_a_certificate_of_the_published_class_with_a_finite_positive_radius
     class Given:  # a certifier that says exactly the above
         kind = CERTIFICATE_SMOOTHING
 
-        def __call__(self, x, alpha):
+        def __call__(self, x, alpha, required_radius):
             return RobustOutput(robust_probs, certified_class, radius, torch.full((5,), 40))
 
     classifier = FrameClassifier(g, linear(1), SMOOTHING)
@@ -135,3 +135,30 @@ def test_published_radius_is_never_rounded_up_to_float32():
 def test_an_unknown_certification_method_is_refused():
     with pytest.raises(ValueError, match="certification must be one of"):
         Certification("exact")
+
+
+def test_sequential_smoothing_publishes_the_cores_sequential_certificate(constant, constant_logits):
+    """Sequential certification at the required radius: a confident h certifies at the first look with the
+    radius of certify_sequential; the plan follows alpha and the radius; a frame whose bound stops below
+    the required radius still publishes the smaller radius it certifies."""
+    from mix_perception.core.sequential import SequentialPlan, certify_sequential
+
+    certification = Certification("smoothing", SETTINGS, sequential=True, seed=1)
+    classifier = FrameClassifier(linear(0), constant(3), certification)
+    results = classifier.classify(X, 0.8, 0.1)
+    plan = SequentialPlan(0.25, 0.8, 0.1, SETTINGS.delta, SETTINGS.n_max)
+    reference = certify_sequential(SmoothedClassifier(constant(3), SETTINGS, seed=1), X, plan)
+    for result, radius, samples in zip(results, reference.radius, reference.samples, strict=True):
+        assert result.certified and result.certificate == CERTIFICATE_SMOOTHING and result.class_id == 3
+        assert result.samples == int(samples) == plan.looks[0]
+        assert result.certified_radius == pytest.approx(float(radius), rel=1e-6) and radius >= 0.1
+    classifier.classify(X, 0.9, 0.2)
+    assert (classifier.certifier.plan.alpha, classifier.certifier.plan.required_radius) == (0.9, 0.2)
+    # A required radius no count of votes can reach: every frame draws n_max and keeps the radius it has.
+    far = classifier.classify(X, 0.8, 5.0)
+    assert all(r.samples == SETTINGS.n_max and r.certified and 0 < r.certified_radius < 5.0 for r in far)
+
+
+def test_sequential_needs_votes():
+    with pytest.raises(ValueError, match="smoothing.sequential counts votes"):
+        Certification("smoothing", SmoothingSettings(mode="probs"), sequential=True)
