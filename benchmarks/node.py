@@ -11,13 +11,12 @@ Printed, not asserted: per camera, frames published, classified (%), latency p50
 stamp -> classification received, ms); in all, frames classified per second and the mixers' memory
 (VmRSS, summed over the processes).
 
-    .venv/bin/python -P benchmarks/node.py [--cameras 1,2,4] [--rate 30] [--seconds 20] [--compare]
+    .venv/bin/python benchmarks/node.py [--cameras 1,2,4] [--rate 30] [--seconds 20] [--compare]
         [--config FILE] [-p name:=value ...]
 """
 
 import argparse
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -26,29 +25,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-MIXER_MODULE = "mix_perception.ros.mixer_node"
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of process `pid` in MiB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
+from processes import isolate_ros, node_command, rss_mib
 
 
 def start_mixer(config: Path, namespace: str, topics: list[str], overrides: list[str]) -> subprocess.Popen:
     """A mixer process in `namespace` subscribed to `topics`."""
-    script = Path(sys.prefix) / "lib" / "mix_perception" / "mixer_node"
-    command = [sys.executable, str(script)] if script.is_file() else [sys.executable, "-P", "-m", MIXER_MODULE]
-    arguments = ["--ros-args", "--log-level", "warn", "-r", f"__ns:={namespace}", "--params-file", str(config)]
+    arguments = ["--log-level", "warn", "-r", f"__ns:={namespace}", "--params-file", str(config)]
     arguments += ["-p", "image_topics:=[" + ", ".join(topics) + "]", "-p", "cpu_threads:=1"]
     for override in overrides:
         arguments += ["-p", override]
-    return subprocess.Popen(command + arguments)
+    return subprocess.Popen(node_command("mixer_node", *arguments))
 
 
 class Listener:
@@ -149,6 +135,7 @@ def main() -> int:
     parser.add_argument("--compare", action="store_true", help="also run one mixer process per camera")
     parser.add_argument("-p", "--parameter", action="append", default=[], help="mixer parameter override name:=value")
     args = parser.parse_args()
+    isolate_ros()
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor

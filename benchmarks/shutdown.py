@@ -7,12 +7,11 @@ then launch's own SIGINT to each node. A run is clean when every node exits with
 and prints no traceback and no abort. Printed, not asserted: clean runs out of `--runs`, and the
 slowest exit of each run.
 
-    .venv/bin/python -P benchmarks/shutdown.py [--runs 20] [--config config/mixer.yaml]
+    .venv/bin/python benchmarks/shutdown.py [--runs 20] [--config config/mixer.yaml]
 """
 
 import argparse
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -20,17 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+from processes import isolate_ros, node_command
+
 NODES = {"mixer_node": [], "safety_monitor": [], "demo_camera": ["-p", "rate:=30.0"]}
 BAD_SIGNS = ("Traceback", "terminate called", "Aborted", "Failed to publish")
 
 
 def command(executable: str, config: Path) -> list[str]:
-    script = Path(sys.prefix) / "lib" / "mix_perception" / executable
-    module = f"mix_perception.ros.{executable}"
-    start = [sys.executable, str(script)] if script.is_file() else [sys.executable, "-P", "-m", module]
-    return start + ["--ros-args", "--params-file", str(config), *NODES[executable]]
+    return node_command(executable, "--params-file", str(config), *NODES[executable])
 
 
 def classified(node, executor, count: int, timeout: float) -> bool:
@@ -92,6 +88,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--config", type=Path, default=None, help="parameter file (default: config/mixer.yaml)")
     args = parser.parse_args()
+    isolate_ros()
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor

@@ -15,13 +15,11 @@ RSS at every sample, and the growth over the last two thirds (target < 5%): the 
 of the last third against the median of the middle third (a single sample can catch a large frame in
 flight), with the largest sample.
 
-    .venv/bin/python -P benchmarks/soak.py [--frames 10000] [--rate 200] [--config config/mixer.yaml]
+    .venv/bin/python benchmarks/soak.py [--frames 10000] [--rate 200] [--config config/mixer.yaml]
 """
 
 import argparse
 import io
-import os
-import random
 import signal
 import struct
 import subprocess
@@ -31,18 +29,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-
-os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-MIXER_MODULE = "mix_perception.ros.mixer_node"
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of process `pid` in MiB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
+from processes import isolate_ros, node_command, rss_mib
 
 
 def png_bomb_header(width: int, height: int) -> bytes:
@@ -109,10 +96,8 @@ def frames(rng: np.random.Generator, max_pixels: int):
 
 
 def mixer_command(config: Path) -> list[str]:
-    script = Path(sys.prefix) / "lib" / "mix_perception" / "mixer_node"
-    command = [sys.executable, str(script)] if script.is_file() else [sys.executable, "-P", "-m", MIXER_MODULE]
-    arguments = ["--ros-args", "--log-level", "error", "--params-file", str(config), "-p", "subscribe_compressed:=true"]
-    return command + arguments
+    arguments = ["--log-level", "error", "--params-file", str(config), "-p", "subscribe_compressed:=true"]
+    return node_command("mixer_node", *arguments)
 
 
 def main() -> int:
@@ -122,6 +107,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="frames per second, at most (200)")
     parser.add_argument("--sample-every", type=int, default=500, help="frames between RSS samples (500)")
     args = parser.parse_args()
+    isolate_ros()
 
     import rclpy
     import yaml

@@ -252,7 +252,7 @@ def _imported_top_level_modules() -> dict[str, str]:
     import ast
 
     found = {}
-    local = {path.stem for path in (REPO_ROOT / "test").rglob("*.py")}
+    local = {path.stem for folder in ("test", "benchmarks") for path in (REPO_ROOT / folder).rglob("*.py")}
     for folder in SCANNED:
         for path in sorted((REPO_ROOT / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):

@@ -559,9 +559,10 @@ class MixerNode(LifecycleNode):
         self.diagnostics_pub.publish(diagnostics.make_array(self.get_clock().now().to_msg(), statuses))
 
 
-def start_mixer() -> MixerNode:
-    """A MixerNode brought to active when `autostart`; the one-line reason when it cannot start."""
-    node = MixerNode()
+def start_mixer(standard=None, robust=None, **node_kwargs) -> MixerNode:
+    """A MixerNode (arguments as MixerNode's) brought to active when `autostart`; the node is destroyed
+    and the one-line reason raised when it cannot start."""
+    node = MixerNode(standard, robust, **node_kwargs)
     try:
         node.start()
     except Exception:

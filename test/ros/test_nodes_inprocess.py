@@ -13,7 +13,7 @@ from mix_perception.ros import parameters
 from mix_perception.ros.demo_camera import EXTRA as DEMO_EXTRA
 from mix_perception.ros.demo_camera import DemoCameraNode
 from mix_perception.ros.demo_sources import Frame
-from mix_perception.ros.mixer_node import MixerNode
+from mix_perception.ros.mixer_node import MixerNode, start_mixer
 from mix_perception.ros.safety_monitor import SafetyMonitorNode
 
 
@@ -44,13 +44,7 @@ def check_declared(node, table, reconfigurable=False):
 
 def started(context, overrides=()):
     """A mixer with injected models, brought to active by `start` (autostart)."""
-    node = MixerNode(tiny(), tiny(), context=context, parameter_overrides=list(overrides))
-    try:
-        node.start()
-    except Exception:
-        node.destroy_node()
-        raise
-    return node
+    return start_mixer(tiny(), tiny(), context=context, parameter_overrides=list(overrides))
 
 
 def test_mixer_declares_every_parameter_and_uses_injected_models(context):
