@@ -2,12 +2,16 @@
 
 A checkpoint names its architecture as "mix_perception:<name>" (see mix_perception.core.models);
 `build(name)` returns a freshly initialised network of that name. The networks take *normalized*
-inputs ((x - mean) / std, with the mean and std stored in the checkpoint) and return logits.
+inputs ((x - mean) / std, with the mean and std stored in the checkpoint; the Lipschitz model
+stores none, so it sees [0, 1] pixels) and return logits.
 """
 
+import torch
 from torch import nn
 
-ARCHITECTURES = ("fmnist_cnn",)
+ARCHITECTURES = ("fmnist_cnn", "lipschitz_cnn")
+LIPSCHITZ_BLOCKS = ((32, 32), (64, 64))
+LIPSCHITZ_DENSE = 256
 
 
 def _conv(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -38,6 +42,58 @@ def fmnist_cnn(num_classes: int = 10) -> nn.Module:
     )
 
 
+class GroupSort2(nn.Module):
+    """GroupSort with groups of 2 along dim 1: each pair of channels (2k, 2k + 1) becomes (min, max).
+
+    Same function as deel-torchlip's GroupSort2 (so an exported network needs no deel-torchlip).
+    It permutes its input at every point, hence is 1-Lipschitz in l2. Input (N, C, ...) with C even.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pairs = x.unflatten(1, (-1, 2))
+        return torch.cat((pairs.amin(2, keepdim=True), pairs.amax(2, keepdim=True)), dim=2).flatten(1, 2)
+
+
+class L2NormPool2d(nn.LPPool2d):
+    """nn.LPPool2d(2, k): the l2 norm of each k x k window (stride k, floor mode), (N, C, H, W) -> (N, C, H//k, W//k).
+
+    Computed with torch.linalg.vector_norm, whose gradient at an all-zero window is 0; nn.LPPool2d's
+    (and deel-torchlip's ScaledL2NormPool2d's) is NaN there, which the black borders of Fashion-MNIST
+    images hit. Non-overlapping windows: 1-Lipschitz in l2.
+    """
+
+    def __init__(self, kernel_size: int = 2):
+        super().__init__(2, kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size
+        h, w = x.shape[-2] // k * k, x.shape[-1] // k * k
+        windows = x[..., :h, :w].unflatten(-2, (-1, k)).unflatten(-1, (-1, k))
+        return torch.linalg.vector_norm(windows, dim=(-3, -1))
+
+
+def lipschitz_cnn(
+    num_classes: int = 10, blocks=LIPSCHITZ_BLOCKS, dense: int = LIPSCHITZ_DENSE, image_size: int = 28
+) -> nn.Module:
+    """Plain-torch inference form of the 1-Lipschitz CNN trained with deel-torchlip, for 1 x 28 x 28 inputs.
+
+    Each block: 3x3 convolutions (padding 1) with the given widths, each followed by GroupSort2, then
+    a 2x2 L2-norm pooling (L2NormPool2d: the l2 norm of each window; 28 -> 14 -> 7); then
+    flatten -> linear `dense` + GroupSort2 -> linear num_classes. Default blocks ((32, 32), (64, 64)),
+    dense 256. Takes [0, 1] pixels (N, 1, 28, 28), returns logits (N, num_classes). Its proven l2
+    Lipschitz constant comes from mix_perception.core.lipschitz, not from the training constraint.
+    """
+    layers, channels, size = [], 1, image_size
+    for widths in blocks:
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), GroupSort2()]
+            channels = width
+        layers.append(L2NormPool2d(2))
+        size //= 2
+    layers += [nn.Flatten(), nn.Linear(channels * size * size, dense), GroupSort2(), nn.Linear(dense, num_classes)]
+    return nn.Sequential(*layers)
+
+
 def build(name: str, num_classes: int = 10) -> nn.Module:
     """A new, randomly initialised network of the given architecture name (uses torch's global RNG).
 
@@ -51,4 +107,4 @@ def build(name: str, num_classes: int = 10) -> nn.Module:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
-    return fmnist_cnn(int(num_classes))
+    return {"fmnist_cnn": fmnist_cnn, "lipschitz_cnn": lipschitz_cnn}[name](int(num_classes))

@@ -5,7 +5,10 @@ are in the input units (pixels in [0, 1]) of the norm that the Lipschitz constan
 Every function returns 0 — never a negative number, never NaN — where nothing is certified,
 in particular for alpha <= 1/2, where g can outvote h whatever h says.
 
-The functions are exact statements about the probabilities they are given. When h's probabilities
+`lipschitz_logit_radius` is the deterministic certificate for an h given by logits z with a proven
+l2 constant (mix_perception.core.lipschitz): it holds with probability 1.
+
+The other functions are exact statements about the probabilities they are given. When h's probabilities
 are Monte Carlo estimates (a smoothed h), pass confidence bounds, not estimates: see
 `smoothing.SmoothedClassifier.certify`.
 """
@@ -104,3 +107,95 @@ def smoothing_radius(p_top_lower, p_runner_upper, alpha: float, sigma: float) ->
         return torch.zeros(torch.broadcast_shapes(lower.shape, upper.shape), dtype=torch.float64)
     gap = torch.special.ndtri(alpha * lower) - torch.special.ndtri(alpha * upper + 1.0 - alpha)
     return (0.5 * sigma * gap).nan_to_num(nan=0.0, posinf=math.inf).clamp_min(0.0)
+
+
+def _positive(name: str, value) -> float:
+    """float(value); ValueError unless it is a positive finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not 0.0 < number < math.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return number
+
+
+def _softmax_lipschitz(lipschitz: float, temperature: float) -> float:
+    """l2 constant of each softmax_i(T z(x)) when ||z(x) - z(x')||_2 <= L ||x - x'||_2: (sqrt(2)/4) T L.
+
+    grad_z softmax_i(z) = p_i (e_i - p), and ||e_i - p||_2^2 = (1 - p_i)^2 + sum_{j != i} p_j^2
+    <= 2 (1 - p_i)^2, so its norm is at most sqrt(2) p_i (1 - p_i) <= sqrt(2)/4.
+    """
+    return math.sqrt(2.0) / 4.0 * temperature * lipschitz
+
+
+def lipschitz_logit_radius(
+    logits: torch.Tensor,
+    alpha: float,
+    lipschitz: float,
+    margin_lipschitz: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Deterministic l2 radius (N,) float64 within which the mixture with ANY g predicts y = argmax h(x).
+
+    h's probabilities are p = softmax(T z(x)) for logits z (N, C), temperature T > 0, where
+    ||z(x) - z(x')||_2 <= L ||x - x'||_2 (lipschitz = L, proven) and optionally
+    |(z_i - z_j)(x) - (z_i - z_j)(x')| <= K_ij ||x - x'||_2 (margin_lipschitz = K, (C, C)); without K,
+    K_ij = sqrt(2) L, and K is never used above sqrt(2) L. Radii in the units of x (pixels in [0, 1]).
+
+    Derivation (Lemma 2). With c = (1 - alpha)/alpha < 1 (alpha > 1/2), the mixture predicts y for
+    every g wherever p_y - p_i > c for all i != y. With margins d_j = T (z_y - z_j),
+    p_y - p_i = (1 - e^{-d_i}) / (1 + S), S = sum_{j != y} e^{-d_j}, which increases in every d_j.
+    Within distance r of x each d_j drops by at most s_j = T K_yj r, so at every point of the ball
+    p_y - p_i >= (1 - e^{-(d_i - s_i)}) / (1 + sum_{j != y} e^{-(d_j - s_j)}), and the condition holds on
+    the whole ball when
+        F(r) = max_i e^{-(d_i - s_i)} + c sum_{j != y} e^{-(d_j - s_j)} < 1 - c.
+    F increases in r, so the largest such r is found by bisection (float64, in the log domain; the
+    returned value satisfies the strict inequality; for K_yj = sqrt(2) L it is the closed form
+    ln((1 - c) / (e^{-d_min} + c S)) / (sqrt(2) T L)). Theorem 4 with the probability constants that
+    L implies ((sqrt(2)/4) T L, `_softmax_lipschitz`) is also valid; the larger of the two is returned.
+
+    Returns 0 (never negative or NaN) for alpha <= 1/2, for rows with NaN logits, and wherever
+    p_y - p_i > c fails at x itself; positive exactly where it holds. At alpha = 1 (c = 0) this is
+    h's own certificate min_j (z_y - z_j) / K_yj.
+    """
+    alpha = check_alpha(alpha)
+    lipschitz, temperature = _positive("lipschitz", lipschitz), _positive("temperature", temperature)
+    logits = torch.as_tensor(logits).double()
+    count, classes = logits.shape
+    if margin_lipschitz is None:
+        rates = torch.full((classes, classes), math.sqrt(2.0) * lipschitz, dtype=torch.float64)
+    else:
+        rates = torch.as_tensor(margin_lipschitz, dtype=torch.float64).cpu()
+        off_diagonal = ~torch.eye(classes, dtype=torch.bool)
+        if rates.shape != (classes, classes) or not (rates[off_diagonal] > 0).all() or not rates.isfinite().all():
+            raise ValueError(f"margin_lipschitz must be a ({classes}, {classes}) tensor, positive off the diagonal")
+        rates = rates.clamp(max=math.sqrt(2.0) * lipschitz)
+    if alpha <= 0.5 or count == 0:
+        return torch.zeros(count, dtype=torch.float64, device=logits.device)
+    rates = rates.to(logits.device)
+    top = logits.argmax(dim=-1, keepdim=True)
+    margins = temperature * (logits.gather(-1, top) - logits)  # d_j, (N, C)
+    speeds = temperature * rates[top.squeeze(-1)]  # s_j / r, (N, C)
+    others = torch.ones_like(margins, dtype=torch.bool).scatter(-1, top, False)
+    log_c = math.log((1.0 - alpha) / alpha) if alpha < 1.0 else -math.inf
+    log_limit = math.log1p(-(1.0 - alpha) / alpha)
+
+    def holds(radius: torch.Tensor) -> torch.Tensor:
+        """F(radius) < 1 - c, per row (radius (N,))."""
+        shrunk = torch.where(others, margins - speeds * radius.unsqueeze(-1), math.inf)
+        log_f = torch.logaddexp(-shrunk.amin(dim=-1), log_c + torch.logsumexp(-shrunk, dim=-1))
+        return log_f < log_limit
+
+    low = torch.zeros(count, dtype=torch.float64, device=logits.device)
+    # at r = min_j d_j / speed_j some margin reaches 0, so F >= 1 > 1 - c: an upper end for bisection
+    high = torch.where(others, margins / speeds, math.inf).amin(dim=-1).nan_to_num(nan=0.0, posinf=0.0)
+    certified = holds(low)
+    for _ in range(80):
+        middle = (low + high) / 2
+        inside = holds(middle)
+        low, high = torch.where(inside, middle, low), torch.where(inside, high, middle)
+    radius = torch.where(certified, low, 0.0)
+    probabilities = torch.softmax(temperature * logits, dim=-1)
+    theorem4 = lipschitz_radius(probabilities, alpha, _softmax_lipschitz(lipschitz, temperature))
+    return torch.maximum(radius, theorem4).nan_to_num(nan=0.0, posinf=0.0).clamp_min(0.0)

@@ -1,0 +1,158 @@
+"""Proven upper bounds on the l2 Lipschitz constant of a network's logits w.r.t. its [0, 1] pixels.
+
+For a chain of layers f = f_n o ... o f_1, Lip(f) <= prod_k Lip(f_k). Each factor here is an upper
+bound proven for the layer as it runs, with its real padding and stride, computed in float64 from
+the weights the model holds (not from any training-time parametrization, and never a power-iteration
+estimate, which is a lower bound). Supported layers and their bounds:
+
+- nn.Conv2d (zeros padding, dilation 1, groups 1): exact spectral norm of the circular convolution on
+  the padded grid (see `conv2d_bound`);
+- nn.Linear: the largest singular value of the weight;
+- nn.ReLU, architectures.GroupSort2, nn.Identity, nn.Flatten: 1;
+- nn.MaxPool2d and the L2-norm pool nn.LPPool2d(2, ...): sqrt(m), m = ceil(kh / sh) * ceil(kw / sw)
+  the most windows one input pixel can belong to (1 when the windows do not overlap);
+- models.Normalized ((x - mean) / std): 1 / min(std); models.RepeatChannels (grey -> C): sqrt(C);
+- nn.Sequential: the product over its children.
+
+Any other module raises ValueError naming it: a model whose constant cannot be bounded is refused.
+Every numerically computed factor (conv, linear) is multiplied by 1 + RELATIVE_SLACK, far above the
+float64 rounding of an SVD or FFT of these sizes (~1e-13 relative). The bound is a statement about
+the network in exact arithmetic; the float32 forward pass deviates from it by its own rounding
+(~1e-6 relative on the logits), which no Lipschitz constant covers.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from mix_perception.core.architectures import GroupSort2
+from mix_perception.core.models import Normalized, RepeatChannels
+
+RELATIVE_SLACK = 1e-6
+_ONE_LIPSCHITZ = (nn.ReLU, GroupSort2, nn.Identity, nn.Flatten)
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def conv2d_bound(conv: nn.Conv2d, input_shape) -> float:
+    """Upper bound on the l2 operator norm of conv (bias ignored) on inputs of shape (C, H, W).
+
+    Let P embed x into the zero-padded grid n1 x n2 = (H + pad_h, W + pad_w) (an isometry), and C_circ
+    the circular cross-correlation with conv's kernel on that grid (grid at least kernel-sized). At
+    the output positions conv computes (window inside the padded grid, taken every `stride`), no
+    index wraps around, so conv(x) = S C_circ P x with S a selection of coordinates (norm <= 1): the
+    zero padding is a restriction and the stride a subsampling of the circular operator. The 2-D DFT
+    block-diagonalizes C_circ, so ||C_circ||_2 = max over the n1 * n2 frequencies of the largest
+    singular value of the (out, in) matrix sum_{a,b} K[:, :, a, b] e^{-2 pi i (a u / n1 + b v / n2)}
+    (Sedghi, Gupta, Long, ICLR 2019), computed here in float64. Hence ||conv||_2 <= ||C_circ||_2.
+    """
+    if conv.padding_mode != "zeros" or _pair(conv.dilation) != (1, 1) or conv.groups != 1:
+        raise ValueError(f"cannot bound {conv}: only padding_mode='zeros', dilation 1 and groups 1 are supported")
+    kh, kw = _pair(conv.kernel_size)
+    if conv.padding == "valid":
+        pad_h, pad_w = 0, 0
+    elif conv.padding == "same":
+        pad_h, pad_w = kh - 1, kw - 1
+    else:
+        pad_h, pad_w = (2 * p for p in _pair(conv.padding))
+    n1, n2 = max(input_shape[1] + pad_h, kh), max(input_shape[2] + pad_w, kw)
+    symbol = torch.fft.fft2(conv.weight.detach().double().cpu(), s=(n1, n2))  # (out, in, n1, n2)
+    norms = torch.linalg.matrix_norm(symbol.permute(2, 3, 0, 1), ord=2)
+    return float(norms.max()) * (1.0 + RELATIVE_SLACK)
+
+
+def linear_bound(linear: nn.Linear) -> float:
+    """Largest singular value of the weight (float64), the exact l2 operator norm, times 1 + slack."""
+    return float(torch.linalg.matrix_norm(linear.weight.detach().double().cpu(), ord=2)) * (1.0 + RELATIVE_SLACK)
+
+
+def pool_bound(pool: nn.Module) -> float:
+    """sqrt(m) for MaxPool2d (dilation 1) or the L2-norm pool LPPool2d(2, ..., ceil_mode=False).
+
+    Each output is 1-Lipschitz in its window's pixels in l2 (|max a - max b| <= max |a - b| <= ||a - b||_2,
+    and | ||a||_2 - ||b||_2 | <= ||a - b||_2), so ||f(x) - f(x')||^2 <= sum over windows of
+    ||(x - x')_window||^2 <= m ||x - x'||^2, where a pixel lies in at most m = ceil(kh/sh) ceil(kw/sw)
+    windows. Padding (MaxPool2d pads with -inf) and partial windows only drop terms. LPPool2d with
+    ceil_mode rescales partial windows (by more than 1), so it is refused, as are other norms.
+    """
+    if isinstance(pool, nn.LPPool2d) and (float(pool.norm_type) != 2.0 or pool.ceil_mode):
+        raise ValueError(f"cannot bound {pool}: only the L2-norm pool (norm_type 2, ceil_mode False) is supported")
+    if isinstance(pool, nn.MaxPool2d) and _pair(pool.dilation) != (1, 1):
+        raise ValueError(f"cannot bound {pool}: only dilation 1 is supported")
+    (kh, kw), (sh, sw) = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
+    return math.sqrt(math.ceil(kh / sh) * math.ceil(kw / sw))
+
+
+def _steps(module: nn.Module):
+    """The model as a flat chain of (module, is_normalization) in the order they run."""
+    if isinstance(module, nn.Sequential):
+        for child in module:
+            yield from _steps(child)
+    elif isinstance(module, Normalized):
+        yield module, True
+        yield from _steps(module.model)
+    else:
+        yield module, False
+
+
+def _step_bound(module: nn.Module, is_normalization: bool, input_shape) -> float:
+    """Proven l2 Lipschitz bound of one step on inputs of shape (C, H, W) or (D,); ValueError if unknown."""
+    if is_normalization:
+        return 1.0 / float(module.std.min())
+    if isinstance(module, nn.Conv2d):
+        return conv2d_bound(module, input_shape)
+    if isinstance(module, nn.Linear):
+        return linear_bound(module)
+    if isinstance(module, (nn.MaxPool2d, nn.LPPool2d)):
+        return pool_bound(module)
+    if isinstance(module, RepeatChannels):
+        return math.sqrt(module.channels)
+    if isinstance(module, _ONE_LIPSCHITZ):
+        return 1.0
+    raise ValueError(f"cannot bound the Lipschitz constant of layer type {type(module).__name__} ({module})")
+
+
+def layer_bounds(model: nn.Module, input_shape) -> list[tuple[nn.Module, float]]:
+    """(module, proven bound) for each step of the model on inputs of shape input_shape (C, H, W), in order.
+
+    A Normalized wrapper appears once for its (x - mean) / std step, before its inner network's steps.
+    Shapes between layers come from one forward of a zero input (on the model's device and dtype).
+    """
+    reference = next(iter(model.parameters()), None)
+    if reference is None:
+        reference = next(iter(model.buffers()), torch.zeros(()))
+    x = torch.zeros(1, *(int(s) for s in input_shape), device=reference.device, dtype=reference.dtype)
+    bounds = []
+    with torch.no_grad():
+        for module, is_normalization in _steps(model):
+            bounds.append((module, _step_bound(module, is_normalization, tuple(x.shape[1:]))))
+            if not is_normalization:
+                x = module(x)
+    return bounds
+
+
+def lipschitz_bound(model: nn.Module, input_shape) -> float:
+    """Proven upper bound L on the l2 Lipschitz constant of x -> model(x) (logits) for x of shape (C, H, W):
+    ||model(x) - model(x')||_2 <= L ||x - x'||_2. The product of `layer_bounds`; ValueError for a layer
+    it cannot bound."""
+    return math.prod(bound for _, bound in layer_bounds(model, input_shape))
+
+
+def margin_lipschitz(model: nn.Module, input_shape) -> torch.Tensor:
+    """(C, C) float64 matrix K of proven l2 Lipschitz bounds of the logit differences z_i - z_j (K_ii = 0).
+
+    The model's last step must be nn.Linear with weight W (else ValueError; sqrt(2) L bounds every
+    difference then): z_i - z_j = (W_i - W_j) . u + const with u the features before it, so
+    K_ij = ||W_i - W_j||_2 * (bound of the steps before it) * (1 + slack). This is at most about
+    sqrt(2) L (||W_i - W_j||_2 <= sqrt(2) ||W||_2), and often well below.
+    """
+    bounds = layer_bounds(model, input_shape)
+    last = bounds[-1][0]
+    if not isinstance(last, nn.Linear):
+        raise ValueError(f"the model's last layer is {type(last).__name__}, not nn.Linear: no margin constants")
+    weight = last.weight.detach().double().cpu()
+    before = math.prod(bound for _, bound in bounds[:-1]) * (1.0 + RELATIVE_SLACK)
+    return (weight.unsqueeze(1) - weight.unsqueeze(0)).norm(dim=-1) * before
