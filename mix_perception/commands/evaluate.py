@@ -27,6 +27,12 @@ from mix_perception.commands import common
 from mix_perception.commands.common import alpha_list, float_list, name_list, positive_float, positive_int
 
 DEFAULT_ALPHAS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
+CERTIFY_METHODS = ("smoothing", "smoothing_theorem4", "lipschitz")
+
+
+def certify_list(text: str) -> list[str]:
+    """'smoothing,lipschitz' -> the methods; 'both' = smoothing,smoothing_theorem4; 'none' = []."""
+    return name_list(CERTIFY_METHODS)(text.replace("both", "smoothing,smoothing_theorem4"))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -64,12 +70,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--certify",
-        choices=("none", "lipschitz", "smoothing", "both"),
-        default="none",
-        help="certified accuracy vs radius with Theorem 4 (lipschitz), 5 (smoothing) or both from the same "
-        "Monte Carlo bounds (default none)",
+        type=certify_list,
+        default=[],
+        help="certified accuracy vs radius, a comma list of: smoothing (Theorem 5) and smoothing_theorem4 "
+        "(Theorem 4) on the smoothed --smoothing-model, from the same Monte Carlo bounds (both = the two); "
+        "lipschitz (deterministic, --lipschitz-model with its proven constant); or none (default)",
     )
     common.add_certify_options(parser)
+    group = parser.add_argument_group("deterministic certification (a Lipschitz h)")
+    group.add_argument(
+        "--lipschitz-model",
+        default="default:lipschitz",
+        help="h with a provable l2 constant (default default:lipschitz)",
+    )
+    group.add_argument("--lipschitz-arch", default=None, help="architecture of a bare state_dict Lipschitz model")
+    group.add_argument(
+        "--temperatures", type=float_list, default=[1.0], help="h's logits x T before mixing (default 1)"
+    )
     group = parser.add_argument_group("certified curves")
     group.add_argument("--certify-limit", type=positive_int, default=None, help="certify only the first N images")
     group.add_argument(
@@ -89,6 +106,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from mix_perception.cli import CommandError
+    from mix_perception.core.errors import first_line
+    from mix_perception.core.models import default_spec
     from mix_perception.experiments import certified_curves, margins, plots, sweeps
 
     settings = common.smoothing_settings(args)
@@ -107,10 +126,12 @@ def main(args) -> int:
     robust_base = common.load_one(robust_spec, args.robust_arch, args, device)
     robust = args.robust_transform.apply(robust_base)
     models = {"standard": standard, "robust": robust}
-    smoothing_base = None
-    if args.certify != "none":
-        smoothing_base = common.load_one(common.smoothing_spec(args), args.smoothing_arch, args, device)
-        models["smoothing"] = smoothing_base
+    smoothing_methods = [m for m in args.certify if m.startswith("smoothing")]
+    if smoothing_methods:
+        models["smoothing"] = common.load_one(common.smoothing_spec(args), args.smoothing_arch, args, device)
+    if "lipschitz" in args.certify:
+        lipschitz_spec = default_spec(args.lipschitz_model, "lipschitz")
+        models["lipschitz"] = common.load_one(lipschitz_spec, args.lipschitz_arch, args, device)
     common.check_models(models, data, device)
     progress = not args.quiet
     timings = {}
@@ -148,28 +169,41 @@ def main(args) -> int:
     }
     if "mix" in args.attacks:
         results["claims"]["paper_linear_mixing"] = sweeps.paper_claim(summary, "mix")
-    if args.certify != "none":
+    if args.certify:
         started = time.perf_counter()
         limit = min(args.certify_limit or len(data.x), len(data.x))
-        match = args.match_sigmas if args.match_sigmas is not None else [args.sigma * f for f in (0.8, 0.6, 0.4, 0.2)]
-        methods = ["smoothing", "lipschitz"] if args.certify == "both" else [args.certify]
-        results["certified"] = certified_curves.certified_curves(
-            standard,
-            smoothing_base,
-            data.x[:limit],
-            data.y[:limit],
-            args.alphas,
-            methods,
-            settings,
-            radius_grid(args.max_radius, args.radius_step),
-            match_sigmas=match,
-            batch_size=args.batch_size,
-            device=device,
-            seed=args.seed,
-            progress=progress,
-        )
-        for curves in results["certified"].values():
-            curves["smoothing_model"] = common.smoothing_spec(args)
+        radii = radius_grid(args.max_radius, args.radius_step)
+        results["certified"] = {}
+        if smoothing_methods:
+            match = args.match_sigmas
+            if match is None:
+                match = [args.sigma * f for f in (0.8, 0.6, 0.4, 0.2)]
+            results["certified"] = certified_curves.certified_curves(
+                standard,
+                models["smoothing"],
+                data.x[:limit],
+                data.y[:limit],
+                args.alphas,
+                smoothing_methods,
+                settings,
+                radii,
+                match_sigmas=match,
+                batch_size=args.batch_size,
+                device=device,
+                seed=args.seed,
+                progress=progress,
+            )
+            for curves in results["certified"].values():
+                curves["smoothing_model"] = common.smoothing_spec(args)
+        if "lipschitz" in args.certify:
+            try:
+                results["certified"]["lipschitz"] = certified_curves.lipschitz_curves(
+                    standard, models["lipschitz"], data.x[:limit], data.y[:limit], args.alphas, args.temperatures,
+                    radii, args.batch_size, device,
+                )  # fmt: skip
+            except ValueError as error:  # a layer whose constant cannot be bounded
+                raise CommandError(f"--lipschitz-model {lipschitz_spec}: {first_line(error)}") from None
+            results["certified"]["lipschitz"]["lipschitz_model"] = lipschitz_spec
         timings["certify"] = time.perf_counter() - started
     results["timing_s"] = timings
     results["environment"] = versions() | {"device": str(device)}
@@ -269,12 +303,15 @@ def print_summary(results: dict) -> None:
 def print_certified(cert: dict) -> None:
     radii = cert["radii"]
     shown = [i for i, r in enumerate(radii) if any(abs(r - q) < 1e-9 for q in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0))]
-    print(f"certified accuracy ({cert['method']}, sigma {cert['sigma']:g}, {cert['images']} images) at radius")
-    print("  " + " " * 36 + "  ".join(f"{radii[i]:6.2f}" for i in shown))
-    for m in cert["mixture"]:
-        if m["alpha"] > 0.5:
-            label = f"mixture alpha {m['alpha']:g} (clean {m['clean_accuracy']:.3f})"
-            print(f"  {label:36s}" + "  ".join(f"{m['curve'][i]:6.3f}" for i in shown))
-    for r in cert["robust_alone"]:
-        label = f"h alone sigma {r['sigma']:g} (clean {r['clean_accuracy']:.3f})"
-        print(f"  {label:36s}" + "  ".join(f"{r['curve'][i]:6.3f}" for i in shown))
+    model = f"sigma {cert['sigma']:g}" if "sigma" in cert else f"proven constant {cert['lipschitz_constant']:.4g}"
+    print(f"certified accuracy ({cert['method']}, {model}, {cert['images']} images) at radius")
+    print("  " + " " * 44 + "  ".join(f"{radii[i]:6.2f}" for i in shown))
+    rows = [
+        (f"mixture alpha {m['alpha']:g}" + (f" T {m['temperature']:g}" if "temperature" in m else ""), m)
+        for m in cert["mixture"]
+        if m["alpha"] > 0.5
+    ]
+    rows += [("h alone" + (f" sigma {r['sigma']:g}" if "sigma" in r else ""), r) for r in cert["robust_alone"]]
+    for name, row in rows:
+        label = f"{name} (clean {row['clean_accuracy']:.3f})"
+        print(f"  {label:44s}" + "  ".join(f"{row['curve'][i]:6.3f}" for i in shown))

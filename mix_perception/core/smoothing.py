@@ -23,7 +23,7 @@ from mix_perception.core.certify import (
 from mix_perception.core.mixing import check_alpha
 
 MODES = ("votes", "probs")
-METHODS = ("smoothing", "lipschitz")
+METHODS = ("smoothing", "smoothing_theorem4")
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class SmoothedClassifier(nn.Module):
            Runner-up bound U = min(max_{i != y} U_i, 1 - L_y). (Only L_y and the largest U_i enter
            the radius, so in mode "votes", where U_i grows with the count, only those two are computed.)
         3. method "smoothing": Theorem 5, r = sigma/2 (PhiInv(alpha L_y) - PhiInv(alpha U + 1 - alpha));
-           method "lipschitz": Theorem 4 with Lip = sqrt(2/pi)/sigma for every class.
+           method "smoothing_theorem4": Theorem 4 with Lip = sqrt(2/pi)/sigma for every class.
            Radius 0 (abstain) where the bounds do not separate.
 
         Guarantee: with probability >= 1 - delta over the noise, for every x' with ||x' - x||_2 <
@@ -203,13 +203,13 @@ class SmoothedClassifier(nn.Module):
 def radius_from_bounds(p_top_lower, p_runner_upper, alpha: float, sigma: float, method: str = "smoothing"):
     """l2 radius (N,) float64 of the mixture from a smoothed h's bounds L_y and U (`top_bounds`).
 
-    "smoothing": Theorem 5, sigma/2 (PhiInv(alpha L_y) - PhiInv(alpha U + 1 - alpha)). "lipschitz":
+    "smoothing": Theorem 5, sigma/2 (PhiInv(alpha L_y) - PhiInv(alpha U + 1 - alpha)). "smoothing_theorem4":
     Theorem 4 with Lip = sqrt(2/pi)/sigma for every class, whose minimum over i != y is at the
     largest upper bound, U: (alpha (L_y - U) + alpha - 1) / (2 alpha Lip). Both clipped at 0.
     """
     if method == "smoothing":
         return smoothing_radius(p_top_lower, p_runner_upper, alpha, sigma)
-    if method == "lipschitz":
+    if method == "smoothing_theorem4":
         lower = torch.as_tensor(p_top_lower, dtype=torch.float64)
         upper = torch.stack([lower, torch.as_tensor(p_runner_upper, dtype=torch.float64)], dim=-1)
         top_class = torch.zeros(lower.shape, dtype=torch.int64, device=lower.device)

@@ -81,7 +81,8 @@ def tradeoff(results: dict, path: Path, attack: str = "mix") -> Path | None:
 
 def certified_accuracy(cert: dict, path: Path) -> Path | None:
     """Certified accuracy against l2 radius for one method (an entry of results["certified"]): the
-    mixture per alpha > 1/2 and h alone at the matched clean accuracy (the paper's Figure 3)."""
+    mixture per alpha > 1/2 (and temperature, for a Lipschitz h), and h alone — for the smoothing,
+    at the matched clean accuracy (the paper's Figure 3)."""
     if not cert:
         return None
     mixtures = [m for m in cert["mixture"] if m["alpha"] > 0.5]
@@ -91,25 +92,24 @@ def certified_accuracy(cert: dict, path: Path) -> Path | None:
     radii = cert["radii"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for m in mixtures:
-        ax.plot(radii, m["curve"], "-", label=f"mixture alpha={m['alpha']:g} (clean {m['clean_accuracy']:.3f})")
-    matched = {m["matched_robust"]["sigma"]: m["matched_robust"] for m in mixtures}
-    for index, (sigma, robust) in enumerate(sorted(matched.items(), reverse=True)):
-        ax.plot(
-            radii,
-            robust["curve"],
-            ("--", ":", "-.")[index % 3],
-            color="black",
-            label=f"h alone, sigma'={sigma:g} (clean {robust['clean_accuracy']:.3f})",
-        )
+        temperature = f", T={m['temperature']:g}" if "temperature" in m else ""
+        label = f"mixture alpha={m['alpha']:g}{temperature} (clean {m['clean_accuracy']:.3f})"
+        ax.plot(radii, m["curve"], "-", label=label)
+    if "sigma" in cert:
+        alone = {m["matched_robust"]["sigma"]: m["matched_robust"] for m in mixtures}
+        alone = [(f"h alone, sigma'={sigma:g}", robust) for sigma, robust in sorted(alone.items(), reverse=True)]
+        details = f"sigma={cert['sigma']:g}, delta={cert['delta']:g}, n={cert['n_estimate']}"
+    else:
+        alone = [("h alone", robust) for robust in cert["robust_alone"]]
+        details = f"deterministic, proven l2 constant {cert['lipschitz_constant']:.4g}"
+    for index, (name, robust) in enumerate(alone):
+        label = f"{name} (clean {robust['clean_accuracy']:.3f})"
+        ax.plot(radii, robust["curve"], ("--", ":", "-.")[index % 3], color="black", label=label)
     ax.set_xlabel("l2 radius (pixels in [0, 1])")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.set_title(
-        f"Certified accuracy ({cert['method']}, sigma={cert['sigma']:g}, delta={cert['delta']:g}, "
-        f"n={cert['n_estimate']}, {cert['images']} images)",
-        fontsize=9,
-    )
+    ax.set_title(f"Certified accuracy ({cert['method']}, {details}, {cert['images']} images)", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path, plt)
 

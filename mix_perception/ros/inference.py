@@ -4,17 +4,24 @@ plain numbers out.
 No ROS here, so it is tested with plain torch. The node feeds it (N, C, H, W) tensors and turns each
 `FrameResult` into a MixedClassification message.
 
-Certification (parameter `certification`):
-- "none": g and h are each run once per batch; p_mix = (1 - alpha) softmax(g) + alpha softmax(h); radius 0.
-- "smoothing" / "lipschitz": h is the Gaussian smoothing of the robust model (sigma). g runs once;
-  h's probabilities are the Monte Carlo estimate from `SmoothedClassifier.certify`, which also bounds
-  them (Clopper-Pearson or empirical Bernstein, Bonferroni over classes, selection samples apart from
-  estimation samples) and turns the bounds into Theorem 5 (smoothing) or Theorem 4 with
-  Lip = sqrt(2/pi)/sigma (lipschitz) l2 radii. A frame is published as certified only when the core
-  certified it (bounds separate, alpha > 1/2) AND the certified class equals the published mixed
-  class; the certificate then holds with probability >= 1 - delta. Otherwise radius 0, no certificate.
+Certification (parameter `certification`); g runs once per batch in every case:
+- "none": h runs once; p_mix = (1 - alpha) softmax(g) + alpha softmax(T h); radius 0.
+- "lipschitz": h is a network with a proven l2 Lipschitz constant on its logits (core.lipschitz,
+  computed once); h runs once, and the radius of core.certify.lipschitz_logit_radius (Lemma 2 from
+  h's logit margins, with h's temperature T) holds with probability 1 — deterministic.
+- "smoothing" / "smoothing_theorem4": h is the Gaussian smoothing of the robust model (sigma), its
+  probabilities the Monte Carlo estimate. "smoothing" with `sequential` certifies at the required
+  radius with early stopping (core.sequential); otherwise a fixed n (SmoothedClassifier.certify:
+  Clopper-Pearson or empirical Bernstein, Bonferroni over classes, selection samples apart from
+  estimation samples) gives Theorem 5 ("smoothing") or Theorem 4 with Lip = sqrt(2/pi)/sigma
+  ("smoothing_theorem4") radii, which hold with probability >= 1 - delta.
+A frame is published as certified only when the certifier certified a class (radius > 0), that class
+is the published mixed class, and alpha > 1/2. Otherwise radius 0, no certificate. T (robust_sharpening)
+sharpens h's logits for "none" and "lipschitz" (whose constant scales with it); the smoothing
+certificates are about h itself, so they need T = 1.
 """
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -33,16 +40,18 @@ CERTIFICATE_NONE = 0
 CERTIFICATE_LIPSCHITZ = 1
 CERTIFICATE_SMOOTHING = 2
 
-METHODS = ("none", "lipschitz", "smoothing")
+METHODS = ("none", "lipschitz", "smoothing", "smoothing_theorem4")
 
 
 @dataclass(frozen=True)
 class Certification:
-    """How frames are certified: `method` (METHODS), the smoothing of h (`smoothing`, used unless the
-    method is "none"), whether smoothing certifies sequentially at the required radius (`sequential`:
-    method "smoothing", votes mode) and the seed of the noise generator (None: fresh entropy)."""
+    """How frames are certified: `method` (METHODS); h's temperature T (logits x T before the softmax:
+    methods "none" and "lipschitz"); the smoothing of h (`smoothing`, methods "smoothing*"), whether it
+    certifies sequentially at the required radius (`sequential`: method "smoothing", votes mode) and
+    the seed of its noise generator (None: fresh entropy). ValueError for an inconsistent combination."""
 
     method: str = "smoothing"
+    temperature: float = 1.0
     smoothing: SmoothingSettings = field(default_factory=SmoothingSettings)
     sequential: bool = False
     seed: int | None = None
@@ -50,6 +59,11 @@ class Certification:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"certification must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.temperature != 1.0 and self.method.startswith("smoothing"):
+            raise ValueError(
+                f"robust_sharpening {self.temperature} needs certification none or lipschitz (got {self.method}): "
+                "the smoothing certificates hold for h itself, not for a sharpened h"
+            )
         if self.method == "smoothing" and self.sequential and self.smoothing.mode != "votes":
             raise ValueError(
                 "smoothing.sequential counts votes: set smoothing.mode votes, or smoothing.sequential false"
@@ -89,28 +103,58 @@ class RobustOutput(NamedTuple):
 
 
 class Uncertified:
-    """h run once per batch; no certificate."""
+    """h run once per batch, its logits x temperature; no certificate."""
 
     kind = CERTIFICATE_NONE
 
-    def __init__(self, robust: nn.Module):
-        self.robust = robust
+    def __init__(self, robust: nn.Module, temperature: float):
+        self.robust, self.temperature = robust, temperature
 
     def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
-        probs = torch.softmax(self.robust(x), dim=-1)
+        probs = torch.softmax(self.temperature * self.robust(x), dim=-1)
         zeros = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         return RobustOutput(probs, zeros - 1, zeros.double(), zeros)
 
 
+class LipschitzCertifier:
+    """h with a proven l2 constant L on its logits z (core.lipschitz, computed here once for inputs of
+    `input_shape`; ValueError naming a layer it cannot bound), sharpened by a temperature T: one forward,
+    p_h = softmax(T z), and the deterministic radius of core.certify.lipschitz_logit_radius, which holds
+    for any g with probability 1 (the bound is exact arithmetic; z comes from a float64 copy of h, so
+    rounding stays ~1e-15 relative)."""
+
+    kind = CERTIFICATE_LIPSCHITZ
+
+    def __init__(self, robust: nn.Module, temperature: float, input_shape):
+        from mix_perception.core.lipschitz import lipschitz_bound, margin_lipschitz
+
+        if input_shape is None:
+            raise ValueError("certification lipschitz needs the model's input shape (input.size, input.channels)")
+        self.robust = copy.deepcopy(robust).double()
+        self.temperature = temperature
+        self.constant = lipschitz_bound(robust, input_shape)
+        self.margin_constants = margin_lipschitz(robust, input_shape)
+
+    def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
+        from mix_perception.core.certify import lipschitz_logit_radius
+
+        logits = self.robust(x.double())
+        radius = lipschitz_logit_radius(logits, alpha, self.constant, self.margin_constants, self.temperature)
+        certified_class = logits.argmax(dim=-1).where(radius > 0, -1)
+        samples = torch.zeros_like(certified_class)
+        return RobustOutput(torch.softmax(self.temperature * logits, dim=-1), certified_class, radius, samples)
+
+
 class SmoothingCertifier:
     """h = Gaussian smoothing of the robust model, certified by `SmoothedClassifier.certify` (fixed n):
-    Theorem 5 (method "smoothing") or Theorem 4 with Lip = sqrt(2/pi)/sigma (method "lipschitz")."""
+    Theorem 5 (method "smoothing") or Theorem 4 with Lip = sqrt(2/pi)/sigma ("smoothing_theorem4")."""
+
+    kind = CERTIFICATE_SMOOTHING
 
     def __init__(self, robust: nn.Module, certification: Certification, device: torch.device):
         self.smoothed = SmoothedClassifier(robust, certification.smoothing, certification.seed)
         self.generator = self.smoothed.make_generator(device)
         self.method = certification.method
-        self.kind = CERTIFICATE_SMOOTHING if self.method == "smoothing" else CERTIFICATE_LIPSCHITZ
         self.samples = certification.smoothing.n_select + certification.smoothing.n_estimate
 
     def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
@@ -164,20 +208,25 @@ class FrameClassifier:
     Not thread-safe: one worker thread calls `classify`. Models are put in eval mode.
     """
 
-    def __init__(self, standard: nn.Module, robust: nn.Module, certification: Certification, device="cpu"):
+    def __init__(
+        self, standard: nn.Module, robust: nn.Module, certification: Certification, device="cpu", input_shape=None
+    ):
+        """input_shape (C, H, W): the model input, for the proven constant of a Lipschitz h."""
         self.device = torch.device(device)
         self.standard = for_inference(standard, self.device)
         self.robust = for_inference(robust, self.device)
         self.certification = certification
+        self.confidence = 1.0 - certification.smoothing.delta
         if certification.method == "none":
-            self.certifier = Uncertified(self.robust)
+            self.certifier = Uncertified(self.robust, certification.temperature)
             self.confidence = 0.0
+        elif certification.method == "lipschitz":
+            self.certifier = LipschitzCertifier(self.robust, certification.temperature, input_shape)
+            self.confidence = 1.0
         elif certification.method == "smoothing" and certification.sequential:
             self.certifier = SequentialCertifier(self.robust, certification, self.device)
-            self.confidence = 1.0 - certification.smoothing.delta
         else:
             self.certifier = SmoothingCertifier(self.robust, certification, self.device)
-            self.confidence = 1.0 - certification.smoothing.delta
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor, alpha: float, required_radius: float = 0.0) -> list[FrameResult]:

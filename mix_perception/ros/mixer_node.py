@@ -32,7 +32,7 @@ and only the newest frame of each camera waits (older ones are counted as droppe
 Parameters: see `mix_perception.ros.parameters.MIXER` and config/mixer.yaml. `alpha` is dynamic
 (validated: a finite double in [0, 1]; <= 0.5 is accepted but logged as uncertifiable); the others are
 configure-time parameters: settable while the mixer is not active, in force from the next configure.
-`robust_sharpening` S multiplies h's logits before mixing (certification none only).
+`robust_sharpening` T multiplies h's logits before mixing (certification none or lipschitz).
 """
 
 import math
@@ -96,9 +96,14 @@ def input_spec(values: dict) -> InputSpec:
     )
 
 
-# The embedded model that `robust_model: default` names, per certification: the base of the smoothed h
-# when certifying, the adversarially trained h otherwise.
-DEFAULT_ROBUST = {"none": "robust", "smoothing": "smoothing", "lipschitz": "smoothing"}
+# The embedded model that `robust_model: default` names, per certification: the Lipschitz network, the
+# base of the smoothed h, or the adversarially trained h without a certificate.
+DEFAULT_ROBUST = {
+    "none": "robust",
+    "lipschitz": "lipschitz",
+    "smoothing": "smoothing",
+    "smoothing_theorem4": "smoothing",
+}
 
 
 def load_models(values: dict, device):
@@ -110,22 +115,6 @@ def load_models(values: dict, device):
     standard = load_model(standard_path, arch=values["standard_arch"] or None, device=device)
     robust = load_model(robust_path, arch=values["robust_arch"] or None, device=device)
     return standard, robust
-
-
-def sharpened(robust, values: dict):
-    """h with its logits x robust_sharpening (h itself at 1). Raises ValueError when certifying with S != 1:
-    Theorems 4 and 5 bound the smoothed h's own probabilities, which a sharpened h does not have."""
-    from mix_perception.core.transforms import ScaledLogits
-
-    scale = values["robust_sharpening"]
-    if scale == 1.0:
-        return robust
-    if values["certification"] != "none":
-        raise ValueError(
-            f"robust_sharpening {scale} needs certification none (got {values['certification']}): "
-            "the certificates hold for h itself, not for a sharpened h"
-        )
-    return ScaledLogits(robust, scale)
 
 
 def certification_of(values: dict):
@@ -143,7 +132,13 @@ def certification_of(values: dict):
         batch_size=values["smoothing.batch_size"],
         n_max=values["smoothing.max_samples"],
     )
-    return Certification(values["certification"], smoothing, values["smoothing.sequential"], None if seed < 0 else seed)
+    return Certification(
+        values["certification"],
+        values["robust_sharpening"],
+        smoothing,
+        values["smoothing.sequential"],
+        None if seed < 0 else seed,
+    )
 
 
 class Runtime(NamedTuple):
@@ -156,7 +151,6 @@ class Runtime(NamedTuple):
     topics: list
     image_qos: QoSProfile
     subscribe_compressed: bool
-    sharpening: float
 
 
 def build_runtime(values: dict, models=None) -> Runtime:
@@ -175,7 +169,8 @@ def build_runtime(values: dict, models=None) -> Runtime:
     device = resolve_device(values["device"])
     certification = certification_of(values)
     standard, robust = models if models is not None else load_models(values, device)
-    classifier = FrameClassifier(standard, sharpened(robust, values), certification, device)
+    input_shape = (spec.channels, *spec.size)
+    classifier = FrameClassifier(standard, robust, certification, device, input_shape)
     image_qos = QoSProfile(
         depth=values["image_depth"],
         reliability=reliability_policy(values["image_reliability"]),
@@ -190,7 +185,6 @@ def build_runtime(values: dict, models=None) -> Runtime:
         list(values["image_topics"]),
         image_qos,
         values["subscribe_compressed"],
-        values["robust_sharpening"],
     )
 
 
@@ -289,10 +283,12 @@ class MixerNode(LifecycleNode):
         self.classification_pub = self.create_lifecycle_publisher(self._message_type, "~/classification", reliable)
         self.rejected_pub = self.create_lifecycle_publisher(DiagnosticArray, "~/rejected", reliable)
         runtime = self.runtime
+        constant = getattr(runtime.classifier.certifier, "constant", None)
         self.get_logger().info(
             f"mixer configured: device {runtime.classifier.device}, certification {self.certification.method}, "
             f"alpha {self.alpha}, cameras {', '.join(runtime.topics)}"
-            + ("" if runtime.sharpening == 1.0 else f", h's logits x {runtime.sharpening}")
+            + ("" if self.certification.temperature == 1.0 else f", h's logits x {self.certification.temperature}")
+            + (f", proven l2 constant of h's logits {constant:.6g}" if constant is not None else "")
             + ("" if self.alpha > 0.5 else " (alpha <= 0.5: no frame can be certified)")
         )
         return super().on_configure(state)
@@ -547,9 +543,12 @@ class MixerNode(LifecycleNode):
             values |= {
                 "device": str(runtime.classifier.device),
                 "certification": self.certification.method,
-                "robust_sharpening": runtime.sharpening,
+                "robust_sharpening": self.certification.temperature,
                 "cameras": len(runtime.topics),
             }
+            constant = getattr(runtime.classifier.certifier, "constant", None)
+            if constant is not None:
+                values["lipschitz_constant"] = constant
         values.update({f"rejected_{code}": count for code, count in sorted(by_code.items())})
         statuses = [diagnostics.make_status(f"{self.get_name()}: inference", level, message, values)]
         for source, numbers in cameras.items():

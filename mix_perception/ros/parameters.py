@@ -60,9 +60,10 @@ MIXER = (
     Spec(
         "robust_model",
         "default:smoothing",
-        "robust model h (or the base model hbar of the smoothed h when certifying): 'default:smoothing' "
-        "(embedded, trained with noise), 'default:robust' (embedded, adversarially trained), "
-        "'default' (the embedded one for the certification: smoothing when certifying, else robust), or a path",
+        "robust model h (the base model hbar of the smoothed h with smoothing certification): "
+        "'default:smoothing' (embedded, trained with noise), 'default:lipschitz' (embedded, 1-Lipschitz), "
+        "'default:robust' (embedded, adversarially trained), 'default' (the embedded one for the "
+        "certification), or a path",
     ),
     Spec("robust_arch", "", "architecture for a bare state_dict of the robust model"),
     Spec(
@@ -76,16 +77,18 @@ MIXER = (
     Spec(
         "robust_sharpening",
         1.0,
-        "h's logits are multiplied by this before mixing (temperature 1 / S; mix-perception calibrate "
-        "chooses it); values other than 1 need certification none, since the certificates are about h itself",
+        "h's logits are multiplied by this before mixing (mix-perception calibrate chooses it); with "
+        "certification lipschitz the constant scales with it; values other than 1 need certification none or "
+        "lipschitz, since the smoothing certificates are about h itself",
         bounds=(1e-3, 1000.0),
     ),
     Spec(
         "certification",
         "smoothing",
-        "none | lipschitz (Theorem 4) | smoothing (Theorem 5); both certify the "
-        "Gaussian smoothing of the robust model with confidence bounds",
-        choices=("none", "lipschitz", "smoothing"),
+        "none | lipschitz (a Lipschitz h with a proven constant: one forward, deterministic) | smoothing "
+        "(Theorem 5 on the Gaussian smoothing of h, holds w.p. 1 - delta) | smoothing_theorem4 (Theorem 4, "
+        "Lip = sqrt(2/pi)/sigma, on the smoothed h, fixed n)",
+        choices=("none", "lipschitz", "smoothing", "smoothing_theorem4"),
     ),
     Spec(
         "smoothing.sigma",

@@ -70,7 +70,7 @@ def test_certify_uses_separate_selection_and_estimation_samples_in_batches():
 
 
 @pytest.mark.parametrize("mode", ["votes", "probs"])
-@pytest.mark.parametrize("method", ["smoothing", "lipschitz"])
+@pytest.mark.parametrize("method", ["smoothing", "smoothing_theorem4"])
 def test_certified_radius_is_sound_for_the_exact_smoothed_model(mode, method):
     """Over many inputs and noise draws, the radius fails (the exact mixture with the worst g can be
     flipped within 0.99 r, or a bound misses the exact h) at a rate of at most delta."""

@@ -69,7 +69,7 @@ def test_results_json_schema(tiny_run):
             stats = results["margins"][kind][group]
             assert set(stats) == {"count", "mean", "median"}
         assert results["margins"][kind]["correct"]["count"] + results["margins"][kind]["incorrect"]["count"] == 32
-    assert set(results["certified"]) == {"smoothing", "lipschitz"}
+    assert set(results["certified"]) == {"smoothing", "smoothing_theorem4"}
     for method, cert in results["certified"].items():
         assert cert["method"] == method and cert["images"] == 32 and cert["norm"] == "l2"
         assert [r["sigma"] for r in cert["robust_alone"]] == [0.25, 0.1]
@@ -79,13 +79,13 @@ def test_results_json_schema(tiny_run):
             assert set(m) == {"alpha", "clean_accuracy", "curve", "matched_robust"}
             assert len(m["curve"]) == 11
     # Same bounds, so the same clean accuracies; Theorem 5's radius is never below Theorem 4's.
-    smoothing, lipschitz = results["certified"]["smoothing"], results["certified"]["lipschitz"]
-    for s_row, l_row in zip(smoothing["mixture"], lipschitz["mixture"], strict=True):
+    smoothing, theorem4 = results["certified"]["smoothing"], results["certified"]["smoothing_theorem4"]
+    for s_row, l_row in zip(smoothing["mixture"], theorem4["mixture"], strict=True):
         assert s_row["clean_accuracy"] == l_row["clean_accuracy"]
         assert all(a >= b for a, b in zip(s_row["curve"], l_row["curve"], strict=True))
     assert results["claims"]["paper_linear_mixing"]["attack"] == "mix"
     names = ("accuracy_vs_alpha.png", "tradeoff.png", "certified_accuracy_smoothing.png")
-    for name in (*names, "certified_accuracy_lipschitz.png"):
+    for name in (*names, "certified_accuracy_smoothing_theorem4.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
 
@@ -123,7 +123,7 @@ def _noisy_linear(seed=0) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).eval()
 
 
-@pytest.mark.parametrize("method", ["smoothing", "lipschitz"])
+@pytest.mark.parametrize("method", ["smoothing", "smoothing_theorem4"])
 @pytest.mark.parametrize("mode", ["votes", "probs"])
 def test_radius_from_bounds_equals_certify(method, mode):
     base = _noisy_linear()
@@ -253,3 +253,49 @@ def test_calibrate_runs_on_user_checkpoints_with_a_torchvision_h(checkpoints, tm
     assert params["alpha"] in (0.6, 1.0)
     for name in ("standard_model", "robust_model"):
         assert load_model(params[name])(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.slow  # a Lipschitz CNN's proven constant and an evaluate run
+def test_deterministic_lipschitz_curves_of_a_lipschitz_h(checkpoints, tmp_path, capsys):
+    """evaluate --certify lipschitz on a (random) Lipschitz CNN: the curve of h alone is what
+    lipschitz_logit_radius gives on h's own float64 logits, the mixtures certify nothing at alpha <= 1/2,
+    and a layer whose constant cannot be bounded (a resnet's batch norm) is refused with one line."""
+    from mix_perception.core.certify import lipschitz_logit_radius
+    from mix_perception.core.lipschitz import lipschitz_bound, margin_lipschitz
+    from mix_perception.core.models import load_model
+
+    standard, resnet = checkpoints
+    torch.manual_seed(1)
+    lipschitz = tmp_path / "lipschitz.pt"
+    network = build("lipschitz_cnn")
+    torch.save({"arch": "mix_perception:lipschitz_cnn", "state_dict": network.state_dict()}, lipschitz)
+    out = tmp_path / "out"
+    argv = [
+        "evaluate", "--standard", str(standard), "--robust", str(standard), "--attacks", "none", "--limit", "24",
+        "--alphas", "0.4,0.8", "--certify", "lipschitz", "--lipschitz-model", str(lipschitz), "--temperatures", "1,3",
+        "--max-radius", "0.2", "--radius-step", "0.05", "--device", "cpu", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    cert = json.loads((out / "results.json").read_text())["certified"]["lipschitz"]
+    assert [(m["alpha"], m["temperature"]) for m in cert["mixture"]] == [(0.4, 1.0), (0.8, 1.0), (0.4, 3.0), (0.8, 3.0)]
+    assert all(v == 0.0 for m in cert["mixture"] if m["alpha"] <= 0.5 for v in m["curve"])
+    model = load_model(lipschitz)
+    x, y = data.load_data("test", 24)[:2]
+    assert cert["lipschitz_constant"] == pytest.approx(lipschitz_bound(model, (1, 28, 28)))
+    with torch.no_grad():
+        z = model.double()(x.double())
+    own = lipschitz_logit_radius(z, 1.0, cert["lipschitz_constant"], margin_lipschitz(model, (1, 28, 28)))
+    right = z.argmax(-1) == y
+    expected = [float((right & (own > 0) & (own >= r)).double().mean()) for r in cert["radii"]]
+    assert cert["robust_alone"][0]["curve"] == pytest.approx(expected)
+    assert (out / "certified_accuracy_lipschitz.png").read_bytes()[:8] == PNG_MAGIC
+
+    refused = argv[:]
+    refused[refused.index(str(lipschitz))] = str(resnet)
+    refused[refused.index("--lipschitz-model") + 2 : refused.index("--lipschitz-model") + 2] = [
+        "--lipschitz-arch", "resnet18", "--input-channels", "1",
+    ]  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(refused) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot bound the Lipschitz constant of layer type ResNet" in err and "\n" not in err

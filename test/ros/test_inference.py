@@ -9,7 +9,6 @@ from torch import nn
 from mix_perception.core.mixing import mix_logits
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 from mix_perception.ros.inference import (
-    CERTIFICATE_LIPSCHITZ,
     CERTIFICATE_NONE,
     CERTIFICATE_SMOOTHING,
     Certification,
@@ -26,7 +25,7 @@ def linear(seed: int) -> nn.Module:
 
 X = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 SETTINGS = SmoothingSettings(sigma=0.25, n_select=16, n_estimate=200, delta=0.001, batch_size=512)
-SMOOTHING = Certification("smoothing", SETTINGS, seed=1)
+SMOOTHING = Certification("smoothing", smoothing=SETTINGS, seed=1)
 
 
 @pytest.fixture
@@ -64,14 +63,14 @@ def test_a_frame_is_classified_the_same_alone_and_in_a_batch():
         np.testing.assert_allclose(alone.probabilities, batch[index].probabilities, atol=1e-6)
 
 
-@pytest.mark.parametrize("method, kind", [("smoothing", CERTIFICATE_SMOOTHING), ("lipschitz", CERTIFICATE_LIPSCHITZ)])
-def test_a_confident_robust_model_is_certified_with_the_cores_radius(method, kind, constant):
-    certification = Certification(method, SETTINGS, seed=1)
+@pytest.mark.parametrize("method", ["smoothing", "smoothing_theorem4"])
+def test_a_confident_robust_model_is_certified_with_the_cores_radius(method, constant):
+    certification = Certification(method, smoothing=SETTINGS, seed=1)
     results = FrameClassifier(linear(0), constant(3), certification).classify(X, 0.8)
     reference = SmoothedClassifier(constant(3), SETTINGS, seed=1).certify(X, 0.8, method=method)
     for result, radius in zip(results, reference.radius, strict=True):
         assert result.class_id == 3 and result.robust_class_id == 3
-        assert result.certified and result.certificate == kind and result.norm == "l2"
+        assert result.certified and result.certificate == CERTIFICATE_SMOOTHING and result.norm == "l2"
         assert result.confidence == pytest.approx(0.999)
         assert result.certified_radius == pytest.approx(float(radius), rel=1e-6)
         assert result.robust_margin == pytest.approx(1.0)
@@ -137,13 +136,19 @@ def test_an_unknown_certification_method_is_refused():
         Certification("exact")
 
 
+def test_a_sharpened_h_is_refused_with_a_smoothing_certificate():
+    with pytest.raises(ValueError, match="needs certification none or lipschitz"):
+        Certification("smoothing", temperature=2.0)
+    assert Certification("lipschitz", temperature=2.0).temperature == 2.0
+
+
 def test_sequential_smoothing_publishes_the_cores_sequential_certificate(constant, constant_logits):
     """Sequential certification at the required radius: a confident h certifies at the first look with the
     radius of certify_sequential; the plan follows alpha and the radius; a frame whose bound stops below
     the required radius still publishes the smaller radius it certifies."""
     from mix_perception.core.sequential import SequentialPlan, certify_sequential
 
-    certification = Certification("smoothing", SETTINGS, sequential=True, seed=1)
+    certification = Certification("smoothing", smoothing=SETTINGS, sequential=True, seed=1)
     classifier = FrameClassifier(linear(0), constant(3), certification)
     results = classifier.classify(X, 0.8, 0.1)
     plan = SequentialPlan(0.25, 0.8, 0.1, SETTINGS.delta, SETTINGS.n_max)
@@ -161,4 +166,4 @@ def test_sequential_smoothing_publishes_the_cores_sequential_certificate(constan
 
 def test_sequential_needs_votes():
     with pytest.raises(ValueError, match="smoothing.sequential counts votes"):
-        Certification("smoothing", SmoothingSettings(mode="probs"), sequential=True)
+        Certification("smoothing", smoothing=SmoothingSettings(mode="probs"), sequential=True)

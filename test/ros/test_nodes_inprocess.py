@@ -62,7 +62,11 @@ def test_mixer_declares_every_parameter_and_uses_injected_models(context):
 @pytest.mark.parametrize(
     "name, value, message",
     [
-        ("certification", "exact", r"parameter certification must be one of none, lipschitz, smoothing, got 'exact'"),
+        (
+            "certification",
+            "exact",
+            r"parameter certification must be one of none, lipschitz, smoothing, smoothing_theorem4, got 'exact'",
+        ),
         ("input.size", [28], r"input.size must be \[height, width\] of positive ints, got \[28\]"),
         ("input.std", [0.0], r"input.std must be positive"),
         ("device", "tpu", r"invalid device 'tpu'"),
@@ -79,14 +83,14 @@ def test_mixer_refuses_an_out_of_range_alpha_at_once(context):
         MixerNode(tiny(), tiny(), context=context, parameter_overrides=[Parameter("alpha", value=math.nan)])
 
 
-def test_mixer_refuses_robust_sharpening_with_a_certificate(context):
-    for certification in ("smoothing", "lipschitz"):
+def test_mixer_refuses_robust_sharpening_with_a_smoothing_certificate(context):
+    for certification in ("smoothing", "smoothing_theorem4"):
         overrides = [Parameter("robust_sharpening", value=2.0), Parameter("certification", value=certification)]
-        with pytest.raises(RuntimeError, match="robust_sharpening 2.0 needs certification none"):
+        with pytest.raises(RuntimeError, match="robust_sharpening 2.0 needs certification none or lipschitz"):
             started(context, overrides)
     node = started(context, [Parameter("robust_sharpening", value=2.0), Parameter("certification", value="none")])
     try:
-        assert node.runtime.classifier.robust.scale == 2.0
+        assert node.certification.temperature == 2.0 and node.runtime.classifier.certifier.temperature == 2.0
     finally:
         node.destroy_node()
 
