@@ -4,11 +4,14 @@ Goal "attack" (default): the highest clean accuracy whose accuracy under adaptiv
 mixture (MIX; or the per-image worst of MIX, STD, ROB with --floor-attack worst) reaches the floor,
 over a grid of alphas and sharpenings of h's logits (temperature: logits x S; or the MixedNUTS-style
 S * relu(LN(z) + C) ** P). Goal "certified": the highest clean accuracy whose certified accuracy
-at --radius (smoothed h, confidence bounds) reaches the floor, over alphas (no sharpening: the
-certificates need the plain smoothed h). The floor is --min-robust (absolute) or --min-robust-ratio
-(fraction of h alone's own number on the same images; default 0.9). A candidate reaches it when a
-one-sided Clopper-Pearson lower bound on its robustness, at level 1 - --floor-delta (default 0.05),
-does, so that the floor also holds on new images; --floor-delta 0 compares the measured number.
+at --radius reaches the floor: with --certification smoothing (or smoothing_theorem4) over alphas,
+for the smoothed h with confidence bounds (no sharpening: those certificates need the plain smoothed
+h); with --certification lipschitz over alphas x temperatures (--scales) together, for the
+deterministic certificate of a Lipschitz h (--lipschitz-model). The floor is --min-robust (absolute)
+or --min-robust-ratio (fraction of h alone's own number on the same images; default 0.9). A
+candidate reaches it when a one-sided Clopper-Pearson lower bound on its robustness, at level
+1 - --floor-delta (default 0.05), does, so that the floor also holds on new images; --floor-delta 0
+compares the measured number.
 
 The search runs on the calibration split (disjoint from the test split); the chosen setting is then
 measured on the test split. Writes OUT/mixer_calibrated.yaml (load it with
@@ -91,18 +94,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_attack_options(parser)
     parser.add_argument(
         "--certification",
-        choices=("lipschitz", "smoothing"),
+        choices=("smoothing", "smoothing_theorem4", "lipschitz"),
         default="smoothing",
-        help="goal certified: Theorem 4 (lipschitz) or 5 (smoothing) (default smoothing)",
+        help="goal certified: Theorem 5 (smoothing) or 4 (smoothing_theorem4) on the smoothed --smoothing-model, "
+        "or the deterministic certificate of --lipschitz-model with alpha and a temperature (--scales) chosen "
+        "together (default smoothing)",
     )
     common.add_certify_options(parser)
+    common.add_lipschitz_options(parser)
     parser.add_argument("--yaml", type=Path, default=None, help="parameter file (default OUT/mixer_calibrated.yaml)")
     common.add_run_options(parser, "calibration")
 
 
 def main(args) -> int:
     from mix_perception.cli import CommandError
-    from mix_perception.experiments import calibration, certified_curves, parameter_file, plots
+    from mix_perception.core.transforms import Transform
+    from mix_perception.experiments import calibration, parameter_file, plots
+    from mix_perception.experiments.batches import accuracy
 
     settings = common.smoothing_settings(args)
     if args.transform == "mixednuts" and any(p < 1 for p in args.powers):
@@ -135,20 +143,16 @@ def main(args) -> int:
             reference, args.batch_size, device, args.seed, progress, args.search, args.floor_delta,
         )  # fmt: skip
     else:
-        robust_spec = common.smoothing_spec(args)
-        robust = common.load_one(robust_spec, args.smoothing_arch, args, device)
-        common.check_models({"standard": standard, "smoothing": robust}, calib, device)
-        bounds = certified_curves.smoothing_bounds(
-            robust, calib.x, settings, device=device, seed=args.seed, progress=progress
-        )
-        probe = calibration.calibrate_certified(
-            standard, bounds, calib.y, [1.0], args.radius, 0.0, args.certification, args.batch_size, device, x=calib.x
-        )
-        floor = _floor(args, probe.reference["certified_accuracy"])
-        result = calibration.calibrate_certified(
-            standard, bounds, calib.y, args.alphas, args.radius, floor, args.certification, args.batch_size, device,
-            x=calib.x, floor_delta=args.floor_delta,
-        )  # fmt: skip
+        lipschitz = args.certification == "lipschitz"
+        robust_spec = common.lipschitz_spec(args) if lipschitz else common.smoothing_spec(args)
+        arch = args.lipschitz_arch if lipschitz else args.smoothing_arch
+        robust = common.load_one(robust_spec, arch, args, device)
+        common.check_models({"standard": standard, "robust": robust}, calib, device)
+        outcome = _certified_outcome(args, standard, robust, calib, settings, device, progress, args.seed)
+        floor = _floor(args, accuracy(outcome(1.0, Transform()).certified))
+        transforms = calibration.transform_grid("temperature", args.scales) if lipschitz else [Transform()]
+        candidates = [(a, t) for t in transforms for a in args.alphas]
+        result = calibration.calibrate_certified(outcome, candidates, floor, args.floor_delta)
     search_seconds = time.perf_counter() - started
 
     report = {
@@ -198,7 +202,8 @@ def _floor(args, reference_value: float) -> float:
 
 def _measure_test(args, standard, robust, chosen, test, config, settings, device, progress) -> dict:
     """Test-split numbers of the chosen setting and of h alone (the targets' reference)."""
-    from mix_perception.experiments import autoattack, calibration, certified_curves, sweeps
+    from mix_perception.core.transforms import Transform
+    from mix_perception.experiments import autoattack, calibration, sweeps
     from mix_perception.experiments.batches import accuracy
 
     if args.goal == "attack":
@@ -238,23 +243,39 @@ def _measure_test(args, standard, robust, chosen, test, config, settings, device
             "paper_mix_at_least_0.8_of_robust": ratio is not None and ratio >= 0.8,
         }
         return {"images": int(len(test.y)), "mixture": row, "robust_alone": reference, "targets": targets}
-    bounds = certified_curves.smoothing_bounds(
-        robust, test.x, settings, device=device, seed=args.seed + 1, progress=progress
-    )
-    measured = calibration.calibrate_certified(
-        standard, bounds, test.y, [chosen.alpha], args.radius, 0.0, args.certification, args.batch_size, device,
-        x=test.x,
-    )  # fmt: skip
-    candidate = measured.candidates[0]
+    outcome = _certified_outcome(args, standard, robust, test, settings, device, progress, args.seed + 1)
+    mixture, alone = outcome(chosen.alpha, chosen.transform), outcome(1.0, Transform())
     return {
         "images": int(len(test.y)),
         "mixture": {
             "alpha": chosen.alpha,
-            "clean_accuracy": candidate.clean_accuracy,
-            "certified_accuracy": candidate.robust_accuracy,
+            "transform": chosen.transform.describe(),
+            "clean_accuracy": accuracy(mixture.clean),
+            "certified_accuracy": accuracy(mixture.certified),
         },
-        "robust_alone": measured.reference,
+        "robust_alone": {"clean_accuracy": accuracy(alone.clean), "certified_accuracy": accuracy(alone.certified)},
     }
+
+
+def _certified_outcome(args, standard, robust, data, settings, device, progress, seed):
+    """outcome(alpha, transform) -> certified_curves.Outcome on `data` at --radius: the Lipschitz h at the
+    transform's temperature, or the smoothed h (Theorem 5 or 4; one Monte Carlo pass serves every alpha)."""
+    from mix_perception.experiments import certified_curves
+    from mix_perception.experiments.batches import log_probs
+
+    standard_probs = log_probs(standard.to(device).eval(), data.x, args.batch_size, device).exp()
+    if args.certification == "lipschitz":
+        try:
+            h = certified_curves.lipschitz_logits(robust, data.x, args.batch_size, device)
+        except ValueError as error:  # a layer whose constant cannot be bounded
+            from mix_perception.cli import CommandError
+            from mix_perception.core.errors import first_line
+
+            raise CommandError(f"--lipschitz-model: {first_line(error)}") from None
+        return lambda a, t: certified_curves.lipschitz_outcome(standard_probs, h, data.y, a, t.scale, args.radius)
+    bounds = certified_curves.smoothing_bounds(robust, data.x, settings, device=device, seed=seed, progress=progress)
+    method = args.certification
+    return lambda a, t: certified_curves.smoothing_outcome(standard_probs, bounds, data.y, a, method, args.radius)
 
 
 def _node_file(args, chosen, standard, robust, calib, standard_spec, robust_spec, yaml_path: Path, result, settings):
@@ -285,6 +306,13 @@ def _node_file(args, chosen, standard, robust, calib, standard_spec, robust_spec
         f"(lower bound {chosen.robust_lower:.4f}). Details: calibration.json next to this file.",
         "Use: mix-perception run --config <this file>   (parameters not listed keep their defaults)",
     ]
+    if args.goal == "certified" and args.certification == "lipschitz":
+        robust_model, robust_arch = node_model(robust_spec, args.lipschitz_arch, robust, "lipschitz")
+        sharpening = {} if chosen.transform.identity else {"robust_sharpening": float(chosen.transform.scale)}
+        params = parameter_file.node_parameters(
+            chosen.alpha, standard_model, robust_model, "lipschitz", standard_arch, robust_arch, extra=sharpening
+        )
+        return params, comments
     if args.goal == "certified":
         robust_model, robust_arch = node_model(robust_spec, args.smoothing_arch, robust, "smoothing_base")
         params = parameter_file.node_parameters(
@@ -325,7 +353,9 @@ def _config(args, calib, test, standard_spec, robust_spec, config, settings) -> 
         "search": args.search if args.goal == "attack" else None,
         "radius": args.radius if args.goal == "certified" else None,
         "alphas": list(args.alphas),
-        "transform": args.transform if args.goal == "attack" else None,
+        "transform": "temperature" if args.goal == "certified" and args.certification == "lipschitz" else (
+            args.transform if args.goal == "attack" else None
+        ),
         "scales": list(args.scales),
         "powers": list(args.powers) if args.transform == "mixednuts" else None,
         "offsets": list(args.offsets) if args.transform == "mixednuts" else None,

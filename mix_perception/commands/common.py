@@ -169,6 +169,14 @@ def add_certify_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--noise-batch-size", type=positive_int, default=1000, help="noisy inputs per forward")
 
 
+def add_lipschitz_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("deterministic certification (a Lipschitz h)")
+    group.add_argument(
+        "--lipschitz-model", default="default:lipschitz", help="h with a provable l2 constant (default: embedded)"
+    )
+    group.add_argument("--lipschitz-arch", default=None, help="architecture of a bare state_dict Lipschitz model")
+
+
 def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     group = parser.add_argument_group("run")
     group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -290,6 +298,13 @@ SMOOTHING_OPTIONS = {
     "mode": "--mode",
     "batch_size": "--noise-batch-size",
 }
+
+
+def lipschitz_spec(args) -> str:
+    """--lipschitz-model, with "default" read as the embedded Lipschitz model."""
+    from mix_perception.core.models import default_spec
+
+    return default_spec(args.lipschitz_model, "lipschitz")
 
 
 def smoothing_settings(args):

@@ -77,15 +77,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "lipschitz (deterministic, --lipschitz-model with its proven constant); or none (default)",
     )
     common.add_certify_options(parser)
-    group = parser.add_argument_group("deterministic certification (a Lipschitz h)")
-    group.add_argument(
-        "--lipschitz-model",
-        default="default:lipschitz",
-        help="h with a provable l2 constant (default default:lipschitz)",
-    )
-    group.add_argument("--lipschitz-arch", default=None, help="architecture of a bare state_dict Lipschitz model")
-    group.add_argument(
-        "--temperatures", type=float_list, default=[1.0], help="h's logits x T before mixing (default 1)"
+    common.add_lipschitz_options(parser)
+    parser.add_argument(
+        "--temperatures", type=float_list, default=[1.0], help="Lipschitz h's logits x T before mixing (default 1)"
     )
     group = parser.add_argument_group("certified curves")
     group.add_argument("--certify-limit", type=positive_int, default=None, help="certify only the first N images")
@@ -107,7 +101,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from mix_perception.cli import CommandError
     from mix_perception.core.errors import first_line
-    from mix_perception.core.models import default_spec
     from mix_perception.experiments import certified_curves, margins, plots, sweeps
 
     settings = common.smoothing_settings(args)
@@ -130,7 +123,7 @@ def main(args) -> int:
     if smoothing_methods:
         models["smoothing"] = common.load_one(common.smoothing_spec(args), args.smoothing_arch, args, device)
     if "lipschitz" in args.certify:
-        lipschitz_spec = default_spec(args.lipschitz_model, "lipschitz")
+        lipschitz_spec = common.lipschitz_spec(args)
         models["lipschitz"] = common.load_one(lipschitz_spec, args.lipschitz_arch, args, device)
     common.check_models(models, data, device)
     progress = not args.quiet

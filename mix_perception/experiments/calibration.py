@@ -35,7 +35,6 @@ from torch import nn
 from mix_perception.core.bounds import clopper_pearson_lower
 from mix_perception.core.mixing import MixedClassifier, check_alpha
 from mix_perception.core.transforms import TRANSFORMS, Transform
-from mix_perception.experiments import certified_curves
 from mix_perception.experiments.attacks import PGDConfig, adversarial_inputs
 from mix_perception.experiments.batches import accuracy, log_probs, logits
 from mix_perception.experiments.sweeps import mixed_predictions
@@ -235,47 +234,25 @@ def _robust_accuracy(standard, robust, candidate, x, y, config, floor_attack, ca
 
 
 def calibrate_certified(
-    standard: nn.Module,
-    bounds: certified_curves.Bounds,
-    y: torch.Tensor,
-    alphas: Sequence[float],
-    radius: float,
-    floor: float,
-    method: str = "smoothing",
-    batch_size: int = 500,
-    device="cpu",
-    x: torch.Tensor | None = None,
-    standard_probs: torch.Tensor | None = None,
-    floor_delta: float = 0.05,
+    outcome, candidates: Sequence[tuple[float, Transform]], floor: float, floor_delta: float = 0.05
 ) -> Calibration:
-    """Highest clean accuracy over alphas whose certified accuracy at l2 `radius` reaches the floor (its
-    lower confidence bound at level 1 - floor_delta is >= floor; see the module docstring).
+    """Highest clean accuracy over the candidates (alpha, transform) whose certified accuracy reaches the
+    floor (its lower confidence bound at level 1 - floor_delta is >= floor; see the module docstring).
 
-    `bounds`: certified_curves.smoothing_bounds of the smoothed h on the calibration images (one pass
-    serves every alpha). Certified accuracy at r = fraction of images whose certified class is the
-    label, that the mixture classifies correctly, and whose radius (Theorem 5 or 4) is >= r and > 0.
-    Pass g's clean probabilities `standard_probs` (N, C), or `x` to compute them.
+    outcome(alpha, transform) -> certified_curves.Outcome on the calibration images at the radius asked
+    (certified_curves.smoothing_outcome for a smoothed h: transforms are the identity there;
+    certified_curves.lipschitz_outcome for a Lipschitz h: a temperature). The reference, h alone, is
+    the outcome at alpha 1 with the identity.
     """
     if not 0.0 <= floor <= 1.0:
         raise ValueError(f"floor must be in [0, 1], got {floor!r}")
-    y = y.cpu()
-    if standard_probs is None:
-        standard_probs = log_probs(standard.to(device).eval(), x, batch_size, device).exp()
-    candidates = []
-    for a in alphas:
-        a = check_alpha(a)
-        clean = certified_curves.smoothed_mixture_predictions(standard_probs, bounds, a) == y
-        correct = certified_curves.mixture_certified_correct(standard_probs, bounds, y, a)
-        radii = certified_curves.certified_radius(bounds, a, method)
-        certified = certified_curves.certified_curve(correct, radii, [radius])[0]
-        candidate = Candidate(a, Transform(), accuracy(clean))
-        candidate.judge(certified, len(y), floor, floor_delta)
-        candidates.append(candidate)
-    feasible = [c for c in _order(candidates) if c.feasible]
-    robust_radius = certified_curves.certified_radius(bounds, 1.0, method)
-    reference = {
-        "clean_accuracy": accuracy(bounds.robust_probs.argmax(-1) == y),
-        "certified_accuracy": certified_curves.certified_curve(bounds.prediction == y, robust_radius, [radius])[0],
-        "radius": float(radius),
-    }
-    return Calibration("certified", float(floor), floor_delta, feasible[0] if feasible else None, candidates, reference)
+    measured = []
+    for alpha, transform in candidates:
+        result = outcome(check_alpha(alpha), transform)
+        candidate = Candidate(float(alpha), transform, accuracy(result.clean))
+        candidate.judge(accuracy(result.certified), len(result.clean), floor, floor_delta)
+        measured.append(candidate)
+    feasible = [c for c in _order(measured) if c.feasible]
+    alone = outcome(1.0, Transform())
+    reference = {"clean_accuracy": accuracy(alone.clean), "certified_accuracy": accuracy(alone.certified)}
+    return Calibration("certified", float(floor), floor_delta, feasible[0] if feasible else None, measured, reference)

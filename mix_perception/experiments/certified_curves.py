@@ -90,6 +90,23 @@ def mixture_certified_correct(standard_probs, bounds: Bounds, y, alpha) -> torch
     return (bounds.prediction == y) & (smoothed_mixture_predictions(standard_probs, bounds, alpha) == y)
 
 
+class Outcome(NamedTuple):
+    """Per image (N,) bool, for one mixture at one radius r: `clean`, the mixture is right on the clean
+    image; `certified`, it is certified right at r (h's certified class is the label, the mixture
+    predicts the label, and the radius is >= r and > 0)."""
+
+    clean: torch.Tensor
+    certified: torch.Tensor
+
+
+def smoothing_outcome(standard_probs, bounds: Bounds, y, alpha: float, method: str, radius: float) -> Outcome:
+    """The Outcome of the mixture of g (clean probabilities (N, C)) and the smoothed h of `bounds`."""
+    y = y.cpu()
+    radii = certified_radius(bounds, alpha, method)
+    certified = mixture_certified_correct(standard_probs, bounds, y, alpha) & (radii > 0) & (radii >= radius)
+    return Outcome(smoothed_mixture_predictions(standard_probs, bounds, alpha) == y, certified)
+
+
 def match_clean_accuracy(target: float, candidates: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """(sigma, clean accuracy) of h alone to compare with a mixture of clean accuracy `target`.
 
@@ -201,6 +218,46 @@ def certified_curves(
     return results
 
 
+class LipschitzLogits(NamedTuple):
+    """A Lipschitz h on a data set: its logits (N, C) float64 (from a float64 copy of h) and its proven
+    constants (core.lipschitz): `constant` L for the logits, `margin_constants` (C, C) for their differences."""
+
+    logits: torch.Tensor
+    constant: float
+    margin_constants: torch.Tensor
+
+
+def lipschitz_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 500, device="cpu") -> LipschitzLogits:
+    """h's float64 logits on x and its constants for inputs of x's shape; ValueError for a layer it cannot bound."""
+    from mix_perception.core.lipschitz import lipschitz_bound, margin_lipschitz
+
+    model = model.to(device).eval()
+    shape = tuple(x.shape[1:])
+    constant, margin_constants = lipschitz_bound(model, shape), margin_lipschitz(model, shape)
+    model64 = copy.deepcopy(model).double()
+    with torch.no_grad():
+        z = torch.cat([model64(x[part].to(device).double()).cpu() for part in slices(len(x), batch_size)])
+    return LipschitzLogits(z, constant, margin_constants)
+
+
+def lipschitz_radius(h: LipschitzLogits, alpha: float, temperature: float = 1.0) -> torch.Tensor:
+    """Deterministic radius (N,) of the mixture with h's probabilities softmax(T z), alpha (any g)."""
+    from mix_perception.core.certify import lipschitz_logit_radius
+
+    return lipschitz_logit_radius(h.logits, check_alpha(alpha), h.constant, h.margin_constants, temperature)
+
+
+def lipschitz_outcome(
+    standard_probs, h: LipschitzLogits, y, alpha: float, temperature: float, radius: float
+) -> Outcome:
+    """The Outcome of the mixture of g (clean probabilities (N, C)) and the Lipschitz h at temperature T."""
+    y = y.cpu()
+    robust_probs = torch.softmax(temperature * h.logits, dim=-1)
+    clean = ((1.0 - alpha) * standard_probs.double() + alpha * robust_probs).argmax(-1) == y
+    radii = lipschitz_radius(h, alpha, temperature)
+    return Outcome(clean, clean & (h.logits.argmax(-1) == y) & (radii > 0) & (radii >= radius))
+
+
 def lipschitz_curves(
     standard: nn.Module,
     lipschitz_model: nn.Module,
@@ -224,43 +281,28 @@ def lipschitz_curves(
     Returns a JSON-ready dict: method "lipschitz", norm "l2", lipschitz_constant, radii, images,
     robust_alone [{clean_accuracy, curve}], mixture [{alpha, temperature, clean_accuracy, curve}].
     """
-    from mix_perception.core.certify import lipschitz_logit_radius
-    from mix_perception.core.lipschitz import lipschitz_bound, margin_lipschitz
-
     radii = [float(r) for r in radii]
-    lipschitz_model = lipschitz_model.to(device).eval()
-    constant = lipschitz_bound(lipschitz_model, tuple(x.shape[1:]))
-    margin_constants = margin_lipschitz(lipschitz_model, tuple(x.shape[1:]))
-    standard_probs = log_probs(standard.to(device).eval(), x, batch_size, device).exp().double()
-    model64 = copy.deepcopy(lipschitz_model).double()  # the certificate's logits in float64
-    with torch.no_grad():
-        z = torch.cat([model64(x[part].to(device).double()).cpu() for part in slices(len(x), batch_size)])
+    h = lipschitz_logits(lipschitz_model, x, batch_size, device)
+    standard_probs = log_probs(standard.to(device).eval(), x, batch_size, device).exp()
     y = y.cpu()
-    robust_right = z.argmax(-1) == y
-    own = lipschitz_logit_radius(z, 1.0, constant, margin_constants)
+    robust_right = h.logits.argmax(-1) == y
     mixtures = []
     for temperature in temperatures:
-        robust_probs = torch.softmax(float(temperature) * z, dim=-1)
         for a in alphas:
-            a = check_alpha(a)
-            mixed_right = ((1.0 - a) * standard_probs + a * robust_probs).argmax(-1) == y
-            radius = lipschitz_logit_radius(z, a, constant, margin_constants, float(temperature))
+            clean = lipschitz_outcome(standard_probs, h, y, a, float(temperature), 0.0).clean
+            curve = certified_curve(clean & robust_right, lipschitz_radius(h, a, float(temperature)), radii)
             mixtures.append(
-                {
-                    "alpha": a,
-                    "temperature": float(temperature),
-                    "clean_accuracy": accuracy(mixed_right),
-                    "curve": certified_curve(robust_right & mixed_right, radius, radii),
-                }
-            )
+                {"alpha": check_alpha(a), "temperature": float(temperature), "clean_accuracy": accuracy(clean),
+                 "curve": curve}
+            )  # fmt: skip
+    own_radius = lipschitz_radius(h, 1.0)
+    alone = {"clean_accuracy": accuracy(robust_right), "curve": certified_curve(robust_right, own_radius, radii)}
     return {
         "method": "lipschitz",
         "norm": "l2",
-        "lipschitz_constant": constant,
+        "lipschitz_constant": h.constant,
         "images": int(len(x)),
         "radii": radii,
-        "robust_alone": [
-            {"clean_accuracy": accuracy(robust_right), "curve": certified_curve(robust_right, own, radii)}
-        ],
+        "robust_alone": [alone],
         "mixture": mixtures,
     }

@@ -156,6 +156,12 @@ def certified_case():
     return y, standard_probs, bounds
 
 
+def smoothing_case(radius: float):
+    """outcome(alpha, transform) of the certified case at `radius` (Theorem 5)."""
+    y, standard_probs, bounds = certified_case()
+    return lambda a, t: certified_curves.smoothing_outcome(standard_probs, bounds, y, a, "smoothing", radius)
+
+
 def expected_certified(alpha: float, radius: float) -> tuple[float, float]:
     """(clean, certified accuracy at radius) by hand: image 0 always right; images 1, 2 right iff
     0.9 a > 1 - a + 0.1 a; image 3 right iff 1 - a + 0.4 a > 0.6 a but never certified (h says 0);
@@ -174,9 +180,7 @@ def expected_certified(alpha: float, radius: float) -> tuple[float, float]:
 def test_certified_goal_picks_the_known_answer(radius, floor):
     y, standard_probs, bounds = certified_case()
     alphas = [0.4, 0.6, 0.7, 0.8, 0.9, 1.0]
-    result = calibration.calibrate_certified(
-        None, bounds, y, alphas, radius, floor, standard_probs=standard_probs, floor_delta=0.0
-    )
+    result = calibration.calibrate_certified(smoothing_case(radius), [(a, Transform()) for a in alphas], floor, 0.0)
     for c in result.candidates:
         clean, certified = expected_certified(c.alpha, radius)
         assert c.clean_accuracy == clean and c.robust_accuracy == pytest.approx(certified)
@@ -192,13 +196,50 @@ def test_certified_goal_picks_the_known_answer(radius, floor):
 def test_certified_goal_holds_the_floor_against_the_lower_bound():
     """Alpha 0.9 certifies 3 of 4 images at radius 0.1; with delta 0.05 the bound is Beta(3, 2)'s 5%
     quantile, 0.249: a floor of 0.2 is reached, 0.3 (which 3/4 measured would reach) is not."""
-    y, standard_probs, bounds = certified_case()
     assert expected_certified(0.9, 0.1)[1] == 0.75
     for floor, reached in [(0.2, True), (0.3, False)]:
-        result = calibration.calibrate_certified(None, bounds, y, [0.9], 0.1, floor, standard_probs=standard_probs)
+        result = calibration.calibrate_certified(smoothing_case(0.1), [(0.9, Transform())], floor)
         (candidate,) = result.candidates
         assert candidate.robust_lower == pytest.approx(0.2486, abs=1e-4)
         assert (result.chosen is candidate) == reached
+
+
+def test_certified_goal_with_a_lipschitz_h_chooses_alpha_and_temperature_together():
+    """Two classes, Lipschitz constant 1; g is sure of class 0 everywhere. 10 images of class 1 where h's
+    logits are (0, 2) (h right and confident) and 10 of class 0 where they are (0, 0.52) (h wrong, unsure).
+    On the first, the mixture is right iff alpha s(2T) > 1 - alpha + alpha s(-2T) (s the sigmoid) and is
+    certified when the deterministic radius reaches 0.9; on the second, right iff 1 - alpha + alpha s(-0.52T)
+    > alpha s(0.52T). At T = 1 the first group is certified from alpha 0.8 on, where the second is lost
+    (alpha > 0.797); at T = 3 it is certified from alpha 0.6, where the second is still right (< 0.605):
+    the most accurate certified setting needs the temperature and the alpha together."""
+    from mix_perception.core.certify import lipschitz_logit_radius
+
+    radius = 0.9
+    z = torch.tensor([[0.0, 2.0]] * 10 + [[0.0, 0.52]] * 10, dtype=torch.float64)
+    y = torch.tensor([1] * 10 + [0] * 10)
+    h = certified_curves.LipschitzLogits(z, 1.0, torch.full((2, 2), 2**0.5))
+    standard_probs = torch.tensor([[1.0, 0.0]] * 20)
+
+    def outcome(a, t):
+        return certified_curves.lipschitz_outcome(standard_probs, h, y, a, t.scale, radius)
+
+    def expected(a: float, scale: float) -> tuple[float, float]:
+        s = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+        first = a * s(2 * scale) > 1 - a + a * s(-2 * scale)
+        second = 1 - a + a * s(-0.52 * scale) > a * s(0.52 * scale)
+        r = float(lipschitz_logit_radius(z[:1], a, 1.0, None, scale)[0])
+        return (first + second) / 2, (first and r >= radius and r > 0) / 2
+
+    alphas, transforms = [0.55, 0.6, 0.7, 0.8, 0.9], calibration.transform_grid("temperature", [1.0, 3.0])
+    grid = [(a, t) for t in transforms for a in alphas]
+    result = calibration.calibrate_certified(outcome, grid, 0.5, 0.0)
+    for c in result.candidates:
+        assert (c.clean_accuracy, c.robust_accuracy) == expected(c.alpha, c.transform.scale)
+    ranked = sorted(grid, key=lambda p: (-expected(p[0], p[1].scale)[0], -p[0], p[1].scale))
+    answer = next(p for p in ranked if expected(p[0], p[1].scale)[1] >= 0.5)
+    assert (result.chosen.alpha, result.chosen.transform) == answer == (0.6, Transform("temperature", 3.0))
+    assert result.chosen.clean_accuracy == 1.0 and result.chosen.robust_accuracy == 0.5
+    assert result.reference == {"clean_accuracy": 0.5, "certified_accuracy": 0.5}
 
 
 def test_node_parameters_use_the_node_names():
@@ -280,3 +321,29 @@ def test_calibrate_reports_an_unreachable_floor(tmp_path, capsys, constant_logit
     err = capsys.readouterr().err.strip()
     assert "no candidate reaches the floor 0.9000" in err and "\n" not in err
     assert math.isclose(json.loads((tmp_path / "out" / "calibration.json").read_text())["calibration"]["floor"], 0.9)
+
+
+@pytest.mark.slow  # two proven constants of a Lipschitz CNN and a calibrate run
+def test_calibrate_certified_with_a_lipschitz_h_writes_the_nodes_parameters(tmp_path):
+    from mix_perception.core.architectures import build
+
+    torch.manual_seed(2)
+    lipschitz = tmp_path / "lipschitz.pt"
+    torch.save({"arch": "mix_perception:lipschitz_cnn", "state_dict": build("lipschitz_cnn").state_dict()}, lipschitz)
+    out = tmp_path / "out"
+    argv = [
+        "calibrate", "--goal", "certified", "--certification", "lipschitz", "--lipschitz-model", str(lipschitz),
+        "--radius", "0.001", "--min-robust", "0", "--floor-delta", "0", "--alphas", "0.6,0.9", "--scales", "1,2",
+        "--limit", "16", "--test-limit", "16", "--device", "cpu", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = json.loads((out / "calibration.json").read_text())
+    candidates = report["calibration"]["candidates"]
+    grid = {(c["alpha"], c["transform"]["scale"]) for c in candidates}
+    assert grid == {(0.6, 1.0), (0.9, 1.0), (0.6, 2.0), (0.9, 2.0)}
+    params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["mixer"]["ros__parameters"]
+    assert set(parameters.flatten(params)) <= {spec.name for spec in parameters.MIXER}
+    assert params["certification"] == "lipschitz" and params["robust_model"] == str(lipschitz.resolve())
+    chosen = report["calibration"]["chosen"]
+    assert params["alpha"] == chosen["alpha"] and params.get("robust_sharpening", 1.0) == chosen["transform"]["scale"]
+    assert set(report["test"]["mixture"]) >= {"clean_accuracy", "certified_accuracy"}
