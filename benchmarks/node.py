@@ -7,9 +7,10 @@ and certification (default: config/mixer.yaml), `cpu_threads` 1. For each number
 `--cameras` it runs, for `--seconds`:
 - one mixer subscribed to every camera (`image_topics`: the newest frame of each in one forward), and
 - with `--compare`, one mixer process per camera, each with its own copy of the models.
-Printed, not asserted: per camera, frames published, classified (%), latency p50 / p99 (publish
-stamp -> classification received, ms); in all, frames classified per second and the mixers' memory
-(VmRSS, summed over the processes).
+Printed, not asserted: per camera, frames published, classified (%), certified at the required
+radius (% of the frames published: a dropped frame is an uncertified frame), latency p50 / p99
+(publish stamp -> classification received, ms); in all, frames classified per second and the
+mixers' memory (VmRSS, summed over the processes).
 
     .venv/bin/python benchmarks/node.py [--cameras 1,2,4] [--rate 30] [--seconds 20] [--compare]
         [--config FILE] [-p name:=value ...]
@@ -38,7 +39,8 @@ def start_mixer(config: Path, namespace: str, topics: list[str], overrides: list
 
 
 class Listener:
-    """Classifications of every mixer: {frame_id: latency ms}, from this process's own node."""
+    """Classifications of every mixer: {frame_id: (latency ms, certified radius or 0)}, from this
+    process's own node."""
 
     def __init__(self, node, namespaces):
         from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -55,7 +57,7 @@ class Listener:
         now = self.node.get_clock().now().nanoseconds
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self.lock:
-            self.latency[msg.header.frame_id] = (now - stamp) / 1e6
+            self.latency[msg.header.frame_id] = ((now - stamp) / 1e6, msg.certified_radius if msg.certified else 0.0)
 
 
 def publish_cameras(node, publishers, images, rate: float, seconds: float, tag: str) -> int:
@@ -82,10 +84,11 @@ def run_phase(node, listener, config, cameras, args, separate: bool, images) -> 
     from sensor_msgs.msg import Image
 
     topics = [f"/camera_{k}/image" for k in range(cameras)]
+    overrides = [f"required_radius:={args.required_radius!r}", *args.parameter]
     if separate:
-        mixers = [start_mixer(config, f"/bench_{k}", [topic], args.parameter) for k, topic in enumerate(topics)]
+        mixers = [start_mixer(config, f"/bench_{k}", [topic], overrides) for k, topic in enumerate(topics)]
     else:
-        mixers = [start_mixer(config, "/bench_0", topics, args.parameter)]
+        mixers = [start_mixer(config, "/bench_0", topics, overrides)]
     publishers = [node.create_publisher(Image, topic, qos_profile_sensor_data) for topic in topics]
     tag = f"{'separate' if separate else 'one'}-{cameras}"
     try:
@@ -116,12 +119,14 @@ def run_phase(node, listener, config, cameras, args, separate: bool, images) -> 
     print(f"{cameras} camera(s) at {args.rate:g} Hz, {mode}: {len(rows) / args.seconds:.1f} frames/s classified, "
           f"mixer memory {memory:.0f} MiB")  # fmt: skip
     for camera in range(cameras):
-        latency = np.asarray([v for k, v in rows.items() if k.split("/")[1] == str(camera)])
-        if latency.size == 0:
+        frames = np.asarray([v for k, v in rows.items() if k.split("/")[1] == str(camera)]).reshape(-1, 2)
+        if len(frames) == 0:
             print(f"  camera {camera}: {count} published, none classified")
             continue
+        latency, certified = frames[:, 0], (frames[:, 1] >= args.required_radius) & (frames[:, 1] > 0)
         print(
-            f"  camera {camera}: {count} published, {latency.size} classified ({100.0 * latency.size / count:.1f}%), "
+            f"  camera {camera}: {count} published, {len(frames)} classified ({100.0 * len(frames) / count:.1f}%), "
+            f"certified at r {args.required_radius:g}: {100.0 * certified.sum() / count:.1f}%, "
             f"latency p50 {np.percentile(latency, 50):.1f} ms, p99 {np.percentile(latency, 99):.1f} ms"
         )
 
@@ -133,6 +138,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=30.0, help="frames per second per camera (30)")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds per phase (20)")
     parser.add_argument("--compare", action="store_true", help="also run one mixer process per camera")
+    parser.add_argument(
+        "--required-radius", type=float, default=0.1, help="the radius certified frames are counted at (0.1)"
+    )
     parser.add_argument("-p", "--parameter", action="append", default=[], help="mixer parameter override name:=value")
     args = parser.parse_args()
     isolate_ros()
