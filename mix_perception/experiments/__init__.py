@@ -1,0 +1,1 @@
+"""The offline toolkit: data, training, attacks, sweeps, certified curves, calibration, plots."""
