@@ -46,6 +46,7 @@ setup(
     ],
     extras_require={
         "autoattack": ["pyautoattack>=0.2"],
+        "train": ["deel-torchlip>=1.0.5"],  # train-default's Lipschitz model
         "mcap": ["mcap>=1.1"],
         "test": ["pytest>=8", "hypothesis>=6"],
     },

@@ -227,6 +227,7 @@ THIRD_PARTY = {
     "tqdm": ("tqdm", "python3-tqdm"),
     "matplotlib": ("matplotlib", "python3-matplotlib"),
     "pyautoattack": ("pyautoattack", None),
+    "deel": ("deel-torchlip", None),
     "mcap": ("mcap", None),
     "PIL": ("pillow", "python3-pil"),
     "rclpy": ("ros-rclpy", "rclpy"),

@@ -9,12 +9,14 @@ estimate, which is a lower bound). Supported layers and their bounds:
   the padded grid (see `conv2d_bound`);
 - nn.Linear: the largest singular value of the weight;
 - nn.ReLU, architectures.GroupSort2, nn.Identity, nn.Flatten: 1;
-- nn.MaxPool2d and the L2-norm pool nn.LPPool2d(2, ...): sqrt(m), m = ceil(kh / sh) * ceil(kw / sw)
-  the most windows one input pixel can belong to (1 when the windows do not overlap);
+- nn.MaxPool2d and the L2-norm pools nn.LPPool2d(2, ...) and architectures.L2NormPool2d: sqrt(m),
+  m = ceil(kh / sh) * ceil(kw / sw) the most windows one input pixel can belong to (1 when the
+  windows do not overlap);
 - models.Normalized ((x - mean) / std): 1 / min(std); models.RepeatChannels (grey -> C): sqrt(C);
 - nn.Sequential: the product over its children.
 
-Any other module raises ValueError naming it: a model whose constant cannot be bounded is refused.
+Types are matched exactly (a subclass may compute something else, e.g. pad symmetrically). Any other
+module raises ValueError naming it: a model whose constant cannot be bounded is refused.
 Every numerically computed factor (conv, linear) is multiplied by 1 + RELATIVE_SLACK, far above the
 float64 rounding of an SVD or FFT of these sizes (~1e-13 relative). The bound is a statement about
 the network in exact arithmetic; the float32 forward pass deviates from it by its own rounding
@@ -26,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from mix_perception.core.architectures import GroupSort2
+from mix_perception.core.architectures import GroupSort2, L2NormPool2d
 from mix_perception.core.models import Normalized, RepeatChannels
 
 RELATIVE_SLACK = 1e-6
@@ -88,10 +90,10 @@ def pool_bound(pool: nn.Module) -> float:
 
 def _steps(module: nn.Module):
     """The model as a flat chain of (module, is_normalization) in the order they run."""
-    if isinstance(module, nn.Sequential):
+    if type(module) is nn.Sequential:
         for child in module:
             yield from _steps(child)
-    elif isinstance(module, Normalized):
+    elif type(module) is Normalized:
         yield module, True
         yield from _steps(module.model)
     else:
@@ -100,17 +102,18 @@ def _steps(module: nn.Module):
 
 def _step_bound(module: nn.Module, is_normalization: bool, input_shape) -> float:
     """Proven l2 Lipschitz bound of one step on inputs of shape (C, H, W) or (D,); ValueError if unknown."""
+    kind = type(module)  # exact types: a subclass may compute something else (e.g. pad symmetrically)
     if is_normalization:
         return 1.0 / float(module.std.min())
-    if isinstance(module, nn.Conv2d):
+    if kind is nn.Conv2d:
         return conv2d_bound(module, input_shape)
-    if isinstance(module, nn.Linear):
+    if kind is nn.Linear:
         return linear_bound(module)
-    if isinstance(module, (nn.MaxPool2d, nn.LPPool2d)):
+    if kind in (nn.MaxPool2d, nn.LPPool2d, L2NormPool2d):
         return pool_bound(module)
-    if isinstance(module, RepeatChannels):
+    if kind is RepeatChannels:
         return math.sqrt(module.channels)
-    if isinstance(module, _ONE_LIPSCHITZ):
+    if kind in _ONE_LIPSCHITZ:
         return 1.0
     raise ValueError(f"cannot bound the Lipschitz constant of layer type {type(module).__name__} ({module})")
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from mix_perception.core.errors import first_line
 
-DEFAULT_MODELS = ("standard", "robust", "smoothing")
+DEFAULT_MODELS = ("standard", "robust", "smoothing", "lipschitz")
 DEFAULT_PREFIX = "default:"
 OUR_ARCH_PREFIX = "mix_perception:"
 # Class names of the embedded models (Fashion-MNIST), index = class id.
@@ -361,7 +361,7 @@ def default_model_path(name: str) -> Path:
 
 
 def load_default(name: str, device="cpu") -> nn.Module:
-    """The embedded model `name` ("standard", "robust" or "smoothing") on `device`, on [0, 1] pixels.
+    """The embedded model `name` ("standard", "robust", "smoothing" or "lipschitz") on `device`, on [0, 1] pixels.
 
     Raises ModelLoadError for an unknown name (listing the valid ones) or a missing/bad file.
     """

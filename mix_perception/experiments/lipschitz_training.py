@@ -1,0 +1,276 @@
+"""Training, exporting and measuring the Lipschitz default model h (1-Lipschitz in l2 by construction).
+
+The network (architectures.lipschitz_cnn, no input normalization: it sees [0, 1] pixels) is trained
+with deel-torchlip layers: SpectralConv2d and SpectralLinear (weights kept orthogonal by power
+iteration + Bjorck, convolutions scaled by deel-torchlip's lconv coefficient), FrobeniusLinear,
+GroupSort2, and the L2-norm pool (architectures.L2NormPool2d: deel-torchlip's ScaledL2NormPool2d
+computes the same function but has a NaN gradient at all-zero windows); the loss on the logits z is
+tau-cross-entropy CE(tau z, y) / tau (TauCrossEntropyLoss) or HKR (HKRMulticlassLoss: hinge with
+margin m plus Kantorovich-Rubinstein). Adam with a one-cycle learning-rate schedule, batch 128. The
+network is then exported to plain torch layers (deel-torchlip's vanilla_model), whose constant is
+proven by mix_perception.core.lipschitz; the training-time constraint is not used as a proof.
+deel-torchlip is needed here only, never at inference.
+
+RECIPE (chosen on the calibration split among the runs in docs/results/lipschitz_recipes: tau-CE with
+tau 4, 5, 6, 10 and HKR; SpectralLinear vs FrobeniusLinear last layer; 3 vs 6 epochs): blocks
+(32, 32), (64, 64), dense 256, a FrobeniusLinear last layer (unit rows, not orthogonal ones, so the
+pairwise margin constants ||W_i - W_j|| L' fall below sqrt(2) L), tau-CE with tau 5, Adam 2e-3, 6
+epochs. With 2 threads on the 2-core machine an epoch takes ~95 s when nothing else runs (~10 min).
+
+Randomness comes only from torch.manual_seed(seed) (initialisation) and a seeded torch.Generator
+(shuffling, flips), so a run is reproducible on the same machine, torch version, device and threads.
+"""
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from mix_perception.core import architectures, certify, lipschitz
+
+ARCH = "mix_perception:lipschitz_cnn"
+INPUT_SHAPE = (1, 28, 28)
+RADII = (0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the Lipschitz model is trained. blocks/dense: widths of architectures.lipschitz_cnn;
+    loss "tau_ce" (tau) or "hkr" (hkr_alpha weight of the hinge, margin m); lr: Adam's peak rate;
+    last: the last layer, "spectral" (SpectralLinear: orthogonal rows, ||W_i - W_j|| = sqrt(2)) or
+    "frobenius" (FrobeniusLinear with disjoint neurons: unit rows, each logit 1-Lipschitz)."""
+
+    name: str = "lipschitz"
+    blocks: tuple = architectures.LIPSCHITZ_BLOCKS
+    dense: int = architectures.LIPSCHITZ_DENSE
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 2e-3
+    loss: str = "tau_ce"
+    tau: float = 5.0
+    hkr_alpha: float = 0.98
+    margin: float = 1.0
+    hflip: bool = True
+    last: str = "frobenius"
+
+    def describe(self) -> dict:
+        """The recipe as a JSON-ready dict (for the model card)."""
+        card = asdict(self)
+        card["blocks"] = [list(block) for block in self.blocks]
+        card["optimizer"] = "Adam(betas=(0.9, 0.999)), OneCycleLR(max_lr=lr, pct_start=0.2, cosine), per batch"
+        card["augmentation"] = "random horizontal flip (p=0.5)" if self.hflip else "none"
+        if self.loss == "tau_ce":
+            card["objective"] = f"TauCrossEntropyLoss(tau={self.tau:g}): CE(tau z, y) / tau"
+        else:
+            card["objective"] = f"HKRMulticlassLoss(alpha={self.hkr_alpha:g}, min_margin={self.margin:g})"
+        return card
+
+
+RECIPE = Recipe()
+
+
+def lipschitz_network(recipe: Recipe, num_classes: int = 10) -> nn.Module:
+    """The deel-torchlip network, layer for layer the same as architectures.lipschitz_cnn(blocks, dense)."""
+    from deel import torchlip
+
+    last = {"spectral": torchlip.SpectralLinear, "frobenius": torchlip.FrobeniusLinear}[recipe.last]
+    layers, channels, size = [], INPUT_SHAPE[0], INPUT_SHAPE[1]
+    for widths in recipe.blocks:
+        for width in widths:
+            layers += [torchlip.SpectralConv2d(channels, width, kernel_size=3, padding=1), torchlip.GroupSort2()]
+            channels = width
+        layers.append(architectures.L2NormPool2d(2))
+        size //= 2
+    layers += [
+        nn.Flatten(),
+        torchlip.SpectralLinear(channels * size * size, recipe.dense),
+        torchlip.GroupSort2(),
+        last(recipe.dense, num_classes),
+    ]
+    return nn.Sequential(*layers)
+
+
+def _one_hot(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """One-hot (N, C) of labels (N,) in the dtype of logits (N, C)."""
+    return nn.functional.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+
+
+def _criterion(recipe: Recipe) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """loss(logits (N, C), labels (N,)) of the recipe."""
+    from deel import torchlip
+
+    if recipe.loss == "tau_ce":
+        return torchlip.TauCrossEntropyLoss(tau=recipe.tau)
+    if recipe.loss == "hkr":
+        hkr = torchlip.HKRMulticlassLoss(alpha=recipe.hkr_alpha, min_margin=recipe.margin)
+        return lambda logits, labels: hkr(logits, _one_hot(labels, logits))
+    raise ValueError(f"unknown loss {recipe.loss!r}; known: tau_ce, hkr")
+
+
+def _batches(order: torch.Tensor, batch_size: int, label: str):
+    """Index batches of `order`, shown as a tqdm bar when tqdm is installed and stderr is a terminal."""
+    batches = order.split(batch_size)
+    if not sys.stderr.isatty():
+        return batches
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return batches
+    return tqdm(batches, desc=label, leave=False)
+
+
+def train(
+    recipe: Recipe,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: Callable[[str], None] = print,
+) -> tuple[nn.Module, list[dict]]:
+    """Train the deel-torchlip network by `recipe` on images (N, 1, 28, 28) in [0, 1], labels (N,) int64,
+    and export it.
+
+    Returns the exported plain network (architectures.lipschitz_cnn with the recipe's widths, eval
+    mode, on `device`, [0, 1] pixels -> logits) and the history: per epoch {"epoch", "loss",
+    "train_accuracy", "seconds", "load_average"}. `progress` receives one line per epoch.
+    """
+    torch.manual_seed(seed)
+    model = lipschitz_network(recipe).to(device)
+    criterion = _criterion(recipe)
+    generator = torch.Generator().manual_seed(seed)
+    n = images.shape[0]
+    steps_per_epoch = -(-n // recipe.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch, pct_start=0.2
+    )
+    history = []
+    for epoch in range(recipe.epochs):
+        start, total_loss, correct = time.monotonic(), 0.0, 0
+        model.train()
+        label = f"{recipe.name} {epoch + 1}/{recipe.epochs}"
+        for index in _batches(torch.randperm(n, generator=generator), recipe.batch_size, label):
+            x, y = images[index], labels[index]
+            if recipe.hflip:
+                flip = torch.rand(x.shape[0], generator=generator) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(index)
+            correct += int((logits.argmax(dim=1) == y).sum())
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": round(total_loss / n, 4),
+                "train_accuracy": round(correct / n, 4),
+                "seconds": round(time.monotonic() - start, 1),
+                "load_average": round(os.getloadavg()[0], 2),
+            }
+        )
+        progress(
+            f"{recipe.name} epoch {epoch + 1}/{recipe.epochs}: loss {total_loss / n:.4f}, "
+            f"train accuracy {correct / n:.2%}, lr {schedule.get_last_lr()[0]:.5f}, "
+            f"{history[-1]['seconds']:.0f} s, load average {history[-1]['load_average']:.1f}"
+        )
+    return export(model.eval(), recipe), history
+
+
+def export(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """The trained deel-torchlip network (eval mode) as plain torch layers (architectures.lipschitz_cnn).
+
+    Uses deel-torchlip's vanilla_model (weights as the constrained layers compute them in eval mode),
+    then checks that the plain network computes the same logits (RuntimeError otherwise).
+    """
+    from deel.torchlip import vanilla_model
+
+    device = next(model.parameters()).device
+    vanilla = vanilla_model(model.eval(), in_place=False)
+    plain = architectures.lipschitz_cnn(blocks=recipe.blocks, dense=recipe.dense).to(device)
+    plain.load_state_dict({key: value.detach().clone() for key, value in vanilla.state_dict().items()})
+    probe = torch.rand((8, *INPUT_SHAPE), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        gap = float((plain(probe) - model(probe)).abs().max())
+    if not gap < 1e-4:
+        raise RuntimeError(f"exported network differs from the trained one by {gap:g} on the logits")
+    return plain.eval()
+
+
+def logits_of(model: nn.Module, images: torch.Tensor, device="cpu", batch_size: int = 500) -> torch.Tensor:
+    """model(images) in batches, float32 (N, C) on the CPU."""
+    with torch.no_grad():
+        return torch.cat([model(x.to(device)).float().cpu() for x in images.split(batch_size)])
+
+
+def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device="cpu", radii=RADII) -> dict:
+    """The model card's numbers for the exported Lipschitz model on the given images (fractions in [0, 1]).
+
+    clean_accuracy; lipschitz_bound (proven l2 constant L of the logits, core.lipschitz) and
+    margin_bound_max (largest pairwise margin constant K_ij); certified_accuracy at each l2 radius:
+    the fraction correctly classified with h's own deterministic radius (alpha = 1,
+    certify.lipschitz_logit_radius with the pairwise constants) >= the radius; and the same with the
+    all-margins constant sqrt(2) L (certified_accuracy_sqrt2L), for comparison.
+    """
+    logits = logits_of(model, images, device)
+    bound = lipschitz.lipschitz_bound(model, INPUT_SHAPE)
+    margins = lipschitz.margin_lipschitz(model, INPUT_SHAPE)
+    correct = logits.argmax(dim=1) == labels
+    pairwise = certify.lipschitz_logit_radius(logits, 1.0, bound, margins)
+    plain = certify.lipschitz_logit_radius(logits, 1.0, bound)
+    return {
+        "clean_accuracy": float(correct.double().mean()),
+        "lipschitz_bound": bound,
+        "margin_bound_max": float(margins.max()),
+        "certified_accuracy": {str(r): float((correct & (pairwise >= r)).double().mean()) for r in radii},
+        "certified_accuracy_sqrt2L": {str(r): float((correct & (plain >= r)).double().mean()) for r in radii},
+    }
+
+
+def measure_mixture(
+    robust_logits: torch.Tensor,
+    standard_logits: torch.Tensor,
+    labels: torch.Tensor,
+    bound: float,
+    margins: torch.Tensor,
+    settings,
+    radius: float = 0.1,
+) -> list[dict]:
+    """Clean and deterministic certified accuracy of the mixture of g and the Lipschitz h at each (alpha, T).
+
+    robust_logits / standard_logits: (N, C) logits of h and g on the same images, labels (N,). The
+    mixture is (1 - alpha) softmax(g) + alpha softmax(T h); it is certified-correct at `radius` where
+    certify.lipschitz_logit_radius (proven constant `bound`, pairwise `margins`) is >= radius and h's
+    class (which the mixture then predicts) is the label. Returns one dict per setting.
+    """
+    from mix_perception.core.mixing import mix_logits
+
+    rows = []
+    for alpha, temperature in settings:
+        mixed = mix_logits(standard_logits, temperature * robust_logits, alpha).argmax(dim=1)
+        radii = certify.lipschitz_logit_radius(robust_logits, alpha, bound, margins, temperature)
+        robust_correct = robust_logits.argmax(dim=1) == labels
+        rows.append(
+            {
+                "alpha": alpha,
+                "temperature": temperature,
+                "clean_accuracy": float((mixed == labels).double().mean()),
+                "certified_accuracy": float((robust_correct & (radii >= radius)).double().mean()),
+                "radius": radius,
+            }
+        )
+    return rows
+
+
+def checkpoint(model: nn.Module) -> dict:
+    """The checkpoint dict saved as lipschitz.pt (core.models format): arch, num_classes, the plain
+    network's state_dict (float32, CPU), input_shape; no mean/std (the network sees [0, 1] pixels)."""
+    state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+    return {"arch": ARCH, "num_classes": 10, "state_dict": state, "input_shape": list(INPUT_SHAPE)}
