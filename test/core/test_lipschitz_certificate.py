@@ -236,6 +236,7 @@ def attack_holds(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, eps: 
         return bool(mixed(adv).argmax(-1) == y)
 
 
+@pytest.mark.slow  # PGD on 60 test images at three settings
 def test_pgd_inside_099_r_never_changes_the_mixed_prediction_on_the_shipped_models():
     h, g = models.load_default("lipschitz"), models.load_default("standard")
     bound, margins = lipschitz.lipschitz_bound(h, (1, 28, 28)), lipschitz.margin_lipschitz(h, (1, 28, 28))
