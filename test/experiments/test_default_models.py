@@ -10,8 +10,8 @@ from mix_perception.core import architectures, models
 from mix_perception.experiments import data, training
 from mix_perception.experiments.attacks import pgd
 
-NAMES = ("standard", "robust", "smoothing")
-CHECKPOINT_KEYS = {"arch", "num_classes", "state_dict", "mean", "std"}
+NAMES = ("standard", "robust", "smoothing", "lipschitz")
+CHECKPOINT_KEYS = {"arch", "num_classes", "state_dict", "input_shape"}
 SLICE = 500  # images of the shipped test split the accuracy checks use
 
 
@@ -28,10 +28,14 @@ def _card(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_checkpoint_file_is_small_and_plain(name):
     path = models.default_model_path(name)
-    assert path.stat().st_size < 2 * 1024 * 1024
+    mebibytes = 4 if name == "lipschitz" else 2  # its orthogonal layers need wider channels for the same accuracy
+    assert path.stat().st_size < mebibytes * 1024 * 1024
     content = torch.load(path, map_location="cpu", weights_only=True)
-    assert CHECKPOINT_KEYS <= set(content)
-    assert content["arch"] == "mix_perception:fmnist_cnn" and content["num_classes"] == 10
+    assert CHECKPOINT_KEYS <= set(content) and content["num_classes"] == 10
+    if name == "lipschitz":  # sees [0, 1] pixels: no normalization, whose 1 / std would scale its constant
+        assert content["arch"] == "mix_perception:lipschitz_cnn" and "mean" not in content
+    else:
+        assert content["arch"] == "mix_perception:fmnist_cnn" and {"mean", "std"} <= set(content)
     assert ("sigma" in content) == (name == "smoothing")
     if name == "smoothing":
         assert content["sigma"] == 0.25
@@ -53,6 +57,9 @@ def test_default_models_meet_the_issue_targets():
     assert standard["clean_accuracy"] >= 0.91
     assert robust["clean_accuracy"] >= 0.83 and robust["pgd"]["accuracy"] >= 0.70
     assert robust["pgd"]["eps"] == 0.1 and robust["pgd"]["steps"] == 20 and robust["pgd"]["norm"] == "linf"
+    lipschitz = _card("lipschitz")["metrics"]
+    assert lipschitz["clean_accuracy"] >= 0.88
+    assert lipschitz["certified_accuracy"]["0.1"] >= 0.80 and lipschitz["certified_accuracy"]["0.5"] >= 0.35
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -389,3 +389,64 @@ def test_robust_sharpening_multiplies_h_logits_before_mixing(
     assert np.allclose(received[0].probabilities, expected.numpy(), atol=1e-6)
     assert not np.allclose(received[0].probabilities, unsharpened.numpy(), atol=1e-2)
     assert (received[0].class_id, received[0].certified, received[0].certified_radius) == (3, False, 0.0)
+
+
+def test_lipschitz_certification_is_deterministic_and_matches_the_core(start_node, constant_model, ros, spin):
+    """certification lipschitz with the embedded Lipschitz h (its constant proven at configure): one forward,
+    confidence 1, no noise samples, the radius of core.certify.lipschitz_logit_radius on the same frame, the
+    constant on /diagnostics; a model whose constant cannot be bounded is refused at startup with one line."""
+    from mix_perception.core.certify import lipschitz_logit_radius
+    from mix_perception.core.lipschitz import lipschitz_bound, margin_lipschitz
+    from mix_perception.core.models import load_default
+    from mix_perception.experiments.data import load_split
+
+    parameters = {
+        "standard_model": "default:standard",
+        "robust_model": "default:lipschitz",
+        "alpha": 0.8,
+        "certification": "lipschitz",
+        "robust_sharpening": 4.0,
+        "cpu_threads": 1,
+        "diagnostics_period": 0.2,
+    }
+    mixer = start_node("mixer_node", parameters, namespace="/lip")
+    _, node, executor = ros
+    received, diagnostics = [], []
+    node.create_subscription(MixedClassification, "/lip/mixer/classification", received.append, RELIABLE)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
+    images = node.create_publisher(Image, "/lip/image", qos_profile_sensor_data)
+    spin(executor, lambda: images.get_subscription_count() >= 1 or not mixer.alive(), 60.0, "the Lipschitz mixer")
+    assert mixer.alive(), mixer.output()
+    h = load_default("lipschitz")
+    constants = lipschitz_bound(h, (1, 28, 28)), margin_lipschitz(h, (1, 28, 28))
+    frames = (load_split("test").images[:20, 0].numpy() * 255).round().astype(np.uint8)
+    with torch.no_grad():  # the radii the core gives these frames: the node's float32 input, h's float64 logits
+        z = h.double()((torch.from_numpy(frames).float() * (1.0 / 255.0)).double().unsqueeze(1))
+    radii = lipschitz_logit_radius(z, 0.8, *constants, 4.0)
+    pixels, expected = frames[int(radii.argmax())], float(radii.max())  # a frame the mixture certifies
+    deadline = time.monotonic() + 30
+    while not received and time.monotonic() < deadline:  # best-effort images: publish until one is classified
+        images.publish(array_to_image(pixels, "mono8"))
+        executor.spin_once(timeout_sec=0.2)
+    assert received, mixer.output()
+    msg = received[0]
+    assert msg.certificate == MixedClassification.CERTIFICATE_LIPSCHITZ and msg.certified
+    assert msg.certificate_confidence == 1.0 and msg.samples == 0 and msg.norm == "l2"
+    assert msg.certified_radius == pytest.approx(expected, rel=1e-5) and msg.certified_radius <= expected
+
+    def constant():
+        for array in reversed(diagnostics):
+            for status in array.status:
+                if status.name == "mixer: inference" and "lipschitz_constant" in values_of(status):
+                    return float(values_of(status)["lipschitz_constant"])
+        return None
+
+    assert spin(executor, constant, 30.0, "the proven constant on /diagnostics") == pytest.approx(1.2634, abs=1e-3)
+
+    refused = start_node("mixer_node", {**parameters, "robust_model": str(constant_model)}, namespace="/lip_refused")
+    deadline = time.monotonic() + 60
+    while refused.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert refused.stop() == 1
+    lines = [line for line in refused.output().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mixer_node: error: cannot bound the Lipschitz constant"), lines
