@@ -6,8 +6,8 @@ shipped test split, and writes <name>.pt (checkpoint) and <name>.json (model car
 Deterministic given --seed on the same machine, torch version, device and --threads: a full run
 with 2 threads on a 2-core CPU machine reproduced the shipped standard, robust and smoothing .pt
 files byte for byte in 2006 s (202 s standard, 1346 s robust, 243 s smoothing, plus measurement).
-The 1-Lipschitz model (deel-torchlip, a training-only dependency) adds about 21 min on the same
-machine (6 epochs of ~210 s with 2 threads), so all four take about 55 min. Each card records the
+`--only lipschitz` (deel-torchlip, a training-only dependency) reproduced the shipped lipschitz.pt
+byte for byte in 606 s (6 epochs of ~100 s), so all four take about 44 min. Each card records the
 per-epoch times of the run that wrote it.
 """
 
