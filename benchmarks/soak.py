@@ -1,7 +1,7 @@
 """Soak benchmark of the mixer: 10,000 mixed frames, good and bad, and the mixer's memory over time.
 
 The mixer runs as its own process with the parameter file's models and certification (default: the
-embedded models, smoothing) and compressed input on; this process publishes, as fast as `--rate`
+config/mixer.yaml: the embedded g and Lipschitz h) and compressed input on; this process publishes, as fast as `--rate`
 allows, a repeating mix of
 - 640x480 bgr8 frames (a VGA camera),
 - malformed raw frames: a wrong step, truncated data, an unknown encoding,
@@ -117,7 +117,7 @@ def main() -> int:
     from mix_perception.commands.run import default_config
 
     config = args.config or default_config()
-    mixer_parameters = yaml.safe_load(config.read_text())["mixer"]["ros__parameters"]
+    mixer_parameters = yaml.safe_load(config.read_text())["/**/mixer"]["ros__parameters"]
     max_pixels = mixer_parameters.get("input", {}).get("max_pixels", 4096 * 4096)
     mixer = subprocess.Popen(mixer_command(config))
     rclpy.init()

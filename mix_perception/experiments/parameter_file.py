@@ -44,7 +44,8 @@ def node_parameters(
     smoothing: SmoothingSettings | None = None,
     extra: dict | None = None,
 ) -> dict:
-    """The mixer node's parameter file content: {"mixer": {"ros__parameters": {...}}}.
+    """The mixer node's parameter file content: {"/**/mixer": {"ros__parameters": {...}}} (the key matches
+    a mixer in any namespace).
 
     Keys are the node's parameter names (mix_perception/ros/parameters.py, config/mixer.yaml):
     alpha, standard_model, standard_arch, robust_model, robust_arch, certification and, when
@@ -71,7 +72,7 @@ def node_parameters(
             "mode": smoothing.mode,
         }
     params.update(extra or {})
-    return {"mixer": {"ros__parameters": params}}
+    return {"/**/mixer": {"ros__parameters": params}}
 
 
 def write_parameter_file(path: Path, parameters: dict, comment_lines: Sequence[str] = ()) -> Path:

@@ -218,15 +218,8 @@ class MixerNode(LifecycleNode):
 
         self._message_type = MixedClassification
         self.models = (standard, robust) if standard is not None and robust is not None else None
-        parameters.declare(self, parameters.MIXER, reconfigurable=True)
-        alpha_problem = check_alpha_parameter(self.get_parameter("alpha"))
-        if alpha_problem:
-            raise ValueError(alpha_problem)
-        self.alpha = self.get_parameter("alpha").value
-        self.required_radius = self.get_parameter("required_radius").value
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
-
+        # the state destroy_node() needs, before anything here can raise: the context destroys its nodes,
+        # a half-constructed one too
         self.runtime: Runtime | None = None
         self.configure_error = ""
         self.autostarting = False
@@ -236,6 +229,16 @@ class MixerNode(LifecycleNode):
         self.classification_pub = self.rejected_pub = None
         self.slots = FrameSlots()
         self.slots.close()
+
+        parameters.declare(self, parameters.MIXER, reconfigurable=True)
+        alpha_problem = check_alpha_parameter(self.get_parameter("alpha"))
+        if alpha_problem:
+            raise ValueError(alpha_problem)
+        self.alpha = self.get_parameter("alpha").value
+        self.required_radius = self.get_parameter("required_radius").value
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
         self.stats_lock = threading.Lock()
         self.processed: Counter = Counter()
         self.rejected: Counter = Counter()

@@ -30,7 +30,7 @@ class Spec(NamedTuple):
 MIXER = (
     Spec(
         "alpha",
-        0.75,
+        0.65,
         "mixing weight of the robust model h: p = (1-alpha) softmax(g) + alpha h; "
         "certificates need alpha > 0.5; applies from the next frame",
         dynamic=True,
@@ -59,7 +59,7 @@ MIXER = (
     Spec("standard_arch", "", "architecture for a bare state_dict (torchvision name or mix_perception:<name>)"),
     Spec(
         "robust_model",
-        "default:smoothing",
+        "default:lipschitz",
         "robust model h (the base model hbar of the smoothed h with smoothing certification): "
         "'default:smoothing' (embedded, trained with noise), 'default:lipschitz' (embedded, 1-Lipschitz), "
         "'default:robust' (embedded, adversarially trained), 'default' (the embedded one for the "
@@ -76,7 +76,7 @@ MIXER = (
     ),
     Spec(
         "robust_sharpening",
-        1.0,
+        12.0,
         "h's logits are multiplied by this before mixing (mix-perception calibrate chooses it); with "
         "certification lipschitz the constant scales with it; values other than 1 need certification none or "
         "lipschitz, since the smoothing certificates are about h itself",
@@ -84,7 +84,7 @@ MIXER = (
     ),
     Spec(
         "certification",
-        "smoothing",
+        "lipschitz",
         "none | lipschitz (a Lipschitz h with a proven constant: one forward, deterministic) | smoothing "
         "(Theorem 5 on the Gaussian smoothing of h, holds w.p. 1 - delta) | smoothing_theorem4 (Theorem 4, "
         "Lip = sqrt(2/pi)/sigma, on the smoothed h, fixed n)",

@@ -245,7 +245,7 @@ def test_certified_goal_with_a_lipschitz_h_chooses_alpha_and_temperature_togethe
 def test_node_parameters_use_the_node_names():
     settings = SmoothingSettings(sigma=0.25)
     params = parameter_file.node_parameters(0.7, "default:standard", "default", "smoothing", smoothing=settings)
-    flat = set(parameters.flatten(params["mixer"]["ros__parameters"]))
+    flat = set(parameters.flatten(params["/**/mixer"]["ros__parameters"]))
     assert flat <= {spec.name for spec in parameters.MIXER}
 
 
@@ -278,7 +278,7 @@ def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path, cons
     alpha, scale, clean, attacked = expected_choice(0.5, CLI_ALPHAS)
     assert scale != 1.0  # the answer needs sharpening: the YAML names h and the node's robust_sharpening
 
-    params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["mixer"]["ros__parameters"]
+    params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["/**/mixer"]["ros__parameters"]
     assert set(parameters.flatten(params)) <= {spec.name for spec in parameters.MIXER}
     assert params["alpha"] == alpha and params["certification"] == "none"
     assert params["robust_model"] == str((tmp_path / "h.ts").resolve()) and params["robust_sharpening"] == scale
@@ -298,7 +298,7 @@ def test_calibrate_exports_a_mixednuts_sharpened_h_as_torchscript(tmp_path, cons
     out = tmp_path / "out"
     options = ["--alphas", "0.3,0.6,0.73,1", "--transform", "mixednuts", "--scales", "1", "--powers", "1"]
     assert cli.main(calibrate_argv(tmp_path, data, *options, "--offsets", "0.5")) == 0
-    params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["mixer"]["ros__parameters"]
+    params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["/**/mixer"]["ros__parameters"]
     chosen = json.loads((out / "calibration.json").read_text())["calibration"]["chosen"]
     # h -> relu(LN(V) + 0.5) = (0, 2.08, 1.25, 0, 0): clean and attacked right for 0.674 < alpha < 0.762;
     # plain h only for 0.628 < alpha < 0.710, so alpha 0.73 needs the transform.
@@ -341,7 +341,7 @@ def test_calibrate_certified_with_a_lipschitz_h_writes_the_nodes_parameters(tmp_
     candidates = report["calibration"]["candidates"]
     grid = {(c["alpha"], c["transform"]["scale"]) for c in candidates}
     assert grid == {(0.6, 1.0), (0.9, 1.0), (0.6, 2.0), (0.9, 2.0)}
-    params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["mixer"]["ros__parameters"]
+    params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["/**/mixer"]["ros__parameters"]
     assert set(parameters.flatten(params)) <= {spec.name for spec in parameters.MIXER}
     assert params["certification"] == "lipschitz" and params["robust_model"] == str(lipschitz.resolve())
     chosen = report["calibration"]["chosen"]

@@ -249,7 +249,7 @@ def test_calibrate_runs_on_user_checkpoints_with_a_torchvision_h(checkpoints, tm
     assert cli.main(argv) == 0
     report = json.loads((tmp_path / "calibration.json").read_text())
     assert report["calibration"]["floor_delta"] == 0.05 and report["test"]["images"] == 16
-    params = yaml.safe_load((tmp_path / "mixer_calibrated.yaml").read_text())["mixer"]["ros__parameters"]
+    params = yaml.safe_load((tmp_path / "mixer_calibrated.yaml").read_text())["/**/mixer"]["ros__parameters"]
     assert params["alpha"] in (0.6, 1.0)
     for name in ("standard_model", "robust_model"):
         assert load_model(params[name])(torch.rand(2, 1, 28, 28)).shape == (2, 10)

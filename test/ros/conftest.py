@@ -49,8 +49,11 @@ def ros_value(value) -> str:
 class NodeProcess:
     """A node in its own process; stdout+stderr go to a log file shown when a test fails."""
 
-    def __init__(self, executable: str, parameters: dict, log_dir: Path, namespace: str = ""):
+    def __init__(
+        self, executable: str, parameters: dict, log_dir: Path, namespace: str = "", params_file: Path | None = None
+    ):
         args = ["--ros-args", "--log-level", "warn"] + (["-r", f"__ns:={namespace}"] if namespace else [])
+        args += ["--params-file", str(params_file)] if params_file else []
         for name, value in parameters.items():
             args += ["-p", f"{name}:={ros_value(value)}"]
         self.log_path = log_dir / f"{executable}.log"
@@ -93,11 +96,12 @@ def parameter_text():
 
 @pytest.fixture(scope="session")
 def start_node(tmp_path_factory):
-    """start_node(executable, parameters, namespace="") -> NodeProcess; all stopped at the end of the session."""
+    """start_node(executable, parameters, namespace="", params_file=None) -> NodeProcess (`parameters` override
+    the file's); all stopped at the end of the session."""
     started = []
 
-    def start(executable: str, parameters: dict, namespace: str = "") -> NodeProcess:
-        node = NodeProcess(executable, parameters, tmp_path_factory.mktemp(executable), namespace)
+    def start(executable: str, parameters: dict, namespace: str = "", params_file: Path | None = None) -> NodeProcess:
+        node = NodeProcess(executable, parameters, tmp_path_factory.mktemp(executable), namespace, params_file)
         started.append(node)
         return node
 

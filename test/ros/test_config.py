@@ -19,8 +19,8 @@ TABLES = {
 @pytest.mark.parametrize("node", sorted(TABLES))
 def test_yaml_lists_every_parameter_with_its_default(node):
     config = yaml.safe_load(CONFIG.read_text())
-    assert set(config) == set(TABLES)
-    listed = parameters.flatten(config[node]["ros__parameters"])
+    assert set(config) == {f"/**/{name}" for name in TABLES}
+    listed = parameters.flatten(config[f"/**/{node}"]["ros__parameters"])
     assert listed == parameters.defaults(TABLES[node])
 
 
@@ -37,3 +37,43 @@ def test_every_parameter_has_a_description_and_sane_default(node):
 def test_only_the_documented_parameters_are_dynamic():
     dynamic = {spec.name for table in TABLES.values() for spec in table if spec.dynamic}
     assert dynamic == {"alpha", "required_radius", "max_frame_age"}
+
+
+SHIPPED_FILES = sorted(CONFIG.parent.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_FILES, ids=lambda path: path.name)
+def test_every_shipped_parameter_file_names_only_declared_parameters(path):
+    config = yaml.safe_load(path.read_text())
+    assert set(config) <= {f"/**/{node}" for node in TABLES}
+    for key, section in config.items():
+        listed = parameters.flatten(section["ros__parameters"])
+        assert set(listed) <= set(parameters.defaults(TABLES[key.removeprefix("/**/")]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in SHIPPED_FILES if p != CONFIG], ids=lambda path: path.name)
+def test_a_shipped_parameter_file_applies_to_a_mixer_in_any_namespace(path, start_node, ros, spin):
+    """A bare `mixer:` key would leave a namespaced mixer with its defaults, silently. (mixer.yaml holds the
+    defaults themselves, so only its keys can be checked: test_yaml_lists_every_parameter_with_its_default.)"""
+    from rcl_interfaces.srv import GetParameters
+
+    _, node, executor = ros
+    expected = parameters.flatten(yaml.safe_load(path.read_text())["/**/mixer"]["ros__parameters"])
+    names = ["alpha", "certification", "robust_model", "robust_sharpening"]
+    namespace = f"/robot_{path.stem}/front"
+    mixer = start_node("mixer_node", {"autostart": False}, namespace=namespace, params_file=path)
+    client = node.create_client(GetParameters, f"{namespace}/mixer/get_parameters")
+    spin(executor, lambda: client.service_is_ready() or not mixer.alive(), 60.0, "the namespaced mixer")
+    future = client.call_async(GetParameters.Request(names=names))
+    spin(executor, future.done, 30.0, "get_parameters")
+    values = future.result().values
+    got = {
+        "alpha": values[0].double_value,
+        "certification": values[1].string_value,
+        "robust_model": values[2].string_value,
+        "robust_sharpening": values[3].double_value,
+    }
+    node.destroy_client(client)
+    assert mixer.stop() == 0
+    assert got == {name: expected[name] for name in names}

@@ -78,9 +78,15 @@ def test_mixer_refuses_bad_configure_parameters_with_one_line(context, name, val
         started(context, [Parameter(name, value=value)])
 
 
-def test_mixer_refuses_an_out_of_range_alpha_at_once(context):
-    with pytest.raises(Exception, match=r"Parameter alpha out of range Min: 0.0, Max: 1.0, value: nan"):
-        MixerNode(tiny(), tiny(), context=context, parameter_overrides=[Parameter("alpha", value=math.nan)])
+def test_mixer_refuses_an_out_of_range_alpha_at_once():
+    """... and its context, which destroys the half-constructed node (the traceback keeps it alive), shuts
+    down cleanly."""
+    own = rclpy.Context()
+    rclpy.init(context=own)
+    with pytest.raises(Exception, match=r"Parameter alpha out of range Min: 0.0, Max: 1.0, value: nan") as refused:
+        MixerNode(tiny(), tiny(), context=own, parameter_overrides=[Parameter("alpha", value=math.nan)])
+    rclpy.shutdown(context=own)
+    assert refused.traceback  # still referenced here, so the shutdown above met the half-constructed node
 
 
 def test_mixer_refuses_robust_sharpening_with_a_smoothing_certificate(context):
@@ -105,7 +111,7 @@ def test_mixer_lifecycle_swaps_its_configuration_without_a_restart(context):
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS and node.runtime is not None
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         assert node.active and node.worker.is_alive() and len(node.image_subscriptions) == 1
-        assert node.certification.method == "smoothing"
+        assert node.certification.method == "lipschitz"  # the default
 
         refused = node.set_parameters([Parameter("certification", value="none")])[0]
         assert not refused.successful and "deactivate" in refused.reason
@@ -120,7 +126,7 @@ def test_mixer_lifecycle_swaps_its_configuration_without_a_restart(context):
         assert all(r.successful for r in results)
         bad = node.set_parameters([Parameter("certification", value="exact")])[0]
         assert not bad.successful and "must be one of" in bad.reason
-        assert node.certification.method == "smoothing"  # in force only after the next configure
+        assert node.certification.method == "lipschitz"  # in force only after the next configure
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS and node.runtime is None
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS

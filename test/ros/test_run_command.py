@@ -19,13 +19,11 @@ def cli() -> list[str]:
     return [str(CLI)] if CLI.is_file() else [sys.executable, "-P", "-m", "mix_perception.cli"]
 
 
-def test_run_with_the_demo_camera_prints_a_summary(constant_model, tmp_path):
+def test_run_with_the_demo_camera_prints_a_summary(tmp_path):
+    """The shipped defaults (embedded g, Lipschitz h, deterministic certificates) on the demo camera."""
     config = yaml.safe_load(default_config().read_text())
-    mixer = config["mixer"]["ros__parameters"]
-    mixer.update(standard_model=str(constant_model), robust_model=str(constant_model), cpu_threads=1)
-    mixer["smoothing"].update(samples=64, select_samples=8)
-    config["demo_camera"]["ros__parameters"]["rate"] = 20.0
-    config["safety_monitor"]["ros__parameters"]["required_radius"] = 0.01  # 64 samples certify ~0.1
+    config["/**/mixer"]["ros__parameters"]["cpu_threads"] = 1
+    config["/**/demo_camera"]["ros__parameters"]["rate"] = 20.0
     config_path = tmp_path / "mixer.yaml"
     config_path.write_text(yaml.safe_dump(config))
     summary_path = tmp_path / "summary.json"
@@ -41,10 +39,10 @@ def test_run_with_the_demo_camera_prints_a_summary(constant_model, tmp_path):
         assert heading in result.stdout
     summary = json.loads(summary_path.read_text())
     assert summary["frames"] > 0 and summary["frames_with_truth"] > 0
-    assert 0.0 <= summary["accuracy"] <= 1.0
-    assert summary["certified_fraction"] == 1.0  # the constant model is certified everywhere at alpha 0.75
+    # the test split in the demo camera's fixed order; on all 5,000: 91.2% right, ~79% certified at 0.1
+    assert summary["accuracy"] > 0.8 and 0.5 < summary["certified_fraction"] < 1.0
     assert summary["mixer"]["rejected"] == 0
-    assert set(summary["flags_by_reason"]) <= {"stale_stream"}  # only before the first frame, if at all
+    assert set(summary["flags_by_reason"]) <= {"stale_stream", "not_certified", "radius_below_required"}
 
 
 def test_run_with_a_bad_config_fails_with_one_line(tmp_path):
