@@ -6,10 +6,14 @@ Prints, per device (CPU, and CUDA when present):
 - noise samples per second of SmoothedClassifier.certify / inputs per second of hbar's plain
   batched forward at the same batch size (target >= 0.9);
 - the node's hot path: a VGA bgr8 frame to the model input (ros.image_conversion.FrameConverter,
-  target <= 3 ms), and hbar's forward in channels_last against NCHW (core.models.for_inference).
+  target <= 3 ms), and hbar's forward in channels_last against NCHW (core.models.for_inference);
+- certified inference with the Lipschitz h, batch 1 and 4: median time of the node's
+  FrameClassifier.classify (certification lipschitz, alpha 0.65, T 12: g, h in float64, the radius)
+  / median time of g then h run back to back in float32 without mixing (target <= 3).
 
-Models: the embedded defaults (standard, robust, smoothing) when shipped, else freshly initialised
-networks of the same architecture (the timing does not depend on the weights). Nothing is asserted.
+Models: the embedded defaults (standard, robust, smoothing, lipschitz) when shipped, else freshly
+initialised networks of the same architecture (the timing does not depend on the weights). Nothing
+is asserted.
 
     .venv/bin/python benchmarks/core.py [--repeats 30] [--samples 10000] [--threads 2]
 """
@@ -29,11 +33,12 @@ from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 
 
 def load_or_build(name: str, device: torch.device) -> tuple[torch.nn.Module, str]:
-    """The shipped default model `name`, or a fresh fmnist_cnn when it is not shipped."""
+    """The shipped default model `name`, or a fresh network of its architecture when it is not shipped."""
     try:
         return load_default(name, device=device), f"default:{name}"
     except ModelLoadError:
-        return build("fmnist_cnn").eval().to(device), "fmnist_cnn (random init)"
+        architecture = "lipschitz_cnn" if name == "lipschitz" else "fmnist_cnn"
+        return build(architecture).eval().to(device), f"{architecture} (random init)"
 
 
 def seconds(function, device: torch.device) -> float:
@@ -109,6 +114,20 @@ def hot_path(base, device, repeats: int) -> None:
               f"{nhwc_time * 1e3:7.2f} ms   speed-up {nchw_time / nhwc_time:.2f}x")
 
 
+@torch.inference_mode()
+def certified_inference(standard, lipschitz_h, device, repeats: int) -> None:
+    from mix_perception.ros.inference import Certification, FrameClassifier
+
+    classifier = FrameClassifier(standard, lipschitz_h, Certification("lipschitz", 12.0), device, (1, 28, 28))
+    for batch in (1, 4):
+        x = torch.rand(batch, 1, 28, 28, device=device)
+        certified, plain = paired_medians(
+            lambda x=x: classifier.classify(x, 0.65), lambda x=x: (standard(x), lipschitz_h(x)), repeats, device
+        )
+        print(f"  batch {batch}: certified {certified * 1e3:7.2f} ms   g+h {plain * 1e3:7.2f} ms   "
+              f"ratio {certified / plain:.2f}  (target <= 3)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30, help="timed repetitions per figure")
@@ -123,8 +142,9 @@ def main() -> None:
         standard, standard_name = load_or_build("standard", device)
         robust, robust_name = load_or_build("robust", device)
         base, base_name = load_or_build("smoothing", device)
+        lipschitz_h, lipschitz_name = load_or_build("lipschitz", device)
         print(f"device {device} ({name}); torch {torch.__version__}")
-        print(f" g = {standard_name}, h = {robust_name}, smoothing base = {base_name}")
+        print(f" g = {standard_name}, h = {robust_name}, smoothing base = {base_name}, Lipschitz h = {lipschitz_name}")
         print(" mixed forward / (g then h, unmixed):")
         for batch in (1, 64):
             mixing_overhead(standard, robust, device, batch, args.repeats)
@@ -132,6 +152,8 @@ def main() -> None:
         certify_throughput(base, device, args.samples, args.batch_size, max(3, args.repeats // 10))
         print(" the node's hot path:")
         hot_path(base, device, args.repeats)
+        print(" certified inference (Lipschitz h) / g then h, unmixed:")
+        certified_inference(standard, lipschitz_h, device, args.repeats)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ class Certification:
         if self.temperature != 1.0 and self.method.startswith("smoothing"):
             raise ValueError(
                 f"robust_sharpening {self.temperature} needs certification none or lipschitz (got {self.method}): "
-                "the smoothing certificates hold for h itself, not for a sharpened h"
+                "the smoothing certificates hold for h itself, not for a sharpened h: set robust_sharpening 1.0"
             )
         if self.method == "smoothing" and self.sequential and self.smoothing.mode != "votes":
             raise ValueError(

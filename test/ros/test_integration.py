@@ -140,6 +140,7 @@ def pipeline(start_node, constant_model, ros, spin):
             "standard_model": str(constant_model),
             "robust_model": str(constant_model),
             "certification": "smoothing",
+            "robust_sharpening": 1.0,
             "alpha": 0.8,
             "smoothing.samples": 64,
             "smoothing.select_samples": 8,
