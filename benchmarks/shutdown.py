@@ -5,7 +5,8 @@ Each run starts mixer (the parameter file's models and certification), safety mo
 classified a few frames, then does what a terminal's Ctrl-C and launch do: SIGINT to the whole group,
 then launch's own SIGINT to each node. A run is clean when every node exits with status 0 within 2 s
 and prints no traceback and no abort. Printed, not asserted: clean runs out of `--runs`, and the
-slowest exit of each run.
+slowest exit of each run. A node still running after 2 s gets SIGABRT, and the Python stacks of
+its threads (faulthandler, on in every node here) are printed: where it was stuck.
 
     .venv/bin/python benchmarks/shutdown.py [--runs 20] [--config config/mixer.yaml]
 """
@@ -45,12 +46,24 @@ def classified(node, executor, count: int, timeout: float) -> bool:
     return len(received) >= count
 
 
+def stacks(process: subprocess.Popen, log) -> str:
+    """SIGABRT to a node that does not stop; the end of its log: faulthandler's dump of every thread."""
+    process.send_signal(signal.SIGABRT)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    log.flush()
+    return "\n".join(Path(log.name).read_text().splitlines()[-60:])
+
+
 def one_run(config: Path, node, executor, folder: Path) -> tuple[bool, float, str]:
     """(clean, slowest exit in s, what went wrong)."""
     processes, leader = {}, None
     for name in NODES:
         log = open(folder / f"{name}.log", "w")  # noqa: SIM115 - closed below
         processes[name] = (subprocess.Popen(command(name, config), stdout=log, stderr=subprocess.STDOUT,
+                                            env=os.environ | {"PYTHONFAULTHANDLER": "1"},
                                             process_group=0 if leader is None else leader), log)  # fmt: skip
         leader = leader or processes[name][0].pid
     try:
@@ -66,7 +79,7 @@ def one_run(config: Path, node, executor, folder: Path) -> tuple[bool, float, st
             try:
                 code = process.wait(timeout=max(0.1, signalled + 2.0 - time.monotonic()))
             except subprocess.TimeoutExpired:
-                problems.append(f"{name} still running after 2 s")
+                problems.append(f"{name} still running after 2 s; its stacks:\n{stacks(process, log)}")
                 continue
             slowest = max(slowest, time.monotonic() - signalled)
             log.flush()

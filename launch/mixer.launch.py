@@ -26,20 +26,12 @@ from launch import LaunchDescription
 
 def overrides(context) -> tuple[dict, dict]:
     """(mixer, monitor) parameters that override the params file: only the arguments given."""
-    import yaml
+    from mix_perception.ros.parameters import launch_overrides
 
-    mixer, monitor = {}, {}
-    device = LaunchConfiguration("device").perform(context)
-    if device:
-        mixer["device"] = device
-    autostart = LaunchConfiguration("autostart").perform(context)
-    if autostart:
-        mixer["autostart"] = autostart.lower() == "true"
-    topics = LaunchConfiguration("image_topics").perform(context)
-    if topics:
-        mixer["image_topics"] = [str(topic) for topic in yaml.safe_load(topics)]
-        monitor["sources"] = [topic if topic.startswith("/") else "/" + topic for topic in mixer["image_topics"]]
-    return mixer, monitor
+    def given(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    return launch_overrides(given("device"), given("autostart"), given("image_topics"))
 
 
 def nodes(context):

@@ -21,9 +21,6 @@ Randomness comes only from torch.manual_seed(seed) (initialisation) and a seeded
 (shuffling, flips), so a run is reproducible on the same machine, torch version, device and threads.
 """
 
-import os
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -31,6 +28,7 @@ import torch
 from torch import nn
 
 from mix_perception.core import architectures, certify, lipschitz
+from mix_perception.experiments.training import fit, flipped
 
 ARCH = "mix_perception:lipschitz_cnn"
 INPUT_SHAPE = (1, 28, 28)
@@ -111,18 +109,6 @@ def _criterion(recipe: Recipe) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     raise ValueError(f"unknown loss {recipe.loss!r}; known: tau_ce, hkr")
 
 
-def _batches(order: torch.Tensor, batch_size: int, label: str):
-    """Index batches of `order`, shown as a tqdm bar when tqdm is installed and stderr is a terminal."""
-    batches = order.split(batch_size)
-    if not sys.stderr.isatty():
-        return batches
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return batches
-    return tqdm(batches, desc=label, leave=False)
-
-
 def train(
     recipe: Recipe,
     images: torch.Tensor,
@@ -135,52 +121,20 @@ def train(
     and export it.
 
     Returns the exported plain network (architectures.lipschitz_cnn with the recipe's widths, eval
-    mode, on `device`, [0, 1] pixels -> logits) and the history: per epoch {"epoch", "loss",
-    "train_accuracy", "seconds", "load_average"}. `progress` receives one line per epoch.
+    mode, on `device`, [0, 1] pixels -> logits) and the history of `training.fit`.
     """
     torch.manual_seed(seed)
     model = lipschitz_network(recipe).to(device)
     criterion = _criterion(recipe)
     generator = torch.Generator().manual_seed(seed)
-    n = images.shape[0]
-    steps_per_epoch = -(-n // recipe.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch, pct_start=0.2
-    )
-    history = []
-    for epoch in range(recipe.epochs):
-        start, total_loss, correct = time.monotonic(), 0.0, 0
-        model.train()
-        label = f"{recipe.name} {epoch + 1}/{recipe.epochs}"
-        for index in _batches(torch.randperm(n, generator=generator), recipe.batch_size, label):
-            x, y = images[index], labels[index]
-            if recipe.hflip:
-                flip = torch.rand(x.shape[0], generator=generator) < 0.5
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            loss = criterion(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item() * len(index)
-            correct += int((logits.argmax(dim=1) == y).sum())
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": round(total_loss / n, 4),
-                "train_accuracy": round(correct / n, 4),
-                "seconds": round(time.monotonic() - start, 1),
-                "load_average": round(os.getloadavg()[0], 2),
-            }
-        )
-        progress(
-            f"{recipe.name} epoch {epoch + 1}/{recipe.epochs}: loss {total_loss / n:.4f}, "
-            f"train accuracy {correct / n:.2%}, lr {schedule.get_last_lr()[0]:.5f}, "
-            f"{history[-1]['seconds']:.0f} s, load average {history[-1]['load_average']:.1f}"
-        )
+
+    def batch_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(flipped(x, generator) if recipe.hflip else x)
+        return criterion(logits, y), logits
+
+    schedule = (recipe.lr, recipe.epochs, recipe.batch_size)
+    history = fit(model, images, labels, batch_loss, optimizer, schedule, generator, recipe.name, device, progress)
     return export(model.eval(), recipe), history
 
 

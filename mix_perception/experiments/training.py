@@ -87,10 +87,8 @@ def normalization(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
 
 
-def _flipped(recipe: Recipe, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """x with each image mirrored left-right with probability 1/2 (when the recipe flips)."""
-    if not recipe.hflip:
-        return x
+def flipped(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """x (N, C, H, W) with each image mirrored left-right with probability 1/2 (one draw per image)."""
     flip = torch.rand(x.shape[0], generator=generator).to(x.device) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
@@ -103,7 +101,7 @@ def _loss(
     loss = CE(model(x')) with x' = PGD(x) (robust) or x + noise (smoothing) or x, and, with
     clean_weight w > 0, w CE(model(x)) + (1 - w) CE(model(x')).
     """
-    x = _flipped(recipe, x, generator)
+    x = flipped(x, generator) if recipe.hflip else x
     inputs = x
     if recipe.attack:
         inputs = pgd(model, x, y, generator=generator, random_start=True, **recipe.attack)
@@ -129,17 +127,12 @@ def train(
     """Train a new fmnist_cnn by `recipe` on images (N, 1, 28, 28) in [0, 1] and int64 labels (N,).
 
     Returns the Normalized(network, mean, std) wrapper (takes [0, 1] pixels) in eval mode on `device`
-    (its `.model` is the bare network whose state_dict goes into the checkpoint), and the history:
-    per epoch {"epoch", "loss", "train_accuracy", "seconds", "load_average"}, where load_average is
-    the machine's 1-minute load average at the end of the epoch (other processes slow training down).
-    `progress` receives one line per epoch (loss, training accuracy on the inputs trained on, lr, seconds);
-    a tqdm bar also shows the batches when tqdm is installed and stderr is a terminal.
+    (its `.model` is the bare network whose state_dict goes into the checkpoint), and the history of
+    `fit` (training accuracy on the inputs trained on).
     """
     torch.manual_seed(seed)
     model = Normalized(architectures.build(ARCH), mean, std).to(device)
     generator = torch.Generator().manual_seed(seed)
-    n = images.shape[0]
-    steps_per_epoch = -(-n // recipe.batch_size)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=recipe.max_lr,
@@ -147,21 +140,52 @@ def train(
         nesterov=True,
         weight_decay=recipe.weight_decay,
     )
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=recipe.max_lr, total_steps=recipe.epochs * steps_per_epoch, pct_start=0.2
+    schedule = (recipe.max_lr, recipe.epochs, recipe.batch_size)
+
+    def batch_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _loss(recipe, model, x, y, generator)
+
+    history = fit(model, images, labels, batch_loss, optimizer, schedule, generator, recipe.name, device, progress)
+    return model.eval(), history
+
+
+def fit(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    schedule: tuple[float, int, int],
+    generator: torch.Generator,
+    name: str,
+    device: torch.device | str = "cpu",
+    progress: Callable[[str], None] = print,
+) -> list[dict]:
+    """The epoch loop of every trainer here: schedule = (max_lr, epochs, batch_size); each epoch shuffles
+    images (N, ...) and labels (N,) with `generator`, and for each batch x, y (on `device`) takes
+    (loss, logits) = batch_loss(x, y), one optimizer step and one step of a one-cycle learning rate
+    (OneCycleLR: warm-up over the first 20% of the steps to max_lr, then cosine annealing).
+
+    Returns the history: per epoch {"epoch", "loss", "train_accuracy", "seconds", "load_average"}
+    (load_average: the machine's 1-minute load at the end of the epoch); `progress` gets one line per
+    epoch; a tqdm bar shows the batches when tqdm is installed and stderr is a terminal.
+    """
+    max_lr, epochs, batch_size = schedule
+    n = images.shape[0]
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=epochs * -(-n // batch_size), pct_start=0.2
     )
     history = []
-    for epoch in range(recipe.epochs):
+    for epoch in range(epochs):
         start, total_loss, correct = time.monotonic(), 0.0, 0
         model.train()
-        label = f"{recipe.name} {epoch + 1}/{recipe.epochs}"
-        for index in _batches(torch.randperm(n, generator=generator), recipe.batch_size, label):
+        for index in _batches(torch.randperm(n, generator=generator), batch_size, f"{name} {epoch + 1}/{epochs}"):
             x, y = images[index].to(device), labels[index].to(device)
-            loss, logits = _loss(recipe, model, x, y, generator)
+            loss, logits = batch_loss(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            lr_schedule.step()
             total_loss += loss.item() * len(index)
             correct += int((logits.argmax(dim=1) == y).sum())
         history.append(
@@ -174,11 +198,11 @@ def train(
             }
         )
         progress(
-            f"{recipe.name} epoch {epoch + 1}/{recipe.epochs}: loss {total_loss / n:.4f}, "
-            f"train accuracy {correct / n:.2%}, lr {schedule.get_last_lr()[0]:.4f}, "
+            f"{name} epoch {epoch + 1}/{epochs}: loss {total_loss / n:.4f}, "
+            f"train accuracy {correct / n:.2%}, lr {lr_schedule.get_last_lr()[0]:.5f}, "
             f"{history[-1]['seconds']:.0f} s, load average {history[-1]['load_average']:.1f}"
         )
-    return model.eval(), history
+    return history
 
 
 def _batches(order: torch.Tensor, batch_size: int, label: str):

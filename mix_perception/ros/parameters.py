@@ -274,3 +274,20 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def defaults(specs) -> dict:
     """{name: default} of a table (what config/mixer.yaml must list)."""
     return {spec.name: spec.default for spec in specs}
+
+
+def launch_overrides(device: str, autostart: str, image_topics: str) -> tuple[dict, dict]:
+    """(mixer, monitor) parameters that mixer.launch.py puts over the params file, from its arguments as
+    strings: only those given ("" = not given) override. image_topics is a YAML list; the monitor watches
+    the same topics, fully qualified."""
+    import yaml
+
+    mixer, monitor = {}, {}
+    if device:
+        mixer["device"] = device
+    if autostart:
+        mixer["autostart"] = autostart.lower() == "true"
+    if image_topics:
+        mixer["image_topics"] = [str(topic) for topic in yaml.safe_load(image_topics)]
+        monitor["sources"] = [topic if topic.startswith("/") else "/" + topic for topic in mixer["image_topics"]]
+    return mixer, monitor

@@ -136,7 +136,7 @@ def test_robust_recipe_weighs_clean_and_adversarial_cross_entropy():
     loss, logits = training._loss(recipe, model, x, y, torch.Generator().manual_seed(1))
 
     generator = torch.Generator().manual_seed(1)  # replays the flips and the attack's random start
-    flipped = training._flipped(recipe, x, generator)
+    flipped = training.flipped(x, generator)  # the recipe flips
     attacked = pgd(model, flipped, y, generator=generator, random_start=True, **recipe.attack)
     clean_loss = torch.nn.functional.cross_entropy(model(flipped), y)
     attacked_loss = torch.nn.functional.cross_entropy(model(attacked), y)

@@ -77,3 +77,12 @@ def test_a_shipped_parameter_file_applies_to_a_mixer_in_any_namespace(path, star
     node.destroy_client(client)
     assert mixer.stop() == 0
     assert got == {name: expected[name] for name in names}
+
+
+def test_launch_arguments_override_the_params_file_only_when_given():
+    """The rule of mixer.launch.py (its own test needs launch_ros, which PyPI does not have)."""
+    assert parameters.launch_overrides("", "", "") == ({}, {})
+    mixer, monitor = parameters.launch_overrides("cpu", "false", "['/a/image', 'b/image']")
+    assert mixer == {"device": "cpu", "autostart": False, "image_topics": ["/a/image", "b/image"]}
+    assert monitor == {"sources": ["/a/image", "/b/image"]}
+    assert parameters.launch_overrides("", "True", "")[0] == {"autostart": True}

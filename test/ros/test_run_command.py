@@ -1,6 +1,7 @@
 """`mix-perception run`: the pipeline in one process for a bounded time, then the summary."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,12 +28,16 @@ def test_run_with_the_demo_camera_prints_a_summary(tmp_path):
     config_path = tmp_path / "mixer.yaml"
     config_path.write_text(yaml.safe_dump(config))
     summary_path = tmp_path / "summary.json"
+    # a DDS domain of its own (101-200; the session's is 1-100): nodes that other tests leave running
+    # publish on the same topics, e.g. the integration pipeline's /mixer/classification
+    domain = str(int(os.environ["ROS_DOMAIN_ID"]) % 100 + 101)
     result = subprocess.run(
         cli() + ["run", "--demo", "--duration", "3", "--config", str(config_path), "--json", str(summary_path)],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=tmp_path,
+        env=os.environ | {"ROS_DOMAIN_ID": domain},
     )
     assert result.returncode == 0, result.stderr
     for heading in ("frames classified", "latency p50 / p99", "accuracy", "certified", "safety statuses"):
