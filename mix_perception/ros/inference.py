@@ -30,9 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mix_perception.core.certify import top_two_margin
+from mix_perception.core.certify import lipschitz_logit_radius, top_two_margin
+from mix_perception.core.lipschitz import lipschitz_bound, margin_lipschitz
 from mix_perception.core.mixing import check_alpha
 from mix_perception.core.models import for_inference
+from mix_perception.core.sequential import SequentialPlan, certify_sequential
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 
 # Same values as the constants of mix_perception/msg/MixedClassification.
@@ -126,8 +128,6 @@ class LipschitzCertifier:
     kind = CERTIFICATE_LIPSCHITZ
 
     def __init__(self, robust: nn.Module, temperature: float, input_shape):
-        from mix_perception.core.lipschitz import lipschitz_bound, margin_lipschitz
-
         if input_shape is None:
             raise ValueError("certification lipschitz needs the model's input shape (input.size, input.channels)")
         self.robust = copy.deepcopy(robust).double()
@@ -136,8 +136,6 @@ class LipschitzCertifier:
         self.margin_constants = margin_lipschitz(robust, input_shape)
 
     def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
-        from mix_perception.core.certify import lipschitz_logit_radius
-
         logits = self.robust(x.double())
         radius = lipschitz_logit_radius(logits, alpha, self.constant, self.margin_constants, self.temperature)
         certified_class = logits.argmax(dim=-1).where(radius > 0, -1)
@@ -178,16 +176,12 @@ class SequentialCertifier:
         self.plan = None
 
     def plan_for(self, alpha: float, required_radius: float):
-        from mix_perception.core.sequential import SequentialPlan
-
         settings = self.smoothed.settings
         if self.plan is None or (self.plan.alpha, self.plan.required_radius) != (alpha, required_radius):
             self.plan = SequentialPlan(settings.sigma, alpha, required_radius, settings.delta, settings.n_max)
         return self.plan
 
     def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
-        from mix_perception.core.sequential import certify_sequential
-
         plan = self.plan_for(alpha, required_radius)
         certificate = certify_sequential(self.smoothed, x, plan, generator=self.generator)
         certified_class = certificate.prediction.where(certificate.radius > 0, -1)
@@ -227,6 +221,11 @@ class FrameClassifier:
             self.certifier = SequentialCertifier(self.robust, certification, self.device)
         else:
             self.certifier = SmoothingCertifier(self.robust, certification, self.device)
+
+    @property
+    def lipschitz_constant(self) -> float | None:
+        """The proven l2 constant of h's logits (certification lipschitz), else None."""
+        return getattr(self.certifier, "constant", None)
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor, alpha: float, required_radius: float = 0.0) -> list[FrameResult]:

@@ -286,7 +286,7 @@ class MixerNode(LifecycleNode):
         self.classification_pub = self.create_lifecycle_publisher(self._message_type, "~/classification", reliable)
         self.rejected_pub = self.create_lifecycle_publisher(DiagnosticArray, "~/rejected", reliable)
         runtime = self.runtime
-        constant = getattr(runtime.classifier.certifier, "constant", None)
+        constant = runtime.classifier.lipschitz_constant
         self.get_logger().info(
             f"mixer configured: device {runtime.classifier.device}, certification {self.certification.method}, "
             f"alpha {self.alpha}, cameras {', '.join(runtime.topics)}"
@@ -495,14 +495,11 @@ class MixerNode(LifecycleNode):
     # --- health -----------------------------------------------------------------------------
     def counters(self) -> dict:
         """Frame counters over all cameras: received (handed to the worker), processed, dropped, rejected, failed."""
+        cameras = self.camera_counters().values()
+        keys = ("received", "processed", "dropped", "rejected")
+        totals = {key: sum(camera[key] for camera in cameras) for key in keys}
         with self.stats_lock:
-            return {
-                "received": self.slots.received.total(),
-                "processed": self.processed.total(),
-                "dropped": self.slots.dropped.total(),
-                "rejected": self.rejected.total(),
-                "failed": self.failed,
-            }
+            return totals | {"failed": self.failed}
 
     def camera_counters(self) -> dict:
         """{source: {received, processed, dropped, rejected}} for every camera that sent a frame."""
@@ -549,9 +546,8 @@ class MixerNode(LifecycleNode):
                 "robust_sharpening": self.certification.temperature,
                 "cameras": len(runtime.topics),
             }
-            constant = getattr(runtime.classifier.certifier, "constant", None)
-            if constant is not None:
-                values["lipschitz_constant"] = constant
+            if runtime.classifier.lipschitz_constant is not None:
+                values["lipschitz_constant"] = runtime.classifier.lipschitz_constant
         values.update({f"rejected_{code}": count for code, count in sorted(by_code.items())})
         statuses = [diagnostics.make_status(f"{self.get_name()}: inference", level, message, values)]
         for source, numbers in cameras.items():
