@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from mix_perception.core import architectures, certify, lipschitz
+from mix_perception.experiments import batches
 from mix_perception.experiments.training import fit, flipped
 
 ARCH = "mix_perception:lipschitz_cnn"
@@ -158,12 +159,6 @@ def export(model: nn.Module, recipe: Recipe) -> nn.Module:
     return plain.eval()
 
 
-def logits_of(model: nn.Module, images: torch.Tensor, device="cpu", batch_size: int = 500) -> torch.Tensor:
-    """model(images) in batches, float32 (N, C) on the CPU."""
-    with torch.no_grad():
-        return torch.cat([model(x.to(device)).float().cpu() for x in images.split(batch_size)])
-
-
 def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device="cpu", radii=RADII) -> dict:
     """The model card's numbers for the exported Lipschitz model on the given images (fractions in [0, 1]).
 
@@ -173,7 +168,7 @@ def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device
     certify.lipschitz_logit_radius with the pairwise constants) >= the radius; and the same with the
     all-margins constant sqrt(2) L (certified_accuracy_sqrt2L), for comparison.
     """
-    logits = logits_of(model, images, device)
+    logits = batches.logits(model, images, device=device)
     bound = lipschitz.lipschitz_bound(model, INPUT_SHAPE)
     margins = lipschitz.margin_lipschitz(model, INPUT_SHAPE)
     correct = logits.argmax(dim=1) == labels

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from mix_perception.core import architectures, lipschitz, models
-from mix_perception.experiments import data
+from mix_perception.experiments import batches, data
 from mix_perception.experiments import lipschitz_training as lt
 
 HERE = Path(__file__).resolve().parent
@@ -39,10 +39,10 @@ def jacobian_norms(model, images: torch.Tensor) -> torch.Tensor:
 
 def mixture_rows(model, images, labels) -> list[dict]:
     """measure_mixture of this h with the shipped g (load_default("standard")) at MIXTURE_SETTINGS, radius 0.1."""
-    standard_logits = lt.logits_of(models.load_default("standard"), images)
+    standard_logits = batches.logits(models.load_default("standard"), images)
     bound = lipschitz.lipschitz_bound(model, lt.INPUT_SHAPE)
     margins = lipschitz.margin_lipschitz(model, lt.INPUT_SHAPE)
-    return lt.measure_mixture(lt.logits_of(model, images), standard_logits, labels, bound, margins, MIXTURE_SETTINGS)
+    return lt.measure_mixture(batches.logits(model, images), standard_logits, labels, bound, margins, MIXTURE_SETTINGS)
 
 
 def load_run(name: str, out_dir: Path):
@@ -111,7 +111,7 @@ def shipped_analysis() -> dict:
     for name in ("calibration", "test"):
         split = data.load_split(name)
         result[f"h_{name}"] = lt.measure(h, split.images, split.labels)
-        robust_logits, standard_logits = lt.logits_of(h, split.images), lt.logits_of(g, split.images)
+        robust_logits, standard_logits = batches.logits(h, split.images), batches.logits(g, split.images)
         grid[name] = lt.measure_mixture(robust_logits, standard_logits, split.labels, bound, margins, FINE_GRID)
     result["grid"] = grid
 
