@@ -97,6 +97,20 @@ class Probe:
                 if time.monotonic() > deadline:
                     raise
 
+    def send_until_judged(self, publisher, msg, timeout: float = 60.0):
+        """Publish msg every 1 s until the monitor's status of its frame arrives; returns the status. A
+        malformed frame yields no classification, only a rejection, and the first rejection can go out
+        before the mixer's ~/rejected has matched the monitor (the probe's graph shows the subscription
+        sooner)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            publisher.publish(msg)
+            try:
+                return self.status_for(msg.header.frame_id, timeout=1.0)
+            except pytest.fail.Exception:
+                if time.monotonic() > deadline:
+                    raise
+
     def status_for(self, frame_id: str, timeout: float = 30.0):
         def found():
             return next((m for m in self.statuses if m.header.frame_id == frame_id), None)
@@ -242,7 +256,7 @@ def test_malformed_images_are_rejected_counted_and_announced(pipeline):
     for frame_id, msg, code in cases:
         probe.stamp_image(msg, frame_id)
         publisher = probe.compressed_pub if isinstance(msg, CompressedImage) else probe.image_pub
-        publisher.publish(msg)
+        status = probe.send_until_judged(publisher, msg)
         rejected = probe.spin(
             probe.executor,
             lambda fid=frame_id: next((r for r in probe.rejected if r.header.frame_id == fid), None),
@@ -251,7 +265,6 @@ def test_malformed_images_are_rejected_counted_and_announced(pipeline):
         )
         assert values_of(rejected.status[0])["code"] == code
         assert rejected.status[0].message.startswith("bad_input")
-        status = probe.status_for(frame_id)
         assert not status.safe and status.reason == "bad_input" and status.level == SafetyStatus.ERROR
     msg, _ = probe.classify()
     assert msg.class_id == 3
