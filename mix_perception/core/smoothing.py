@@ -16,6 +16,7 @@ from torch import nn
 
 from mix_perception.core import bounds
 from mix_perception.core.certify import (
+    SMOOTHING_METHODS,
     gaussian_lipschitz,
     lipschitz_radius_from_bounds,
     smoothing_radius,
@@ -23,7 +24,7 @@ from mix_perception.core.certify import (
 from mix_perception.core.mixing import check_alpha
 
 MODES = ("votes", "probs")
-METHODS = ("smoothing", "smoothing_theorem4")
+METHODS = SMOOTHING_METHODS
 
 
 @dataclass(frozen=True)
