@@ -26,7 +26,7 @@ from launch import LaunchDescription
 
 def overrides(context) -> tuple[dict, dict]:
     """(mixer, monitor) parameters that override the params file: only the arguments given."""
-    from mix_perception.ros.parameters import launch_overrides
+    from mix_perception.ros.launch_arguments import launch_overrides
 
     def given(name: str) -> str:
         return LaunchConfiguration(name).perform(context)

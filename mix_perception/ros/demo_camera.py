@@ -7,10 +7,9 @@ stamped with the current time (recorded stamps would make every replayed frame "
 Topics:
 - `image` (sensor_msgs/Image; QoS depth 5, reliability `reliability`, best effort by default like
   a camera driver; a `reliable` mixer subscription needs `reliability: reliable` here);
-- `~/ground_truth` (diagnostic_msgs/DiagnosticArray, reliable, depth 100), published just before
-  each image with the image's exact header (match on header.stamp): one status named
-  "demo_camera: ground truth" with values `label_id` (-1 when unknown), `label`, `index` (position in
-  the source). A standard message type, so no extra dependency; header.frame_id stays a frame id.
+- `~/ground_truth` (mix_perception/GroundTruth, reliable, depth 100), published just before each image
+  with the image's exact header (match on header.stamp): `label_id` (-1 when unknown), `label`, `index`
+  (position in the source).
 """
 
 import sys
@@ -18,13 +17,12 @@ import sys
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from mix_perception.ros import diagnostics, parameters
+from mix_perception.ros import parameters
 from mix_perception.ros.demo_sources import convert, open_source
 from mix_perception.ros.image_conversion import array_to_image
 from mix_perception.ros.spin import reliability_policy
 
 NODE_NAME = "demo_camera"
-GROUND_TRUTH_NAME = "demo_camera: ground truth"
 EXTRA = (
     parameters.Spec(
         "reliability",
@@ -39,8 +37,9 @@ class DemoCameraNode(Node):
     def __init__(self, source=None, **node_kwargs):
         """`source` (a sequence of demo_sources.Frame) may be passed in; else the `source` parameter names it."""
         super().__init__(NODE_NAME, **node_kwargs)
-        from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
+
+        from mix_perception.msg import GroundTruth
 
         values = parameters.declare_and_read(self, parameters.DEMO_CAMERA + EXTRA)
         self.labels = list(values["labels"])
@@ -58,8 +57,9 @@ class DemoCameraNode(Node):
         reliability = reliability_policy(values["reliability"])
         self.image_pub = self.create_publisher(Image, "image", QoSProfile(depth=5, reliability=reliability))
         self.truth_pub = self.create_publisher(
-            DiagnosticArray, "~/ground_truth", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+            GroundTruth, "~/ground_truth", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         )
+        self.truth_type = GroundTruth
         self.published = 0
         self.position = 0
         self.timer = self.create_timer(1.0 / values["rate"], self._tick)
@@ -83,11 +83,7 @@ class DemoCameraNode(Node):
         image.header.stamp = self.get_clock().now().to_msg()
         image.header.frame_id = self.frame_id
         label = self.labels[frame.label_id] if 0 <= frame.label_id < len(self.labels) else ""
-        status = diagnostics.make_status(
-            GROUND_TRUTH_NAME, 0, label, {"label_id": frame.label_id, "label": label, "index": frame.index}
-        )
-        truth = diagnostics.make_array(image.header.stamp, [status])
-        truth.header.frame_id = self.frame_id
+        truth = self.truth_type(header=image.header, label_id=frame.label_id, label=label, index=frame.index)
         self.truth_pub.publish(truth)
         self.image_pub.publish(image)
         self.published += 1

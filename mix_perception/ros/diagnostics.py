@@ -41,12 +41,6 @@ def values_of(status) -> dict:
     return {pair.key: pair.value for pair in status.values}
 
 
-def level_of(status) -> int:
-    """DiagnosticStatus.level as an int (rclpy stores the byte field as bytes)."""
-    level = status.level
-    return level[0] if isinstance(level, (bytes, bytearray)) else int(level)
-
-
 class RollingStats:
     """Event times and latencies over the last `window` events (monotonic clock, seconds / milliseconds)."""
 

@@ -13,17 +13,14 @@ from collections import Counter
 
 
 class FrameSlots:
-    """Latest-frame-only handoff per source. Thread-safe; the counters only grow.
-
-    received[source]: frames put; dropped[source]: frames replaced before the worker took them.
-    """
+    """Latest-frame-only handoff per source. Thread-safe; the counters (`counts`) only grow."""
 
     def __init__(self):
         self._condition = threading.Condition()
         self._waiting: dict[str, object] = {}
         self._closed = False
-        self.received: Counter = Counter()
-        self.dropped: Counter = Counter()
+        self._received: Counter = Counter()
+        self._dropped: Counter = Counter()
 
     def put(self, source: str, item) -> bool:
         """Store `item` as the newest frame of `source`. Returns True when it replaced a frame nobody took.
@@ -31,10 +28,10 @@ class FrameSlots:
         with self._condition:
             if self._closed:
                 return False
-            self.received[source] += 1
+            self._received[source] += 1
             replaced = source in self._waiting
             if replaced:
-                self.dropped[source] += 1
+                self._dropped[source] += 1
             self._waiting[source] = item
             self._condition.notify()
             return replaced
@@ -60,6 +57,15 @@ class FrameSlots:
         """Accept frames again (after `close`)."""
         with self._condition:
             self._closed = False
+
+    def counts(self) -> dict:
+        """{source: {"received": frames put, "dropped": frames replaced before the worker took them}},
+        read under the mailbox's own lock."""
+        with self._condition:
+            return {
+                source: {"received": received, "dropped": self._dropped[source]}
+                for source, received in self._received.items()
+            }
 
     @property
     def closed(self) -> bool:

@@ -224,10 +224,11 @@ class FrameConverter:
         raise ImageError("bad_channels", f"cannot turn {have} channels into {want}")
 
 
-def image_to_tensor(msg, converter: FrameConverter, max_pixels: int = MAX_PIXELS_DEFAULT):
-    """sensor_msgs/Image or CompressedImage -> model input tensor (1, C, H, W); raises ImageError."""
+def frame_pixels(msg, max_pixels: int = MAX_PIXELS_DEFAULT) -> tuple[np.ndarray, str]:
+    """A sensor_msgs/Image (checked, `image_to_array`) or CompressedImage (decoded, `compressed_to_array`)
+    -> ((H, W, C) pixels, channel order "rgb" | "bgr" | "mono"), what FrameConverter takes. Raises ImageError."""
     if hasattr(msg, "format"):
         pixels, encoding = compressed_to_array(msg, max_pixels)
     else:
         pixels, encoding = image_to_array(msg, max_pixels), msg.encoding
-    return converter(pixels, ENCODINGS[encoding].order)
+    return pixels, ENCODINGS[encoding].order

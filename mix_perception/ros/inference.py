@@ -5,10 +5,10 @@ No ROS here, so it is tested with plain torch. The node feeds it (N, C, H, W) te
 `FrameResult` into a MixedClassification message.
 
 Certification (parameter `certification`); g runs once per batch in every case:
-- "none": h runs once; p_mix = (1 - alpha) softmax(g) + alpha softmax(T h); radius 0.
+- "none": h runs once; p_mix = (1 - alpha) softmax(g) + alpha softmax(s z_h), s the logit scale; radius 0.
 - "lipschitz": h is a network with a proven l2 Lipschitz constant on its logits (core.lipschitz,
   computed once); h runs once, and the radius of core.certify.lipschitz_logit_radius (Lemma 2 from
-  h's logit margins, with h's temperature T) holds with probability 1 — deterministic.
+  h's logit margins, with h's logit scale s) holds with probability 1 — deterministic.
 - "smoothing" / "smoothing_theorem4": h is the Gaussian smoothing of the robust model (sigma), its
   probabilities the Monte Carlo estimate. "smoothing" with `sequential` certifies at the required
   radius with early stopping (core.sequential); otherwise a fixed n (SmoothedClassifier.certify:
@@ -16,9 +16,9 @@ Certification (parameter `certification`); g runs once per batch in every case:
   estimation samples) gives Theorem 5 ("smoothing") or Theorem 4 with Lip = sqrt(2/pi)/sigma
   ("smoothing_theorem4") radii, which hold with probability >= 1 - delta.
 A frame is published as certified only when the certifier certified a class (radius > 0), that class
-is the published mixed class, and alpha > 1/2. Otherwise radius 0, no certificate. T (robust_sharpening)
+is the published mixed class, and alpha > 1/2. Otherwise radius 0, no certificate. s (robust_logit_scale)
 sharpens h's logits for "none" and "lipschitz" (whose constant scales with it); the smoothing
-certificates are about h itself, so they need T = 1.
+certificates are about h itself, so they need s = 1.
 """
 
 import copy
@@ -30,9 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mix_perception.core.certify import lipschitz_logit_radius, top_two_margin
+from mix_perception.core.certify import CERTIFICATION_METHODS, lipschitz_logit_radius, top_two_margin
 from mix_perception.core.lipschitz import lipschitz_bound, margin_lipschitz
-from mix_perception.core.mixing import check_alpha
 from mix_perception.core.models import for_inference
 from mix_perception.core.sequential import SequentialPlan, certify_sequential
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
@@ -42,29 +41,27 @@ CERTIFICATE_NONE = 0
 CERTIFICATE_LIPSCHITZ = 1
 CERTIFICATE_SMOOTHING = 2
 
-METHODS = ("none", "lipschitz", "smoothing", "smoothing_theorem4")
-
-
 @dataclass(frozen=True)
 class Certification:
-    """How frames are certified: `method` (METHODS); h's temperature T (logits x T before the softmax:
+    """How frames are certified: `method` (CERTIFICATION_METHODS); h's logit scale s (logits x s before the softmax:
     methods "none" and "lipschitz"); the smoothing of h (`smoothing`, methods "smoothing*"), whether it
     certifies sequentially at the required radius (`sequential`: method "smoothing", votes mode) and
     the seed of its noise generator (None: fresh entropy). ValueError for an inconsistent combination."""
 
     method: str = "smoothing"
-    temperature: float = 1.0
+    logit_scale: float = 1.0
     smoothing: SmoothingSettings = field(default_factory=SmoothingSettings)
     sequential: bool = False
     seed: int | None = None
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"certification must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.temperature != 1.0 and self.method.startswith("smoothing"):
+        if self.method not in CERTIFICATION_METHODS:
+            choices = ", ".join(CERTIFICATION_METHODS)
+            raise ValueError(f"certification must be one of {choices}, got {self.method!r}")
+        if self.logit_scale != 1.0 and self.method.startswith("smoothing"):
             raise ValueError(
-                f"robust_sharpening {self.temperature} needs certification none or lipschitz (got {self.method}): "
-                "the smoothing certificates hold for h itself, not for a sharpened h: set robust_sharpening 1.0"
+                f"robust_logit_scale {self.logit_scale} needs certification none or lipschitz (got {self.method}): "
+                "the smoothing certificates hold for h itself, not for a scaled h: set robust_logit_scale 1.0"
             )
         if self.method == "smoothing" and self.sequential and self.smoothing.mode != "votes":
             raise ValueError(
@@ -84,7 +81,7 @@ class FrameResult(NamedTuple):
     certificate: int
     norm: str
     certified: bool
-    confidence: float
+    certificate_confidence: float
     samples: int
     inference_ms: float
 
@@ -105,42 +102,42 @@ class RobustOutput(NamedTuple):
 
 
 class Uncertified:
-    """h run once per batch, its logits x temperature; no certificate."""
+    """h run once per batch, its logits x logit_scale; no certificate."""
 
     kind = CERTIFICATE_NONE
 
-    def __init__(self, robust: nn.Module, temperature: float):
-        self.robust, self.temperature = robust, temperature
+    def __init__(self, robust: nn.Module, logit_scale: float):
+        self.robust, self.logit_scale = robust, logit_scale
 
     def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
-        probs = torch.softmax(self.temperature * self.robust(x), dim=-1)
+        probs = torch.softmax(self.logit_scale * self.robust(x), dim=-1)
         zeros = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         return RobustOutput(probs, zeros - 1, zeros.double(), zeros)
 
 
 class LipschitzCertifier:
     """h with a proven l2 constant L on its logits z (core.lipschitz, computed here once for inputs of
-    `input_shape`; ValueError naming a layer it cannot bound), sharpened by a temperature T: one forward,
-    p_h = softmax(T z), and the deterministic radius of core.certify.lipschitz_logit_radius, which holds
+    `input_shape`; ValueError naming a layer it cannot bound), scaled by the logit scale s: one forward,
+    p_h = softmax(s z), and the deterministic radius of core.certify.lipschitz_logit_radius, which holds
     for any g with probability 1 (the bound is exact arithmetic; z comes from a float64 copy of h, so
     rounding stays ~1e-15 relative)."""
 
     kind = CERTIFICATE_LIPSCHITZ
 
-    def __init__(self, robust: nn.Module, temperature: float, input_shape):
+    def __init__(self, robust: nn.Module, logit_scale: float, input_shape):
         if input_shape is None:
             raise ValueError("certification lipschitz needs the model's input shape (input.size, input.channels)")
         self.robust = copy.deepcopy(robust).double()
-        self.temperature = temperature
+        self.logit_scale = logit_scale
         self.constant = lipschitz_bound(robust, input_shape)
         self.margin_constants = margin_lipschitz(robust, input_shape)
 
     def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
         logits = self.robust(x.double())
-        radius = lipschitz_logit_radius(logits, alpha, self.constant, self.margin_constants, self.temperature)
+        radius = lipschitz_logit_radius(logits, alpha, self.constant, self.margin_constants, self.logit_scale)
         certified_class = logits.argmax(dim=-1).where(radius > 0, -1)
         samples = torch.zeros_like(certified_class)
-        return RobustOutput(torch.softmax(self.temperature * logits, dim=-1), certified_class, radius, samples)
+        return RobustOutput(torch.softmax(self.logit_scale * logits, dim=-1), certified_class, radius, samples)
 
 
 class SmoothingCertifier:
@@ -165,7 +162,7 @@ class SmoothingCertifier:
 class SequentialCertifier:
     """h = Gaussian smoothing of the robust model, certified by `core.sequential.certify_sequential`:
     noise is drawn in looks until radius >= required_radius is decided for each frame (Theorem 5,
-    votes). The plan is rebuilt (~1-3 ms) only when alpha or the required radius changes. A frame
+    votes). The plan is rebuilt only when alpha or the required radius changes. A frame
     that stops below the required radius keeps the smaller radius its bound gives (it holds too)."""
 
     kind = CERTIFICATE_SMOOTHING
@@ -212,10 +209,10 @@ class FrameClassifier:
         self.certification = certification
         self.confidence = 1.0 - certification.smoothing.delta
         if certification.method == "none":
-            self.certifier = Uncertified(self.robust, certification.temperature)
+            self.certifier = Uncertified(self.robust, certification.logit_scale)
             self.confidence = 0.0
         elif certification.method == "lipschitz":
-            self.certifier = LipschitzCertifier(self.robust, certification.temperature, input_shape)
+            self.certifier = LipschitzCertifier(self.robust, certification.logit_scale, input_shape)
             self.confidence = 1.0
         elif certification.method == "smoothing" and certification.sequential:
             self.certifier = SequentialCertifier(self.robust, certification, self.device)
@@ -229,14 +226,14 @@ class FrameClassifier:
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor, alpha: float, required_radius: float = 0.0) -> list[FrameResult]:
-        """Classify a batch x (N, C, H, W) with mixing weight alpha in [0, 1]; one FrameResult per frame.
+        """Classify a batch x (N, C, H, W) with mixing weight alpha, a float in [0, 1] (checked once, where
+        it enters: the node's alpha parameter); one FrameResult per frame.
         `required_radius` (l2): where sequential certification stops.
 
         p_mix = (1 - alpha) softmax(g(x)) + alpha h(x), with h's probabilities from the certifier. A
         frame is certified only when the certifier certified a class (its radius > 0 and finite), that
         class is the mixed prediction, and alpha > 1/2. One host transfer for the whole batch.
         """
-        alpha = check_alpha(alpha)
         start = time.perf_counter()
         standard_probs = torch.softmax(self.standard(x), dim=-1)
         robust = self.certifier(x, alpha, required_radius)
@@ -263,7 +260,7 @@ class FrameClassifier:
                 certificate=kind if certified[i] else CERTIFICATE_NONE,
                 norm="l2" if certified[i] else "",
                 certified=bool(certified[i]),
-                confidence=self.confidence if certified[i] else 0.0,
+                certificate_confidence=self.confidence if certified[i] else 0.0,
                 samples=int(samples[i]),
                 inference_ms=inference_ms,
             )

@@ -1,208 +1,59 @@
 """Node `mixer` (executable `mixer_node`): a managed (lifecycle) node that classifies the frames of one or
-more cameras with the mixed classifier.
+more cameras with the mixed classifier. This module is the node's lifecycle and wiring; `mixer_runtime`
+turns the parameters into models, certifier and converter, `mixer_stats` counts and reports on
+/diagnostics, `frame_slot` holds the newest frame per camera.
 
-Lifecycle:
-- configure: reads and validates the parameters and loads the models; a missing or corrupt model, a
-  bad parameter or an absent device fails the transition with one clear line (the node stays
-  unconfigured); creates the publishers;
-- activate: subscribes to every camera and starts the inference worker;
-- deactivate: unsubscribes and stops the worker (the batch in flight is finished and published);
-- cleanup: frees the models. A model swap is deactivate, set parameters, cleanup, configure, activate.
-With `autostart` (the default) the node configures and activates itself when it starts.
+Lifecycle: configure validates the parameters, loads the models (else fails with one line) and creates
+the publishers; activate subscribes and starts the worker; deactivate unsubscribes and stops it (the
+batch in flight is published); cleanup frees the models. `autostart` (default): configure + activate at
+startup. One INFO line each when the node is configured, becomes active and becomes inactive.
 
 Topics (relative names; remap to the cameras):
-- subscribes every topic of `image_topics` (default ["image"], sensor_msgs/Image) with QoS sensor data
-  (best effort, keep last `image_depth`; `image_reliability` makes it reliable), and
-  `<topic>/compressed` when `subscribe_compressed`;
-- publishes `~/classification` (mix_perception/MixedClassification, reliable, depth 10) per frame:
-  header copied from the image, `source` = the image topic (fully qualified);
-- publishes `~/rejected` (diagnostic_msgs/DiagnosticArray, reliable, depth 10) per frame it cannot
-  use: header copied from the image, one ERROR status named "mixer: rejected frame" whose message is
-  "bad_input: <code>: <detail>" and whose values hold `code`, `encoding`, `width`, `height`, `source`.
-  The safety monitor subscribes to it; no classification is published for such a frame;
-- publishes `/diagnostics` every `diagnostics_period` seconds, in every state: the node's state and
-  totals, and one status per camera.
+- subscribes every topic of `image_topics` (sensor_msgs/Image; QoS sensor data, keep last `image_depth`,
+  reliability `image_reliability`), and `<topic>/compressed` when `subscribe_compressed`;
+- publishes `~/classification` (MixedClassification, reliable, depth 10) per frame: header copied from
+  the image, `source` = the image topic (fully qualified);
+- publishes `~/rejected` (RejectedFrame, reliable, depth 10) per frame it cannot use (header, `source`,
+  `code`, `detail`); no classification is published for it; the safety monitor flags it;
+- publishes `/diagnostics` every `diagnostics_period` seconds, in every state.
 
-Threads: a raw image is validated in its subscription callback (its fields checked, its pixels a view
-of the message's buffer); a compressed one is only counted there and decoded on the worker. Each goes
-into its camera's newest-frame mailbox (`FrameSlots`); one worker thread takes the newest frame of
-every camera, classifies them in one batch and publishes, so the executor never waits for the model
-and only the newest frame of each camera waits (older ones are counted as dropped).
+Threads: a raw image is checked in its callback, a compressed one decoded on the worker; one worker
+takes the newest frame of every camera, classifies them in one batch and publishes.
 
-Parameters: see `mix_perception.ros.parameters.MIXER` and config/mixer.yaml. `alpha` is dynamic
-(validated: a finite double in [0, 1]; <= 0.5 is accepted but logged as uncertifiable); the others are
-configure-time parameters: settable while the mixer is not active, in force from the next configure.
-`robust_sharpening` T multiplies h's logits before mixing (certification none or lipschitz).
+Parameters (`parameters.MIXER`): `alpha` (checked here, at declaration and on set) and `required_radius`
+are dynamic; the others apply at the next configure, settable while the mixer is not active.
 """
 
-import math
 import sys
 import threading
 import time
-from collections import Counter
+from functools import partial
 from typing import NamedTuple
 
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 from mix_perception.core.errors import first_line
 from mix_perception.ros import diagnostics, parameters
 from mix_perception.ros.frame_slot import FrameSlots
-from mix_perception.ros.image_conversion import (
-    ENCODINGS,
-    FrameConverter,
-    ImageError,
-    InputSpec,
-    compressed_to_array,
-    image_to_array,
-)
+from mix_perception.ros.image_conversion import ImageError, frame_pixels
+from mix_perception.ros.mixer_runtime import Runtime, build_runtime
+from mix_perception.ros.mixer_stats import MixerStats
 from mix_perception.ros.spin import reliability_policy, run_node
 
 NODE_NAME = "mixer"
-REJECTED_STATUS_NAME = "mixer: rejected frame"
 LOG_THROTTLE_S = 5.0
 SPECS = {spec.name: spec for spec in parameters.MIXER}
-
-
-def check_alpha_parameter(parameter: Parameter) -> str | None:
-    """Reason why `parameter` is not a valid alpha, or None when it is: a finite double in [0, 1]."""
-    if parameter.type_ != Parameter.Type.DOUBLE:
-        return f"alpha must be a double in [0, 1], got type {parameter.type_.name}"
-    value = parameter.value
-    if math.isnan(value) or math.isinf(value):
-        return f"alpha must be finite, got {value}"
-    if not 0.0 <= value <= 1.0:
-        return f"alpha must be in [0, 1], got {value}"
-    return None
-
-
-def input_spec(values: dict) -> InputSpec:
-    """InputSpec from the input.* parameters; raises ValueError for inconsistent ones."""
-    size = list(values["input.size"])
-    channels = values["input.channels"]
-    mean, std = list(values["input.mean"]), list(values["input.std"])
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"input.size must be [height, width] of positive ints, got {size}")
-    if len(mean) not in (1, channels) or len(std) not in (1, channels):
-        raise ValueError(f"input.mean and input.std need 1 or {channels} values")
-    if any(s <= 0 for s in std):
-        raise ValueError("input.std must be positive")
-    mean, std = mean * (channels // len(mean)), std * (channels // len(std))
-    identity = all(m == 0.0 for m in mean) and all(s == 1.0 for s in std)
-    return InputSpec(
-        channels, (int(size[0]), int(size[1])), () if identity else tuple(mean), () if identity else tuple(std)
-    )
-
-
-# The embedded model that `robust_model: default` names, per certification: the Lipschitz network, the
-# base of the smoothed h, or the adversarially trained h without a certificate.
-DEFAULT_ROBUST = {
-    "none": "robust",
-    "lipschitz": "lipschitz",
-    "smoothing": "smoothing",
-    "smoothing_theorem4": "smoothing",
-}
-
-
-def load_models(values: dict, device):
-    """(standard, robust) nn.Modules from the model parameters. Raises ModelLoadError."""
-    from mix_perception.core.models import default_spec, load_model
-
-    standard_path = default_spec(values["standard_model"], "standard")
-    robust_path = default_spec(values["robust_model"], DEFAULT_ROBUST[values["certification"]])
-    standard = load_model(standard_path, arch=values["standard_arch"] or None, device=device)
-    robust = load_model(robust_path, arch=values["robust_arch"] or None, device=device)
-    return standard, robust
-
-
-def certification_of(values: dict):
-    """Certification from the certification and smoothing.* parameters; ValueError for bad values."""
-    from mix_perception.core.smoothing import SmoothingSettings
-    from mix_perception.ros.inference import Certification
-
-    seed = values["smoothing.seed"]
-    smoothing = SmoothingSettings(
-        sigma=values["smoothing.sigma"],
-        n_select=values["smoothing.select_samples"],
-        n_estimate=values["smoothing.samples"],
-        delta=values["smoothing.delta"],
-        mode=values["smoothing.mode"],
-        batch_size=values["smoothing.batch_size"],
-        n_max=values["smoothing.max_samples"],
-    )
-    return Certification(
-        values["certification"],
-        values["robust_sharpening"],
-        smoothing,
-        values["smoothing.sequential"],
-        None if seed < 0 else seed,
-    )
-
-
-class Runtime(NamedTuple):
-    """What configure builds from the parameters; cleanup drops it."""
-
-    classifier: object  # inference.FrameClassifier
-    converter: FrameConverter
-    labels: list
-    max_pixels: int
-    topics: list
-    image_qos: QoSProfile
-    subscribe_compressed: bool
-
-
-def build_runtime(values: dict, models=None) -> Runtime:
-    """Validate the configure-time parameters and load the models (`models`: (g, h) given instead).
-    Raises ValueError / ModelLoadError with a one-line reason."""
-    import torch
-
-    from mix_perception.core.models import resolve_device
-    from mix_perception.ros.inference import FrameClassifier
-
-    if not values["image_topics"] or not all(values["image_topics"]):
-        raise ValueError(f"image_topics must list at least one topic, got {values['image_topics']}")
-    if values["cpu_threads"] > 0:
-        torch.set_num_threads(values["cpu_threads"])
-    spec = input_spec(values)
-    device = resolve_device(values["device"])
-    certification = certification_of(values)
-    standard, robust = models if models is not None else load_models(values, device)
-    input_shape = (spec.channels, *spec.size)
-    classifier = FrameClassifier(standard, robust, certification, device, input_shape)
-    image_qos = QoSProfile(
-        depth=values["image_depth"],
-        reliability=reliability_policy(values["image_reliability"]),
-        durability=qos_profile_sensor_data.durability,
-        history=qos_profile_sensor_data.history,
-    )
-    return Runtime(
-        classifier,
-        FrameConverter(spec, device),
-        list(values["labels"]),
-        values["input.max_pixels"],
-        list(values["image_topics"]),
-        image_qos,
-        values["subscribe_compressed"],
-    )
 
 
 class Frame(NamedTuple):
     """A frame waiting for the worker: a raw image's checked pixels, or a compressed image to decode."""
 
     header: object
-    pixels: object  # (H, W, C) array, or None for a compressed image
-    order: str
+    pixels: tuple | None  # ((H, W, C) array, order), or None for a compressed image
     compressed: object  # sensor_msgs/CompressedImage, or None
     received: float  # time.monotonic() at arrival
-
-
-class HeaderOnly:
-    """Stands for a frame known only by its header (the pixels were already converted)."""
-
-    def __init__(self, header):
-        self.header = header
 
 
 class MixerNode(LifecycleNode):
@@ -214,12 +65,11 @@ class MixerNode(LifecycleNode):
         super().__init__(NODE_NAME, **node_kwargs)
         from diagnostic_msgs.msg import DiagnosticArray
 
-        from mix_perception.msg import MixedClassification
+        from mix_perception.msg import MixedClassification, RejectedFrame
 
-        self._message_type = MixedClassification
+        self._classification_type, self._rejected_type = MixedClassification, RejectedFrame
         self.models = (standard, robust) if standard is not None and robust is not None else None
-        # the state destroy_node() needs, before anything here can raise: the context destroys its nodes,
-        # a half-constructed one too
+        # what destroy_node() needs, set before anything can raise (the context destroys half-built nodes)
         self.runtime: Runtime | None = None
         self.configure_error = ""
         self.autostarting = False
@@ -229,23 +79,15 @@ class MixerNode(LifecycleNode):
         self.classification_pub = self.rejected_pub = None
         self.slots = FrameSlots()
         self.slots.close()
+        self.stats = MixerStats()
 
         parameters.declare(self, parameters.MIXER, reconfigurable=True)
-        alpha_problem = check_alpha_parameter(self.get_parameter("alpha"))
-        if alpha_problem:
-            raise ValueError(alpha_problem)
         self.alpha = self.get_parameter("alpha").value
+        if parameters.alpha_problem(self.alpha):
+            raise ValueError(parameters.alpha_problem(self.alpha))
         self.required_radius = self.get_parameter("required_radius").value
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
-
-        self.stats_lock = threading.Lock()
-        self.processed: Counter = Counter()
-        self.rejected: Counter = Counter()
-        self.rejected_by_code: Counter = Counter()
-        self.failed = 0
-        self.stats: dict[str, diagnostics.RollingStats] = {}
-        self.inference_stats = diagnostics.RollingStats()
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.get_parameter("diagnostics_period").value, self._publish_diagnostics)
 
@@ -263,34 +105,32 @@ class MixerNode(LifecycleNode):
             raise RuntimeError(self.configure_error)
         self.trigger_activate()
 
-    @property
-    def device(self):
-        return self.runtime.classifier.device
+    device = property(lambda self: self.runtime.classifier.device, doc="torch device of the configured models")
+    certification = property(lambda self: self.runtime.classifier.certification, doc="inference.Certification")
 
-    @property
-    def certification(self):
-        return self.runtime.classifier.certification
+    def counters(self) -> dict:
+        """Frame counters over all cameras: received (handed to the worker), processed, dropped, rejected, failed."""
+        return self.stats.totals(self.slots.counts())
 
     # --- lifecycle ---------------------------------------------------------------------------
     def on_configure(self, state) -> TransitionCallbackReturn:
-        from diagnostic_msgs.msg import DiagnosticArray
-
         try:
+            parameters.refuse_renamed(self._parameter_overrides, parameters.MIXER_RENAMED)
             self.runtime = build_runtime(parameters.read(self, parameters.MIXER), self.models)
         except Exception as error:  # noqa: BLE001 - every reason is reported as one line
             self.configure_error = first_line(error)
             if not self.autostarting:
                 self.get_logger().error(f"configure failed: {self.configure_error}")
             return TransitionCallbackReturn.FAILURE
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.classification_pub = self.create_lifecycle_publisher(self._message_type, "~/classification", reliable)
-        self.rejected_pub = self.create_lifecycle_publisher(DiagnosticArray, "~/rejected", reliable)
-        runtime = self.runtime
-        constant = runtime.classifier.lipschitz_constant
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.classification_pub = self.create_lifecycle_publisher(self._classification_type, "~/classification", qos)
+        self.rejected_pub = self.create_lifecycle_publisher(self._rejected_type, "~/rejected", qos)
+        constant = self.runtime.classifier.lipschitz_constant
+        scale = self.certification.logit_scale
         self.get_logger().info(
-            f"mixer configured: device {runtime.classifier.device}, certification {self.certification.method}, "
-            f"alpha {self.alpha}, cameras {', '.join(runtime.topics)}"
-            + ("" if self.certification.temperature == 1.0 else f", h's logits x {self.certification.temperature}")
+            f"mixer configured: device {self.device}, certification {self.certification.method}, "
+            f"alpha {self.alpha}, cameras {', '.join(self.runtime.topics)}"
+            + ("" if scale == 1.0 else f", h's logits x {scale}")
             + (f", proven l2 constant of h's logits {constant:.6g}" if constant is not None else "")
             + ("" if self.alpha > 0.5 else " (alpha <= 0.5: no frame can be certified)")
         )
@@ -301,28 +141,26 @@ class MixerNode(LifecycleNode):
 
         result = super().on_activate(state)  # enables the publishers before the first frame
         runtime = self.runtime
-        for topic in runtime.topics:
-            source = self.resolve_topic_name(topic)
-            self.image_subscriptions.append(
-                self.create_subscription(Image, topic, lambda msg, s=source: self._on_image(msg, s), runtime.image_qos)
-            )
-            if runtime.subscribe_compressed:
-                self.image_subscriptions.append(
-                    self.create_subscription(
-                        CompressedImage,
-                        f"{topic}/compressed",
-                        lambda msg, s=source: self._on_compressed(msg, s),
-                        runtime.image_qos,
-                    )
-                )
+        sensor, reliability = qos_profile_sensor_data, reliability_policy(runtime.image_reliability)
+        qos = QoSProfile(depth=runtime.image_depth, reliability=reliability, durability=sensor.durability,
+                         history=sensor.history)  # fmt: skip
+        inputs = [(Image, "", self._on_image)] + (
+            [(CompressedImage, "/compressed", self._on_compressed)] if runtime.subscribe_compressed else []
+        )
+        for topic, source in zip(runtime.topics, self._sources(), strict=True):
+            for message_type, suffix, on_frame in inputs:
+                callback = partial(on_frame, source=source)
+                self.image_subscriptions.append(self.create_subscription(message_type, topic + suffix, callback, qos))
         self.slots.open()
         self.worker = threading.Thread(target=self._work, name="mixer-inference")
         self.worker.start()
         self.active = True
+        self.get_logger().info(f"mixer active: classifying {', '.join(self._sources())}")
         return result
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         self._stop_consuming()
+        self.get_logger().info(f"mixer inactive: no longer classifying {', '.join(self._sources())}")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
@@ -333,6 +171,10 @@ class MixerNode(LifecycleNode):
         self._stop_consuming()
         self._release()
         return super().on_shutdown(state)
+
+    def _sources(self) -> list:
+        """The cameras of the configured state, fully qualified."""
+        return [self.resolve_topic_name(topic) for topic in self.runtime.topics]
 
     def _stop_consuming(self) -> None:
         """Unsubscribe, then stop the worker once its batch in flight is published."""
@@ -366,12 +208,9 @@ class MixerNode(LifecycleNode):
             if spec is None:
                 continue
             if parameter.name == "alpha":
-                reason = check_alpha_parameter(parameter)
+                reason = parameters.alpha_problem(parameter.value)
             elif not spec.dynamic and self.active:
-                reason = (
-                    f"{parameter.name} applies at configure: deactivate the mixer (and clean it up) before "
-                    "changing it, then configure and activate"
-                )
+                reason = f"{parameter.name} applies at configure: deactivate the mixer (and clean it up) first"
             else:
                 reason = parameters.problem(spec, parameter.value)
             if reason:
@@ -391,35 +230,23 @@ class MixerNode(LifecycleNode):
     def _on_image(self, msg, source: str) -> None:
         received = time.monotonic()
         try:
-            pixels = image_to_array(msg, self.runtime.max_pixels)
+            pixels = frame_pixels(msg, self.runtime.max_pixels)
         except ImageError as error:
-            self._reject(msg, error, source)
+            self._reject(msg.header, source, error)
             return
-        self.slots.put(source, Frame(msg.header, pixels, ENCODINGS[msg.encoding].order, None, received))
+        self.slots.put(source, Frame(msg.header, pixels, None, received))
 
     def _on_compressed(self, msg, source: str) -> None:
-        self.slots.put(source, Frame(msg.header, None, "", msg, time.monotonic()))
+        self.slots.put(source, Frame(msg.header, None, msg, time.monotonic()))
 
-    def _reject(self, msg, error: ImageError, source: str) -> None:
+    def _reject(self, header, source: str, error: ImageError) -> None:
         """Count, log (throttled) and announce on ~/rejected a frame that yields no classification."""
-        with self.stats_lock:
-            self.rejected[source] += 1
-            self.rejected_by_code[error.code] += 1
-            count = self.rejected.total()
+        count = self.stats.count_rejected(source, error.code)
         self.get_logger().warning(
             f"rejected frame of {source} ({count} so far): {error}", throttle_duration_sec=LOG_THROTTLE_S
         )
-        values = {
-            "code": error.code,
-            "encoding": getattr(msg, "encoding", None) or getattr(msg, "format", ""),
-            "width": getattr(msg, "width", 0),
-            "height": getattr(msg, "height", 0),
-            "source": source,
-        }
-        status = diagnostics.make_status(REJECTED_STATUS_NAME, 2, f"bad_input: {error}", values)
-        array = diagnostics.make_array(msg.header.stamp, [status])
-        array.header.frame_id = msg.header.frame_id
-        self.rejected_pub.publish(array)
+        detail = str(error).removeprefix(f"{error.code}: ")
+        self.rejected_pub.publish(self._rejected_type(header=header, source=source, code=error.code, detail=detail))
 
     # --- inference worker -------------------------------------------------------------------
     def _work(self) -> None:
@@ -428,132 +255,47 @@ class MixerNode(LifecycleNode):
             if batch:
                 self._process(batch)
 
-    def _decoded(self, source: str, frame: Frame):
-        """The frame's pixels and channel order; a compressed frame is decoded here (None when rejected)."""
-        if frame.compressed is None:
-            return frame.pixels, frame.order
-        try:
-            pixels, encoding = compressed_to_array(frame.compressed, self.runtime.max_pixels)
-        except ImageError as error:
-            self._reject(frame.compressed, error, source)
-            return None
-        return pixels, ENCODINGS[encoding].order
-
     def _process(self, batch) -> None:
-        """Convert the batch's frames, classify them in one forward and publish one message per frame."""
+        """Decode and convert the batch's frames, classify them in one forward, publish one message per frame."""
         import torch
 
         runtime = self.runtime
         frames, tensors = [], []
         for source, frame in batch:
-            decoded = self._decoded(source, frame)
-            if decoded is not None:
-                try:
-                    tensors.append(runtime.converter(*decoded))
-                    frames.append((source, frame))
-                except ImageError as error:
-                    self._reject(HeaderOnly(frame.header), error, source)
+            try:
+                pixels = frame.pixels or frame_pixels(frame.compressed, runtime.max_pixels)
+                tensors.append(runtime.converter(*pixels))
+                frames.append((source, frame))
+            except ImageError as error:
+                self._reject(frame.header, source, error)
         if not frames:
             return
         try:
             results = runtime.classifier.classify(torch.cat(tensors), self.alpha, self.required_radius)
         except Exception as error:  # a model that fails on a batch must not stop the node
-            with self.stats_lock:
-                self.failed += len(frames)
+            self.stats.count_failed(len(frames))
             self.get_logger().error(f"inference failed: {error}", throttle_duration_sec=LOG_THROTTLE_S)
             for source, frame in frames:
-                self._reject(HeaderOnly(frame.header), ImageError("inference_failed", first_line(error)), source)
+                self._reject(frame.header, source, ImageError("inference_failed", first_line(error)))
             return
         for (source, frame), result in zip(frames, results, strict=True):
             self._publish(source, frame, result)
 
     def _publish(self, source: str, frame: Frame, result) -> None:
-        msg = self._message_type()
-        msg.header = frame.header
-        msg.class_id = result.class_id
+        """One MixedClassification: the frame's header and source, the FrameResult's fields, the class name."""
         labels = self.runtime.labels
-        msg.label = labels[result.class_id] if 0 <= result.class_id < len(labels) else ""
-        msg.probabilities = result.probabilities.tolist()
-        msg.alpha = result.alpha
-        msg.robust_class_id = result.robust_class_id
-        msg.robust_margin = result.robust_margin
-        msg.certified_radius = result.certified_radius
-        msg.certificate = result.certificate
-        msg.norm = result.norm
-        msg.inference_ms = result.inference_ms
-        msg.certified = result.certified
-        msg.certificate_confidence = result.confidence
-        msg.source = source
-        msg.samples = result.samples
+        label = labels[result.class_id] if 0 <= result.class_id < len(labels) else ""
+        fields = result._asdict() | {"probabilities": result.probabilities.tolist()}
+        msg = self._classification_type(header=frame.header, source=source, label=label, **fields)
         self.classification_pub.publish(msg)
-        latency_ms = (time.monotonic() - frame.received) * 1000.0
-        with self.stats_lock:
-            self.processed[source] += 1
-            self.stats.setdefault(source, diagnostics.RollingStats()).add(latency_ms)
-            self.inference_stats.add(result.inference_ms)
+        self.stats.count_published(source, (time.monotonic() - frame.received) * 1000.0, result.inference_ms)
 
     # --- health -----------------------------------------------------------------------------
-    def counters(self) -> dict:
-        """Frame counters over all cameras: received (handed to the worker), processed, dropped, rejected, failed."""
-        cameras = self.camera_counters().values()
-        keys = ("received", "processed", "dropped", "rejected")
-        totals = {key: sum(camera[key] for camera in cameras) for key in keys}
-        with self.stats_lock:
-            return totals | {"failed": self.failed}
-
-    def camera_counters(self) -> dict:
-        """{source: {received, processed, dropped, rejected}} for every camera that sent a frame."""
-        with self.stats_lock:
-            sources = {*self.slots.received, *self.rejected}
-            return {
-                source: {
-                    "received": self.slots.received[source],
-                    "processed": self.processed[source],
-                    "dropped": self.slots.dropped[source],
-                    "rejected": self.rejected[source],
-                }
-                for source in sorted(sources)
-            }
-
     def _publish_diagnostics(self) -> None:
-        counters, cameras = self.counters(), self.camera_counters()
-        with self.stats_lock:
-            inference_p50 = self.inference_stats.latency_percentile(50)
-            by_code = dict(self.rejected_by_code)
-            latency = {source: (stats.rate(), stats.latency_percentile(50), stats.latency_percentile(99))
-                       for source, stats in self.stats.items()}  # fmt: skip
         runtime = self.runtime
-        level, message = (0, "active") if self.active else (1, "configured, inactive" if runtime else "unconfigured")
-        if counters["failed"]:
-            level, message = 1, "inference failed on some frames"
-        values = {
-            "state": "active" if self.active else ("inactive" if runtime else "unconfigured"),
-            "rate_hz": sum(rate for rate, _, _ in latency.values()),
-            "latency_p50_ms": max((p50 for _, p50, _ in latency.values()), default=0.0),
-            "latency_p99_ms": max((p99 for _, _, p99 in latency.values()), default=0.0),
-            "inference_p50_ms": inference_p50,
-            "frames_received": counters["received"],
-            "frames_processed": counters["processed"],
-            "frames_dropped": counters["dropped"],
-            "frames_rejected": counters["rejected"],
-            "inference_failures": counters["failed"],
-            "alpha": self.alpha,
-        }
-        if runtime is not None:
-            values |= {
-                "device": str(runtime.classifier.device),
-                "certification": self.certification.method,
-                "robust_sharpening": self.certification.temperature,
-                "cameras": len(runtime.topics),
-            }
-            if runtime.classifier.lipschitz_constant is not None:
-                values["lipschitz_constant"] = runtime.classifier.lipschitz_constant
-        values.update({f"rejected_{code}": count for code, count in sorted(by_code.items())})
-        statuses = [diagnostics.make_status(f"{self.get_name()}: inference", level, message, values)]
-        for source, numbers in cameras.items():
-            rate, p50, p99 = latency.get(source, (0.0, 0.0, 0.0))
-            camera_values = numbers | {"rate_hz": rate, "latency_p50_ms": p50, "latency_p99_ms": p99}
-            statuses.append(diagnostics.make_status(f"{self.get_name()}: camera {source}", 0, "", camera_values))
+        state = "active" if self.active else ("inactive" if runtime else "unconfigured")
+        settings = {"alpha": self.alpha} | (runtime.settings() if runtime else {})
+        statuses = self.stats.statuses(self.get_name(), state, settings, self.slots.counts())
         self.diagnostics_pub.publish(diagnostics.make_array(self.get_clock().now().to_msg(), statuses))
 
 

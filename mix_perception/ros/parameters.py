@@ -11,6 +11,7 @@ same names with the same defaults (a test checks that).
 import math
 from typing import Any, NamedTuple
 
+from mix_perception.core.certify import CERTIFICATION_METHODS
 from mix_perception.core.models import CLASS_NAMES
 
 
@@ -75,7 +76,7 @@ MIXER = (
         bounds=(0.0, 1000.0),
     ),
     Spec(
-        "robust_sharpening",
+        "robust_logit_scale",
         12.0,
         "h's logits are multiplied by this before mixing (mix-perception calibrate chooses it); with "
         "certification lipschitz the constant scales with it; values other than 1 need certification none or "
@@ -88,7 +89,7 @@ MIXER = (
         "none | lipschitz (a Lipschitz h with a proven constant: one forward, deterministic) | smoothing "
         "(Theorem 5 on the Gaussian smoothing of h, holds w.p. 1 - delta) | smoothing_theorem4 (Theorem 4, "
         "Lip = sqrt(2/pi)/sigma, on the smoothed h, fixed n)",
-        choices=("none", "lipschitz", "smoothing", "smoothing_theorem4"),
+        choices=CERTIFICATION_METHODS,
     ),
     Spec(
         "smoothing.sigma",
@@ -158,6 +159,9 @@ MIXER = (
     Spec("diagnostics_period", 1.0, "seconds between /diagnostics messages", bounds=(0.05, 3600.0), startup=True),
 )
 
+# Old parameter names of the mixer -> their new names: given to the mixer, they fail its configure.
+MIXER_RENAMED = {"robust_sharpening": "robust_logit_scale"}
+
 SAFETY_MONITOR = (
     Spec(
         "required_radius",
@@ -226,6 +230,18 @@ def descriptor_for(spec: Spec, reconfigurable: bool = False):
     return descriptor
 
 
+def alpha_problem(value) -> str | None:
+    """Why `value` is not a valid alpha (a finite double in [0, 1]), or None: the mixer's one check of alpha,
+    at declaration and in its set-parameters callback."""
+    if not isinstance(value, float):
+        return f"alpha must be a double in [0, 1], got {type(value).__name__} {value!r}"
+    if not math.isfinite(value):
+        return f"alpha must be finite, got {value}"
+    if not 0.0 <= value <= 1.0:
+        return f"alpha must be in [0, 1], got {value}"
+    return None
+
+
 def problem(spec: Spec, value) -> str | None:
     """Why `value` is not acceptable for `spec` (a choice it does not offer, a non-finite float), or None.
     Types and ranges are checked by rclpy against the descriptor."""
@@ -234,6 +250,14 @@ def problem(spec: Spec, value) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"parameter {spec.name} must be finite, got {value!r}"
     return None
+
+
+def refuse_renamed(overrides: dict, renamed: dict) -> None:
+    """ValueError "parameter <old> was renamed <new>" when `overrides` ({name: value}: the node's params file
+    and parameter overrides, which rclpy ignores for undeclared names) holds an old name of `renamed`."""
+    for old, new in renamed.items():
+        if old in overrides:
+            raise ValueError(f"parameter {old} was renamed {new}")
 
 
 def declare(node, specs, reconfigurable: bool = False) -> None:
@@ -274,20 +298,3 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def defaults(specs) -> dict:
     """{name: default} of a table (what config/mixer.yaml must list)."""
     return {spec.name: spec.default for spec in specs}
-
-
-def launch_overrides(device: str, autostart: str, image_topics: str) -> tuple[dict, dict]:
-    """(mixer, monitor) parameters that mixer.launch.py puts over the params file, from its arguments as
-    strings: only those given ("" = not given) override. image_topics is a YAML list; the monitor watches
-    the same topics, fully qualified."""
-    import yaml
-
-    mixer, monitor = {}, {}
-    if device:
-        mixer["device"] = device
-    if autostart:
-        mixer["autostart"] = autostart.lower() == "true"
-    if image_topics:
-        mixer["image_topics"] = [str(topic) for topic in yaml.safe_load(image_topics)]
-        monitor["sources"] = [topic if topic.startswith("/") else "/" + topic for topic in mixer["image_topics"]]
-    return mixer, monitor

@@ -12,7 +12,6 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 
-from mix_perception.ros.diagnostics import values_of
 from mix_perception.ros.safety_monitor import STATUS_QOS
 
 TRUTH_MEMORY = 10_000
@@ -25,9 +24,7 @@ def stamp_key(stamp) -> int:
 class SummaryNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__("run_summary", **node_kwargs)
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        from mix_perception.msg import MixedClassification, SafetyStatus
+        from mix_perception.msg import GroundTruth, MixedClassification, SafetyStatus
 
         self.lock = threading.Lock()
         self.truth: dict[int, int] = {}
@@ -43,16 +40,13 @@ class SummaryNode(Node):
         self.unsafe = 0
         self.flags: dict[str, int] = {}
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(DiagnosticArray, "/demo_camera/ground_truth", self._on_truth, reliable)
+        self.create_subscription(GroundTruth, "/demo_camera/ground_truth", self._on_truth, reliable)
         self.create_subscription(MixedClassification, "/mixer/classification", self._on_classification, reliable)
         self.create_subscription(SafetyStatus, "/safety_monitor/status", self._on_status, STATUS_QOS)
 
     def _on_truth(self, msg) -> None:
-        if not msg.status:
-            return
-        label_id = int(values_of(msg.status[0]).get("label_id", -1))
         with self.lock:
-            self.truth[stamp_key(msg.header.stamp)] = label_id
+            self.truth[stamp_key(msg.header.stamp)] = msg.label_id
             if len(self.truth) > TRUTH_MEMORY:
                 self.truth.pop(next(iter(self.truth)))
 
@@ -77,7 +71,7 @@ class SummaryNode(Node):
             self.statuses += 1
             if not msg.safe:
                 self.unsafe += 1
-                for reason in filter(None, (part.strip() for part in msg.reason.split(";"))):
+                for reason in msg.reasons:
                     self.flags[reason] = self.flags.get(reason, 0) + 1
 
     def report(self, seconds: float, mixer_counters: dict) -> dict:

@@ -2,7 +2,7 @@
 
 Topics (relative names, remappable):
 - subscribes `mixer/classification` (MixedClassification, reliable) and `mixer/rejected`
-  (diagnostic_msgs/DiagnosticArray: the frames the mixer could not use, see mixer_node);
+  (RejectedFrame, reliable: the frames the mixer could not use);
 - publishes `~/status` (SafetyStatus; reliable, transient local, depth 10: a late joiner gets the
   last statuses, the newest last): one per classified frame, one per rejected frame (reason
   `bad_input`), and, per camera (`source`), one per watchdog tick while that camera sent no frame for
@@ -30,7 +30,6 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 
 from mix_perception.ros import diagnostics, parameters, safety_rules
-from mix_perception.ros.diagnostics import values_of
 
 NODE_NAME = "safety_monitor"
 STATUS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -61,7 +60,7 @@ class SafetyMonitorNode(Node):
         super().__init__(NODE_NAME, **node_kwargs)
         from diagnostic_msgs.msg import DiagnosticArray
 
-        from mix_perception.msg import MixedClassification, SafetyStatus
+        from mix_perception.msg import MixedClassification, RejectedFrame, SafetyStatus
 
         values = parameters.declare_and_read(self, parameters.SAFETY_MONITOR)
         self.limits = safety_rules.Limits(values["required_radius"], values["max_frame_age"])
@@ -75,7 +74,7 @@ class SafetyMonitorNode(Node):
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(MixedClassification, "mixer/classification", self._on_classification, reliable)
-        self.create_subscription(DiagnosticArray, "mixer/rejected", self._on_rejected, reliable)
+        self.create_subscription(RejectedFrame, "mixer/rejected", self._on_rejected, reliable)
         self.create_timer(values["watchdog_period"], self._on_watchdog)
         self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
 
@@ -108,9 +107,8 @@ class SafetyMonitorNode(Node):
         self._publish(msg.source, camera, verdict, msg.header, radius, msg.alpha)
 
     def _on_rejected(self, msg) -> None:
-        source = values_of(msg.status[0]).get("source", WHOLE_STREAM) if msg.status else WHOLE_STREAM
-        camera = self._arrived(source)
-        self._publish(source, camera, safety_rules.judge_rejected(), msg.header, 0.0, camera.last_alpha)
+        camera = self._arrived(msg.source)
+        self._publish(msg.source, camera, safety_rules.judge_rejected(), msg.header, 0.0, camera.last_alpha)
 
     def _on_watchdog(self) -> None:
         from std_msgs.msg import Header
@@ -139,6 +137,7 @@ class SafetyMonitorNode(Node):
         status.safe = verdict.safe
         status.level = verdict.level
         status.reason = verdict.reason
+        status.reasons = list(verdict.reasons)
         status.certified_radius = float(radius)
         status.required_radius = float(self.limits.required_radius)
         status.alpha = float(alpha)

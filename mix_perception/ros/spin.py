@@ -8,8 +8,7 @@ terminal's Ctrl-C, sets the same event again and changes nothing: the process en
 
 A node executable then leaves with os._exit: everything was already closed in order (nodes,
 context, which also flushes the ROS log files, then stdio), and the interpreter's own finalization
-with torch loaded took 1.9-2.1 s on this project's 2-core machine, longer than a robot stack waits
-for a node to stop.
+with torch loaded takes seconds, longer than a robot stack waits for a node to stop.
 """
 
 import os

@@ -102,7 +102,7 @@ def test_two_cameras_one_mixer_and_a_monitor_per_camera(start_node, constant_mod
             "robust_model": constant_model,
             "image_topics": list(CAMERAS),
             "certification": "smoothing",
-            "robust_sharpening": 1.0,
+            "robust_logit_scale": 1.0,
             "alpha": 0.75,
             "smoothing.samples": 64,
             "smoothing.select_samples": 8,

@@ -1,14 +1,19 @@
 """config/mixer.yaml lists every parameter of every node with the default the node declares."""
 
+import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from mix_perception.ros import parameters
 from mix_perception.ros.demo_camera import EXTRA as DEMO_EXTRA
+from mix_perception.ros.launch_arguments import launch_overrides
 
 CONFIG = pathlib.Path(__file__).resolve().parents[2] / "config" / "mixer.yaml"
+LAUNCH_FILE = CONFIG.parents[1] / "launch" / "mixer.launch.py"
 TABLES = {
     "mixer": parameters.MIXER,
     "safety_monitor": parameters.SAFETY_MONITOR,
@@ -60,7 +65,7 @@ def test_a_shipped_parameter_file_applies_to_a_mixer_in_any_namespace(path, star
 
     _, node, executor = ros
     expected = parameters.flatten(yaml.safe_load(path.read_text())["/**/mixer"]["ros__parameters"])
-    names = ["alpha", "certification", "robust_model", "robust_sharpening"]
+    names = ["alpha", "certification", "robust_model", "robust_logit_scale"]
     namespace = f"/robot_{path.stem}/front"
     mixer = start_node("mixer_node", {"autostart": False}, namespace=namespace, params_file=path)
     client = node.create_client(GetParameters, f"{namespace}/mixer/get_parameters")
@@ -72,7 +77,7 @@ def test_a_shipped_parameter_file_applies_to_a_mixer_in_any_namespace(path, star
         "alpha": values[0].double_value,
         "certification": values[1].string_value,
         "robust_model": values[2].string_value,
-        "robust_sharpening": values[3].double_value,
+        "robust_logit_scale": values[3].double_value,
     }
     node.destroy_client(client)
     assert mixer.stop() == 0
@@ -81,8 +86,31 @@ def test_a_shipped_parameter_file_applies_to_a_mixer_in_any_namespace(path, star
 
 def test_launch_arguments_override_the_params_file_only_when_given():
     """The rule of mixer.launch.py (its own test needs launch_ros, which PyPI does not have)."""
-    assert parameters.launch_overrides("", "", "") == ({}, {})
-    mixer, monitor = parameters.launch_overrides("cpu", "false", "['/a/image', 'b/image']")
+    assert launch_overrides("", "", "") == ({}, {})
+    mixer, monitor = launch_overrides("cpu", "false", "['/a/image', 'b/image']")
     assert mixer == {"device": "cpu", "autostart": False, "image_topics": ["/a/image", "b/image"]}
     assert monitor == {"sources": ["/a/image", "/b/image"]}
-    assert parameters.launch_overrides("", "True", "")[0] == {"autostart": True}
+    assert launch_overrides("", "True", "")[0] == {"autostart": True}
+
+
+def test_the_launch_file_imports_no_torch():
+    """A fresh interpreter imports every module the launch file imports (launch and launch_ros where they
+    are installed) and runs its override rule: torch stays unloaded, so `ros2 launch` exits at once."""
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    modules = sorted(
+        {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    )
+    assert "mix_perception.ros.launch_arguments" in modules
+    script = (
+        "import importlib, importlib.util, sys\n"
+        f"for name in {modules!r}:\n"
+        "    if importlib.util.find_spec(name.split('.')[0]) is not None:\n"
+        "        importlib.import_module(name)\n"
+        "from mix_perception.ros.launch_arguments import launch_overrides\n"
+        "launch_overrides('cpu', 'true', '[a, b]')\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

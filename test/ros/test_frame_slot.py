@@ -15,8 +15,7 @@ def test_newest_frame_of_each_camera_wins_and_drops_are_counted_per_camera():
     assert slots.put("/a", 3) is True
     assert slots.take_all(timeout=0) == [("/a", 3), ("/b", 10)]
     assert slots.take_all(timeout=0) == []
-    assert (slots.received["/a"], slots.dropped["/a"]) == (3, 2)
-    assert (slots.received["/b"], slots.dropped["/b"]) == (1, 0)
+    assert slots.counts() == {"/a": {"received": 3, "dropped": 2}, "/b": {"received": 1, "dropped": 0}}
 
 
 def test_close_wakes_a_waiting_taker_and_refuses_frames_until_open():
@@ -28,7 +27,7 @@ def test_close_wakes_a_waiting_taker_and_refuses_frames_until_open():
     worker.join(timeout=5)
     assert not worker.is_alive() and result == [[]]
     assert slots.put("/a", 4) is False and slots.take_all(timeout=0) == []
-    assert slots.received.total() == 0  # a refused frame is not counted
+    assert slots.counts() == {}  # a refused frame is not counted
     slots.open()
     slots.put("/a", 5)
     assert slots.take_all(timeout=0) == [("/a", 5)]
@@ -64,6 +63,7 @@ def test_a_fast_camera_does_not_starve_a_slow_one():
     slow = [frame for source, frame in taken if source == "/slow"]
     assert fast[-1] == 1999 and fast == sorted(fast)
     assert slow == list(range(0, 2000, 100))
-    assert slots.received["/fast"] == 2000 and slots.dropped["/fast"] == 2000 - len(fast)
-    assert slots.dropped["/slow"] == 0
+    counts = slots.counts()
+    assert counts["/fast"] == {"received": 2000, "dropped": 2000 - len(fast)}
+    assert counts["/slow"]["dropped"] == 0
 

@@ -15,8 +15,8 @@ from mix_perception.ros.image_conversion import (
     InputSpec,
     array_to_image,
     compressed_to_array,
+    frame_pixels,
     image_to_array,
-    image_to_tensor,
 )
 
 RNG = np.random.default_rng(0)
@@ -163,8 +163,9 @@ def test_compressed_png_decodes_like_the_raw_image():
     assert encoding == "rgb8"
     np.testing.assert_array_equal(pixels, rgb)
     convert = FrameConverter(InputSpec(channels=1, size=(28, 28)))
-    from_png = image_to_tensor(png_message(grey[:, :, 0], "L"), convert)
-    torch.testing.assert_close(from_png, image_to_tensor(array_to_image(grey, "mono8"), convert))
+    from_png = convert(*frame_pixels(png_message(grey[:, :, 0], "L")))
+    torch.testing.assert_close(from_png, convert(*frame_pixels(array_to_image(grey, "mono8"))))
+    assert frame_pixels(png_message(rgb, "RGB"))[1] == "rgb" and frame_pixels(array_to_image(rgb, "bgr8"))[1] == "bgr"
 
 
 @pytest.mark.parametrize("data, code", [(b"", "zero_size"), (b"\x89PNG garbage", "decode_failed")])

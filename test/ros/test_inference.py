@@ -71,7 +71,7 @@ def test_a_confident_robust_model_is_certified_with_the_cores_radius(method, con
     for result, radius in zip(results, reference.radius, strict=True):
         assert result.class_id == 3 and result.robust_class_id == 3
         assert result.certified and result.certificate == CERTIFICATE_SMOOTHING and result.norm == "l2"
-        assert result.confidence == pytest.approx(0.999)
+        assert result.certificate_confidence == pytest.approx(0.999)
         assert result.certified_radius == pytest.approx(float(radius), rel=1e-6)
         assert result.robust_margin == pytest.approx(1.0)
         assert result.samples == 16 + 200
@@ -136,10 +136,10 @@ def test_an_unknown_certification_method_is_refused():
         Certification("exact")
 
 
-def test_a_sharpened_h_is_refused_with_a_smoothing_certificate():
+def test_a_scaled_h_is_refused_with_a_smoothing_certificate():
     with pytest.raises(ValueError, match="needs certification none or lipschitz"):
-        Certification("smoothing", temperature=2.0)
-    assert Certification("lipschitz", temperature=2.0).temperature == 2.0
+        Certification("smoothing", logit_scale=2.0)
+    assert Certification("lipschitz", logit_scale=2.0).logit_scale == 2.0
 
 
 def test_sequential_smoothing_publishes_the_cores_sequential_certificate(constant, constant_logits):

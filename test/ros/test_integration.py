@@ -21,7 +21,7 @@ from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
-from mix_perception.msg import MixedClassification, SafetyStatus
+from mix_perception.msg import MixedClassification, RejectedFrame, SafetyStatus
 from mix_perception.ros.diagnostics import values_of
 from mix_perception.ros.image_conversion import array_to_image
 from mix_perception.ros.safety_monitor import STATUS_QOS
@@ -42,7 +42,7 @@ class Probe:
         self.classifications, self.statuses, self.rejected, self.diagnostics = [], [], [], []
         node.create_subscription(MixedClassification, "/mixer/classification", self.classifications.append, RELIABLE)
         node.create_subscription(SafetyStatus, "/safety_monitor/status", self.statuses.append, STATUS_QOS)
-        node.create_subscription(DiagnosticArray, "/mixer/rejected", self.rejected.append, RELIABLE)
+        node.create_subscription(RejectedFrame, "/mixer/rejected", self.rejected.append, RELIABLE)
         node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
         self.image_pub = node.create_publisher(Image, "/image", qos_profile_sensor_data)
         self.compressed_pub = node.create_publisher(CompressedImage, "/image/compressed", qos_profile_sensor_data)
@@ -154,7 +154,7 @@ def pipeline(start_node, constant_model, ros, spin):
             "standard_model": str(constant_model),
             "robust_model": str(constant_model),
             "certification": "smoothing",
-            "robust_sharpening": 1.0,
+            "robust_logit_scale": 1.0,
             "alpha": 0.8,
             "smoothing.samples": 64,
             "smoothing.select_samples": 8,
@@ -263,9 +263,9 @@ def test_malformed_images_are_rejected_counted_and_announced(pipeline):
             30.0,
             f"rejection of {frame_id}",
         )
-        assert values_of(rejected.status[0])["code"] == code
-        assert rejected.status[0].message.startswith("bad_input")
+        assert rejected.code == code and rejected.detail and rejected.source == status.source == "/image"
         assert not status.safe and status.reason == "bad_input" and status.level == SafetyStatus.ERROR
+        assert list(status.reasons) == ["bad_input"]
     msg, _ = probe.classify()
     assert msg.class_id == 3
     assert mixer.alive()
@@ -298,6 +298,7 @@ def test_monitor_flags_uncertified_frames_and_a_stale_stream_then_recovers(pipel
     assert msg.certificate == MixedClassification.CERTIFICATE_NONE
     status = probe.status_for(frame_id)
     assert not status.safe and status.reason == "alpha_not_above_half; not_certified"
+    assert list(status.reasons) == ["alpha_not_above_half", "not_certified"]
     assert status.consecutive_unsafe >= 1
     assert probe.set_parameter("mixer", "alpha", 0.8).successful
 
@@ -368,7 +369,7 @@ def test_startup_with_a_missing_or_corrupt_model_exits_with_one_line(start_node,
 SOFT_LOGITS = [0.0, 0, 0, 0.5, 0, 1.0, 0, 0, 0, 0]  # h: class 5 ahead of class 3, softly
 
 
-def test_robust_sharpening_multiplies_h_logits_before_mixing(
+def test_robust_logit_scale_multiplies_h_logits_before_mixing(
     start_node, constant_model, constant_logits, ros, spin, tmp_path
 ):
     soft = tmp_path / "soft.pt"
@@ -378,7 +379,7 @@ def test_robust_sharpening_multiplies_h_logits_before_mixing(
     parameters = {
         "standard_model": str(constant_model),
         "robust_model": str(soft),
-        "robust_sharpening": 3.0,
+        "robust_logit_scale": 3.0,
         "certification": "none",
         "alpha": 0.6,
         "cpu_threads": 1,
@@ -419,7 +420,7 @@ def test_lipschitz_certification_is_deterministic_and_matches_the_core(start_nod
         "robust_model": "default:lipschitz",
         "alpha": 0.8,
         "certification": "lipschitz",
-        "robust_sharpening": 4.0,
+        "robust_logit_scale": 4.0,
         "cpu_threads": 1,
         "diagnostics_period": 0.2,
     }

@@ -1,5 +1,5 @@
 """The mixer and the safety monitor load the node's runtime only: constructing them (with the embedded
-models, also with robust_sharpening != 1) imports none of the offline toolkit, tqdm, matplotlib or
+models, also with robust_logit_scale != 1) imports none of the offline toolkit, tqdm, matplotlib or
 AutoAttack. Checked in a fresh interpreter, against what `import torch, rclpy` alone loads (torch
 itself imports tqdm, through torch.hub: that is torch's, not ours)."""
 
@@ -50,7 +50,7 @@ def loaded_modules(overrides: list, extra_import: str = "") -> list[str]:
     "overrides",
     [
         [["device", "cpu"]],
-        [["device", "cpu"], ["certification", "none"], ["robust_model", "default:robust"], ["robust_sharpening", 2.0]],
+        [["device", "cpu"], ["certification", "none"], ["robust_model", "default:robust"], ["robust_logit_scale", 2.0]],
     ],
     ids=["default", "sharpened"],
 )

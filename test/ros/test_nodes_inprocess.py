@@ -89,16 +89,29 @@ def test_mixer_refuses_an_out_of_range_alpha_at_once():
     assert refused.traceback  # still referenced here, so the shutdown above met the half-constructed node
 
 
-def test_mixer_refuses_robust_sharpening_with_a_smoothing_certificate(context):
+def test_mixer_refuses_robust_logit_scale_with_a_smoothing_certificate(context):
     for certification in ("smoothing", "smoothing_theorem4"):
-        overrides = [Parameter("robust_sharpening", value=2.0), Parameter("certification", value=certification)]
-        with pytest.raises(RuntimeError, match="robust_sharpening 2.0 needs certification none or lipschitz"):
+        overrides = [Parameter("robust_logit_scale", value=2.0), Parameter("certification", value=certification)]
+        with pytest.raises(RuntimeError, match="robust_logit_scale 2.0 needs certification none or lipschitz"):
             started(context, overrides)
-    node = started(context, [Parameter("robust_sharpening", value=2.0), Parameter("certification", value="none")])
+    node = started(context, [Parameter("robust_logit_scale", value=2.0), Parameter("certification", value="none")])
     try:
-        assert node.certification.temperature == 2.0 and node.runtime.classifier.certifier.temperature == 2.0
+        assert node.certification.logit_scale == 2.0 and node.runtime.classifier.certifier.logit_scale == 2.0
     finally:
         node.destroy_node()
+
+
+def test_mixer_refuses_the_old_name_robust_sharpening_at_configure(context, tmp_path):
+    """rclpy ignores an undeclared parameter given in a params file or as an override; the mixer names it."""
+    params_file = tmp_path / "old.yaml"
+    params_file.write_text("/**/mixer:\n  ros__parameters:\n    robust_sharpening: 3.0\n")
+    given = (
+        {"cli_args": ["--ros-args", "--params-file", str(params_file)]},
+        {"parameter_overrides": [Parameter("robust_sharpening", value=3.0)]},
+    )
+    for how in given:
+        with pytest.raises(RuntimeError, match=r"^parameter robust_sharpening was renamed robust_logit_scale$"):
+            start_mixer(tiny(), tiny(), context=context, **how)
 
 
 def test_mixer_lifecycle_swaps_its_configuration_without_a_restart(context):

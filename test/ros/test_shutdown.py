@@ -28,7 +28,7 @@ def pipeline_group(command_for_executable, parameter_text, constant_model, tmp_p
             "standard_model": constant_model,
             "robust_model": constant_model,
             "certification": "smoothing",  # the inference thread busy with noise batches while the signal comes
-            "robust_sharpening": 1.0,
+            "robust_logit_scale": 1.0,
             "cpu_threads": 1,
         },
         "safety_monitor": {},
