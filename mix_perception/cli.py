@@ -1,8 +1,11 @@
-"""The `mix-perception` command line: dispatches to one module per subcommand."""
+"""The `mix-perception` command line: dispatches to one module per subcommand. CommandError (bad input,
+mix_perception.commands.errors) becomes one line on stderr and exit status 2."""
 
 import argparse
 import importlib
 import sys
+
+from mix_perception.commands.errors import CommandError
 
 COMMANDS = {
     "run": ("mix_perception.commands.run", "run mixer + safety monitor (+ demo camera) in one process"),
@@ -10,10 +13,6 @@ COMMANDS = {
     "calibrate": ("mix_perception.commands.calibrate", "choose alpha for a stated goal; write node YAML"),
     "train-default": ("mix_perception.commands.train_default", "rebuild the embedded default models"),
 }
-
-
-class CommandError(Exception):
-    """Bad input to a command: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

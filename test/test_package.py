@@ -46,6 +46,7 @@ SAFETY_STATUS_FIELDS = {
     "alpha": "double",
     "consecutive_unsafe": "uint32",
     "source": "string",
+    "reasons": "sequence<string>",
 }
 EXECUTABLES = ["mixer_node", "safety_monitor", "demo_camera"]
 DATA_PATTERNS = ["default_models/*.pt", "default_models/*.json", "data/*.npz"]

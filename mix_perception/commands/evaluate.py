@@ -4,8 +4,9 @@ Measures, for each alpha: clean accuracy; accuracy under PGD aimed at g (STD), a
 end-to-end at the mixture (MIX, adaptive), and the per-image worst of them; optionally AutoAttack on
 the mixture (pyautoattack). Also h's confidence margins (the paper's Table 1) and, with --certify,
 certified accuracy against l2 radius of the mixture with the Gaussian-smoothed h and of h alone at
-equal clean accuracy (Figure 3). Writes OUT/results.json and PNG plots (accuracy_vs_alpha.png,
-tradeoff.png, certified_accuracy_<method>.png). The results.json schema is in docs/evaluation.md.
+equal clean accuracy (Figure 3), or with a Lipschitz h over --robust-logit-scales (h's logits x S).
+Writes OUT/results.json and PNG plots (accuracy_vs_alpha.png, tradeoff.png,
+certified_accuracy_<method>.png). The results.json schema is in docs/evaluation.md.
 
 Models: "default:standard", "default:robust", "default:smoothing" (embedded), or a file: a
 checkpoint dict, a bare state_dict (give --standard-arch / --robust-arch: a torchvision name such as
@@ -23,37 +24,82 @@ import platform
 import sys
 import time
 
-from mix_perception.commands import common
-from mix_perception.commands.common import alpha_list, float_list, name_list, positive_float, positive_int
+from mix_perception.commands import from_options, option_groups
+from mix_perception.commands.arguments import (
+    alpha_list,
+    float_list,
+    name_list,
+    positive_float,
+    positive_int,
+    positive_list,
+    transform_spec,
+)
+from mix_perception.commands.errors import CommandError
+from mix_perception.commands.outputs import write_json
 
 DEFAULT_ALPHAS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
-CERTIFY_METHODS = ("smoothing", "smoothing_theorem4", "lipschitz")
 
 
 def certify_list(text: str) -> list[str]:
-    """'smoothing,lipschitz' -> the methods; 'both' = smoothing,smoothing_theorem4; 'none' = []."""
-    return name_list(CERTIFY_METHODS)(text.replace("both", "smoothing,smoothing_theorem4"))
+    """'smoothing,lipschitz' -> those methods of core.certify.CERTIFICATION_METHODS; 'both' = the
+    SMOOTHING_METHODS; 'none' = []."""
+    from mix_perception.core.certify import CERTIFICATION_METHODS, SMOOTHING_METHODS
+
+    methods = [m for m in CERTIFICATION_METHODS if m != "none"]
+    return name_list(methods)(text.replace("both", ",".join(SMOOTHING_METHODS)))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    common.add_model_options(parser)
+    option_groups.add_model_options(parser)
     parser.add_argument(
         "--robust-transform",
-        type=common.transform_spec,
+        type=transform_spec,
         default="none",
-        help="sharpen h's logits before mixing: none | temperature:S (logits x S) | mixednuts:S,P,C",
+        help="sharpen h's logits before mixing: none | logit_scale:S (logits x S) | mixednuts:S,P,C",
     )
-    common.add_data_options(parser)
+    option_groups.add_data_options(parser)
     parser.add_argument("--limit", type=positive_int, default=None, help="use the first N images")
     parser.add_argument("--alphas", type=alpha_list, default=alpha_list(DEFAULT_ALPHAS), help="comma list in [0, 1]")
-    common.add_attack_options(parser)
+    option_groups.add_attack_options(parser)
     parser.add_argument(
         "--attacks",
         type=name_list(("std", "rob", "mix")),
         default=["std", "rob", "mix"],
         help="attacks on the mixture per alpha: comma list of std, rob, mix, or none (default all)",
     )
+    _add_autoattack_options(parser)
+    parser.add_argument(
+        "--certify",
+        type=certify_list,
+        default=[],
+        help="certified accuracy vs radius, a comma list of: smoothing (Theorem 5) and smoothing_theorem4 "
+        "(Theorem 4) on the smoothed --smoothing-model, from the same Monte Carlo bounds (both = the two); "
+        "lipschitz (deterministic, --lipschitz-model with its proven constant); or none (default)",
+    )
+    option_groups.add_certify_options(parser)
+    option_groups.add_lipschitz_options(parser)
+    parser.add_argument(
+        "--robust-logit-scales",
+        type=positive_list,
+        default=[1.0],
+        help="--certify lipschitz: h's logit scales S, comma list (h's logits x S before mixing; default 1)",
+    )
+    group = parser.add_argument_group("certified curves")
+    group.add_argument("--certify-limit", type=positive_int, default=None, help="certify only the first N images")
+    group.add_argument(
+        "--match-sigmas",
+        type=float_list,
+        default=None,
+        help="test-time sigmas of h alone for the equal-clean-accuracy comparison (default sigma x 0.8,0.6,0.4,0.2)",
+    )
+    group.add_argument("--max-radius", type=positive_float, default=1.0, help="largest radius of the curves")
+    group.add_argument("--radius-step", type=positive_float, default=0.02, help="radius grid step (default 0.02)")
+    option_groups.add_run_options(parser, "evaluation")
+    parser.add_argument("--no-plots", action="store_true", help="write results.json only")
+
+
+def _add_autoattack_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("AutoAttack (pyautoattack)")
     group.add_argument("--autoattack", action="store_true", help="also run AutoAttack on the mixture")
     group.add_argument(
@@ -68,92 +114,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--autoattack-alphas", type=alpha_list, default=None, help="alphas to run it at (default: every alpha)"
     )
-    parser.add_argument(
-        "--certify",
-        type=certify_list,
-        default=[],
-        help="certified accuracy vs radius, a comma list of: smoothing (Theorem 5) and smoothing_theorem4 "
-        "(Theorem 4) on the smoothed --smoothing-model, from the same Monte Carlo bounds (both = the two); "
-        "lipschitz (deterministic, --lipschitz-model with its proven constant); or none (default)",
-    )
-    common.add_certify_options(parser)
-    common.add_lipschitz_options(parser)
-    parser.add_argument(
-        "--temperatures", type=float_list, default=[1.0], help="Lipschitz h's logits x T before mixing (default 1)"
-    )
-    group = parser.add_argument_group("certified curves")
-    group.add_argument("--certify-limit", type=positive_int, default=None, help="certify only the first N images")
-    group.add_argument(
-        "--match-sigmas",
-        type=float_list,
-        default=None,
-        help="test-time sigmas of h alone for the equal-clean-accuracy comparison (default sigma x 0.8,0.6,0.4,0.2)",
-    )
-    group.add_argument("--max-radius", type=positive_float, default=1.0, help="largest radius of the curves")
-    group.add_argument("--radius-step", type=positive_float, default=0.02, help="radius grid step (default 0.02)")
-    common.add_run_options(parser, "evaluation")
-    parser.add_argument("--no-plots", action="store_true", help="write results.json only")
 
 
 # --- main -----------------------------------------------------------------------------------------------
 
 
 def main(args) -> int:
-    from mix_perception.cli import CommandError
-    from mix_perception.core.errors import first_line
-    from mix_perception.experiments import certified_curves, margins, plots, sweeps
+    from mix_perception.experiments import margins, sweeps
 
-    settings = common.smoothing_settings(args)
-    if args.autoattack:
-        try:
-            import pyautoattack  # noqa: F401
-        except ImportError:
-            raise CommandError("--autoattack needs the pyautoattack package: pip install pyautoattack==0.2.0") from None
-        if args.autoattack_version == "custom" and not args.autoattack_attacks:
-            raise CommandError("--autoattack-version custom needs --autoattack-attacks")
-    config = common.pgd_config(args)
-    device = common.setup_torch(args)
-    data = common.load_dataset(args.data, args.limit)
-    standard_spec, robust_spec = common.standard_spec(args), common.robust_spec(args)
-    standard = common.load_one(standard_spec, args.standard_arch, args, device)
-    robust_base = common.load_one(robust_spec, args.robust_arch, args, device)
-    robust = args.robust_transform.apply(robust_base)
-    models = {"standard": standard, "robust": robust}
-    smoothing_methods = [m for m in args.certify if m.startswith("smoothing")]
-    if smoothing_methods:
-        models["smoothing"] = common.load_one(common.smoothing_spec(args), args.smoothing_arch, args, device)
-    if "lipschitz" in args.certify:
-        lipschitz_spec = common.lipschitz_spec(args)
-        models["lipschitz"] = common.load_one(lipschitz_spec, args.lipschitz_arch, args, device)
-    common.check_models(models, data, device)
-    progress = not args.quiet
+    settings = from_options.smoothing_settings(args)
+    autoattack = _autoattack_plan(args)
+    config = from_options.pgd_config(args)
+    device = from_options.setup_torch(args)
+    run = from_options.run_settings(args, device)
+    data = from_options.load_dataset(args.data, args.limit)
+    models, specs = _load_models(args, data, device)
     timings = {}
 
     started = time.perf_counter()
-    autoattack_alphas = (args.autoattack_alphas or args.alphas) if args.autoattack else []
-    options = {"version": args.autoattack_version}
-    if args.autoattack_version == "custom":
-        options["attacks"] = args.autoattack_attacks
     sweep = sweeps.sweep_alphas(
-        standard,
-        robust,
-        data.x,
-        data.y,
-        args.alphas,
-        config,
-        attacks=args.attacks,
-        autoattack_alphas=autoattack_alphas,
-        autoattack_options=options,
-        batch_size=args.batch_size,
-        device=device,
-        seed=args.seed,
-        progress=progress,
+        models["standard"], models["robust"], data, args.alphas, config, args.attacks, autoattack, run
     )
     timings["sweep"] = time.perf_counter() - started
     summary = sweeps.sweep_summary(sweep)
     results = {
         "schema_version": 1,
-        "config": run_config(args, data, standard_spec, robust_spec, config, autoattack_alphas),
+        "config": run_config(args, data, specs, config, autoattack.alphas),
         "models": summary["models"],
         "per_alpha": summary["per_alpha"],
         "margins": margins.margin_table(sweep.robust, data.y),
@@ -164,45 +150,86 @@ def main(args) -> int:
         results["claims"]["paper_linear_mixing"] = sweeps.paper_claim(summary, "mix")
     if args.certify:
         started = time.perf_counter()
-        limit = min(args.certify_limit or len(data.x), len(data.x))
-        radii = radius_grid(args.max_radius, args.radius_step)
-        results["certified"] = {}
-        if smoothing_methods:
-            match = args.match_sigmas
-            if match is None:
-                match = [args.sigma * f for f in (0.8, 0.6, 0.4, 0.2)]
-            results["certified"] = certified_curves.certified_curves(
-                standard,
-                models["smoothing"],
-                data.x[:limit],
-                data.y[:limit],
-                args.alphas,
-                smoothing_methods,
-                settings,
-                radii,
-                match_sigmas=match,
-                batch_size=args.batch_size,
-                device=device,
-                seed=args.seed,
-                progress=progress,
-            )
-            for curves in results["certified"].values():
-                curves["smoothing_model"] = common.smoothing_spec(args)
-        if "lipschitz" in args.certify:
-            try:
-                results["certified"]["lipschitz"] = certified_curves.lipschitz_curves(
-                    standard, models["lipschitz"], data.x[:limit], data.y[:limit], args.alphas, args.temperatures,
-                    radii, args.batch_size, device,
-                )  # fmt: skip
-            except ValueError as error:  # a layer whose constant cannot be bounded
-                raise CommandError(f"--lipschitz-model {lipschitz_spec}: {first_line(error)}") from None
-            results["certified"]["lipschitz"]["lipschitz_model"] = lipschitz_spec
+        results["certified"] = _certified(args, models, specs, data, settings, run)
         timings["certify"] = time.perf_counter() - started
     results["timing_s"] = timings
     results["environment"] = versions() | {"device": str(device)}
+    _write_outputs(args, results)
+    return 0
+
+
+def _autoattack_plan(args):
+    """AutoAttackPlan from the AutoAttack options (no alphas without --autoattack); CommandError when
+    pyautoattack is missing or version custom has no attacks."""
+    from mix_perception.experiments.autoattack import AutoAttackPlan
+
+    if not args.autoattack:
+        return AutoAttackPlan()
+    try:
+        import pyautoattack  # noqa: F401
+    except ImportError:
+        raise CommandError("--autoattack needs the pyautoattack package: pip install pyautoattack==0.2.0") from None
+    if args.autoattack_version == "custom" and not args.autoattack_attacks:
+        raise CommandError("--autoattack-version custom needs --autoattack-attacks")
+    attacks = args.autoattack_attacks if args.autoattack_version == "custom" else None
+    return AutoAttackPlan(args.autoattack_alphas or args.alphas, args.autoattack_version, attacks)
+
+
+def _load_models(args, data, device) -> tuple[dict, dict]:
+    """({role: model}, {role: spec}) for standard, robust (with --robust-transform) and, as --certify
+    asks, smoothing and lipschitz; every model checked on two images of the data."""
+    from mix_perception.core.certify import SMOOTHING_METHODS
+
+    specs = {"standard": from_options.standard_spec(args), "robust": from_options.robust_spec(args)}
+    archs = {"standard": args.standard_arch, "robust": args.robust_arch}
+    if any(m in SMOOTHING_METHODS for m in args.certify):
+        specs["smoothing"], archs["smoothing"] = from_options.smoothing_spec(args), args.smoothing_arch
+    if "lipschitz" in args.certify:
+        specs["lipschitz"], archs["lipschitz"] = from_options.lipschitz_spec(args), args.lipschitz_arch
+    models = {role: from_options.load_one(spec, archs[role], args, device) for role, spec in specs.items()}
+    models["robust"] = args.robust_transform.apply(models["robust"])
+    from_options.check_models(models, data, device)
+    return models, specs
+
+
+def _certified(args, models: dict, specs: dict, data, settings, run) -> dict:
+    """{method: certified curves} for the methods of --certify, on the first --certify-limit images."""
+    from mix_perception.core.certify import SMOOTHING_METHODS
+    from mix_perception.core.errors import first_line
+    from mix_perception.experiments import certified_curves
+    from mix_perception.experiments.batches import log_probs
+
+    x, y = data.x[: args.certify_limit], data.y[: args.certify_limit]
+    radii = radius_grid(args.max_radius, args.radius_step)
+    results = {}
+    smoothing_methods = [m for m in args.certify if m in SMOOTHING_METHODS]
+    if smoothing_methods:
+        match = args.match_sigmas or [args.sigma * f for f in (0.8, 0.6, 0.4, 0.2)]
+        standard_probs = log_probs(models["standard"].to(run.device).eval(), x, run).exp()
+        all_bounds = certified_curves.matched_bounds(models["smoothing"], x, settings, match, run)
+        for method in smoothing_methods:
+            curves = certified_curves.smoothing_curves(
+                standard_probs, all_bounds, y, args.alphas, method, radii, settings
+            )
+            results[method] = curves | {"smoothing_model": specs["smoothing"]}
+    if "lipschitz" in args.certify:
+        scales = args.robust_logit_scales
+        try:
+            curves = certified_curves.lipschitz_curves(
+                models["standard"], models["lipschitz"], x, y, args.alphas, scales, radii, run
+            )
+        except ValueError as error:  # a layer whose constant cannot be bounded
+            raise CommandError(f"--lipschitz-model {specs['lipschitz']}: {first_line(error)}") from None
+        results["lipschitz"] = curves | {"lipschitz_model": specs["lipschitz"]}
+    return results
+
+
+def _write_outputs(args, results: dict) -> None:
+    """OUT/results.json and, unless --no-plots, the PNG plots; the summary on stdout."""
+    from mix_perception.experiments import plots
 
     out = args.out
-    common.write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     written = [out / "results.json"]
     if not args.no_plots:
         for path in (
@@ -220,7 +247,6 @@ def main(args) -> int:
         print_certified(curves)
     for path in written:
         print(f"wrote {path}")
-    return 0
 
 
 def versions() -> dict:
@@ -234,11 +260,11 @@ def radius_grid(max_radius: float, step: float) -> list[float]:
     return [round(i * step, 10) for i in range(count + 1)]
 
 
-def run_config(args, data, standard_spec, robust_spec, config, autoattack_alphas) -> dict:
+def run_config(args, data, specs: dict, config, autoattack_alphas) -> dict:
     return {
-        "standard": standard_spec,
+        "standard": specs["standard"],
         "standard_arch": args.standard_arch,
-        "robust": robust_spec,
+        "robust": specs["robust"],
         "robust_arch": args.robust_arch,
         "robust_transform": args.robust_transform.describe(),
         "num_classes": args.num_classes,
@@ -257,6 +283,7 @@ def run_config(args, data, standard_spec, robust_spec, config, autoattack_alphas
             else None
         ),
         "certify": args.certify,
+        "robust_logit_scales": list(args.robust_logit_scales) if "lipschitz" in args.certify else None,
         "seed": args.seed,
         "device": args.device,
         "batch_size": args.batch_size,
@@ -300,7 +327,7 @@ def print_certified(cert: dict) -> None:
     print(f"certified accuracy ({cert['method']}, {model}, {cert['images']} images) at radius")
     print("  " + " " * 44 + "  ".join(f"{radii[i]:6.2f}" for i in shown))
     rows = [
-        (f"mixture alpha {m['alpha']:g}" + (f" T {m['temperature']:g}" if "temperature" in m else ""), m)
+        (f"mixture alpha {m['alpha']:g}" + (f" S {m['logit_scale']:g}" if "logit_scale" in m else ""), m)
         for m in cert["mixture"]
         if m["alpha"] > 0.5
     ]

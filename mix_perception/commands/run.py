@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from mix_perception.commands.common import positive_float
+from mix_perception.commands.arguments import positive_float
+from mix_perception.commands.errors import CommandError
 
 DEFAULT_DURATION = 30.0
 
@@ -96,7 +97,6 @@ def ros_arguments(args) -> list[str]:
 
 
 def main(args) -> int:
-    from mix_perception.cli import CommandError
 
     args.config = args.config or default_config()
     if not args.config.is_file():

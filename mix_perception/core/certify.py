@@ -2,8 +2,10 @@
 
 The mixture is f = (1 - alpha) softmax(g) + alpha h with h's probabilities h_i in [0, 1]. All radii
 are in the input units (pixels in [0, 1]) of the norm that the Lipschitz constant or sigma carries.
-Every function returns 0 — never a negative number, never NaN — where nothing is certified,
-in particular for alpha <= 1/2, where g can outvote h whatever h says.
+Every function takes alpha in [0, 1] as a precondition (validated once at the boundary: the node's
+parameter callback, the command line's argument types, MixedClassifier / mix_logits), and returns
+0 — never a negative number, never NaN — where nothing is certified, in particular for alpha <= 1/2,
+where g can outvote h whatever h says.
 
 `lipschitz_logit_radius` is the deterministic certificate for an h given by logits z with a proven
 l2 constant (mix_perception.core.lipschitz): it holds with probability 1.
@@ -17,8 +19,6 @@ import math
 
 import numpy as np
 import torch
-
-from mix_perception.core.mixing import check_alpha
 
 # The certification methods, the one spelling of them (node parameter `certification`, evaluate,
 # calibrate): none; a Lipschitz h (deterministic); the Gaussian smoothing of h by Theorem 5 or Theorem 4.
@@ -44,19 +44,6 @@ def top_two_margin(probs: torch.Tensor) -> torch.Tensor:
     return top[..., 0] - top[..., 1]
 
 
-def margin_certified(margin: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Lemma 2's condition, elementwise: alpha > 1/2 and margin > (1 - alpha) / alpha.
-
-    If h's top-1 minus every other class probability exceeds (1 - alpha)/alpha at every point of a
-    ball, the mixture predicts h's class on that ball. Returns a bool tensor of margin's shape.
-    """
-    alpha = check_alpha(alpha)
-    margin = torch.as_tensor(margin)
-    if alpha <= 0.5:
-        return torch.zeros_like(margin, dtype=torch.bool)
-    return margin > (1.0 - alpha) / alpha
-
-
 def lipschitz_radius_from_bounds(
     top_class: torch.Tensor,
     p_top_lower: torch.Tensor,
@@ -70,7 +57,6 @@ def lipschitz_radius_from_bounds(
     bounds on h_i(x) (column y is ignored); lipschitz: a positive scalar or (C,) tensor of the
     Lipschitz constants of h's probabilities in the chosen norm. Returns (N,) float64 radii.
     """
-    alpha = check_alpha(alpha)
     p_upper = torch.as_tensor(p_upper).double()
     constants = torch.as_tensor(lipschitz, dtype=torch.float64, device=p_upper.device)
     if not (torch.all(constants > 0) and torch.all(torch.isfinite(constants))):
@@ -105,7 +91,6 @@ def smoothing_radius(p_top_lower, p_runner_upper, alpha: float, sigma: float) ->
     U >= max_{i != y} h_i(x), the mixture predicts y within the returned l2 radius. Elementwise over
     broadcast tensors; float64; +inf only when L_y = 1 and alpha = 1 (the exact all-y case).
     """
-    alpha = check_alpha(alpha)
     gaussian_lipschitz(sigma)  # validates sigma
     lower = torch.as_tensor(p_top_lower).double().clamp(0.0, 1.0)
     upper = torch.as_tensor(p_runner_upper).double().clamp(0.0, 1.0)
@@ -126,19 +111,20 @@ def _positive(name: str, value) -> float:
     return number
 
 
-def _softmax_lipschitz(lipschitz: float, temperature: float) -> float:
-    """l2 constant of each softmax_i(T z(x)) when ||z(x) - z(x')||_2 <= L ||x - x'||_2: (sqrt(2)/4) T L.
+def _softmax_lipschitz(lipschitz: float, logit_scale: float) -> float:
+    """l2 constant (sqrt(2)/4) T L of each softmax_i(T z(x)) (T: the logit scale) when
+    ||z(x) - z(x')||_2 <= L ||x - x'||_2.
 
     grad_z softmax_i(z) = p_i (e_i - p), and ||e_i - p||_2^2 = (1 - p_i)^2 + sum_{j != i} p_j^2
     <= 2 (1 - p_i)^2, so its norm is at most sqrt(2) p_i (1 - p_i) <= sqrt(2)/4.
     """
-    return math.sqrt(2.0) / 4.0 * temperature * lipschitz
+    return math.sqrt(2.0) / 4.0 * logit_scale * lipschitz
 
 
 BISECTION_STEPS = 48  # 2^-48 of the bracket: far below the float32 rounding of the published radius
 
 
-def _largest_radius(logits: np.ndarray, rates: np.ndarray, alpha: float, temperature: float) -> np.ndarray:
+def _largest_radius(logits: np.ndarray, rates: np.ndarray, alpha: float, logit_scale: float) -> np.ndarray:
     """The largest r (N,) with F(r) < 1 - c of `lipschitz_logit_radius`, 0 where it fails at r = 0.
 
     logits (N, C) float64; rates (C, C): K. Bisection keeps `low` where the condition holds, so every
@@ -146,8 +132,8 @@ def _largest_radius(logits: np.ndarray, rates: np.ndarray, alpha: float, tempera
     """
     rows = np.arange(len(logits))
     top = logits.argmax(axis=-1)
-    margins = temperature * (logits[rows, top][:, None] - logits)  # d_j
-    speeds = temperature * rates[top]  # s_j / r
+    margins = logit_scale * (logits[rows, top][:, None] - logits)  # d_j
+    speeds = logit_scale * rates[top]  # s_j / r
     margins[rows, top], speeds[rows, top] = np.inf, 0.0  # y itself never enters F
     log_c = math.log((1.0 - alpha) / alpha) if alpha < 1.0 else -math.inf
     log_limit = math.log1p(-(1.0 - alpha) / alpha)
@@ -176,11 +162,11 @@ def lipschitz_logit_radius(
     alpha: float,
     lipschitz: float,
     margin_lipschitz: torch.Tensor | None = None,
-    temperature: float = 1.0,
+    logit_scale: float = 1.0,
 ) -> torch.Tensor:
     """Deterministic l2 radius (N,) float64 within which the mixture with ANY g predicts y = argmax h(x).
 
-    h's probabilities are p = softmax(T z(x)) for logits z (N, C), temperature T > 0, where
+    h's probabilities are p = softmax(T z(x)) for logits z (N, C), logit scale T > 0, where
     ||z(x) - z(x')||_2 <= L ||x - x'||_2 (lipschitz = L, proven) and optionally
     |(z_i - z_j)(x) - (z_i - z_j)(x')| <= K_ij ||x - x'||_2 (margin_lipschitz = K, (C, C)); without K,
     K_ij = sqrt(2) L, and K is never used above sqrt(2) L. Radii in the units of x (pixels in [0, 1]).
@@ -202,8 +188,7 @@ def lipschitz_logit_radius(
     p_y - p_i > c fails at x itself; positive exactly where it holds. At alpha = 1 (c = 0) this is
     h's own certificate min_j (z_y - z_j) / K_yj.
     """
-    alpha = check_alpha(alpha)
-    lipschitz, temperature = _positive("lipschitz", lipschitz), _positive("temperature", temperature)
+    lipschitz, logit_scale = _positive("lipschitz", lipschitz), _positive("logit_scale", logit_scale)
     logits = torch.as_tensor(logits).double()
     count, classes = logits.shape
     if margin_lipschitz is None:
@@ -216,8 +201,8 @@ def lipschitz_logit_radius(
         rates = rates.clamp(max=math.sqrt(2.0) * lipschitz)
     if alpha <= 0.5 or count == 0:
         return torch.zeros(count, dtype=torch.float64, device=logits.device)
-    radius = torch.from_numpy(_largest_radius(logits.cpu().numpy(), rates.numpy(), alpha, temperature))
+    radius = torch.from_numpy(_largest_radius(logits.cpu().numpy(), rates.numpy(), alpha, logit_scale))
     radius = radius.to(logits.device)
-    probabilities = torch.softmax(temperature * logits, dim=-1)
-    theorem4 = lipschitz_radius(probabilities, alpha, _softmax_lipschitz(lipschitz, temperature))
+    probabilities = torch.softmax(logit_scale * logits, dim=-1)
+    theorem4 = lipschitz_radius(probabilities, alpha, _softmax_lipschitz(lipschitz, logit_scale))
     return torch.maximum(radius, theorem4).nan_to_num(nan=0.0, posinf=0.0).clamp_min(0.0)

@@ -260,6 +260,35 @@ def _load_torchscript(path: Path, device: torch.device) -> nn.Module:
         raise _fail(path, f"cannot load TorchScript archive: {first_line(error)}") from None
 
 
+def _num_classes(path: Path, num_classes, state_dict: Mapping) -> int:
+    """num_classes as given, else inferred from the state_dict's last linear layer; ModelLoadError unless
+    it is a positive int."""
+    if num_classes is None:
+        num_classes = _infer_num_classes(state_dict)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise _fail(path, f"num_classes must be a positive int, got {num_classes!r}")
+    return num_classes
+
+
+def _read_checkpoint(path: Path) -> tuple[Mapping, dict]:
+    """(metadata, state_dict) of a checkpoint dict, or ({}, the file's content) for a bare state_dict; a
+    DataParallel "module." prefix stripped. ModelLoadError unless the state_dict maps names to tensors."""
+    content = _torch_load(path)
+    if not isinstance(content, Mapping):
+        raise _fail(path, f"contains a {type(content).__name__}, expected a checkpoint dict or a state_dict")
+    if "state_dict" in content:
+        meta, state_dict = content, content["state_dict"]
+    else:
+        meta, state_dict = {}, content
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        raise _fail(path, "the state_dict is empty or not a dict")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise _fail(path, "not a state_dict (expected names mapped to tensors) nor a dict with a 'state_dict' key")
+    if all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    return meta, state_dict
+
+
 def load_model(
     path,
     arch: str | None = None,
@@ -303,28 +332,11 @@ def load_model(
             _check_output(path, model, input_shape, num_classes, device)
         return model
 
-    content = _torch_load(path)
-    if not isinstance(content, Mapping):
-        raise _fail(path, f"contains a {type(content).__name__}, expected a checkpoint dict or a state_dict")
-    if "state_dict" in content:
-        meta, state_dict = content, content["state_dict"]
-    else:
-        meta, state_dict = {}, content
-    if not isinstance(state_dict, Mapping) or not state_dict:
-        raise _fail(path, "the state_dict is empty or not a dict")
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
-        raise _fail(path, "not a state_dict (expected names mapped to tensors) nor a dict with a 'state_dict' key")
-    if all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
-
+    meta, state_dict = _read_checkpoint(path)
     arch = arch if arch is not None else meta.get("arch")
     if not isinstance(arch, str) or not arch:
         raise _fail(path, "the architecture is unknown: pass arch= (e.g. 'resnet18' or 'mix_perception:<name>')")
-    num_classes = num_classes if num_classes is not None else meta.get("num_classes")
-    if num_classes is None:
-        num_classes = _infer_num_classes(state_dict)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise _fail(path, f"num_classes must be a positive int, got {num_classes!r}")
+    num_classes = _num_classes(path, num_classes if num_classes is not None else meta.get("num_classes"), state_dict)
     mean = mean if mean is not None else meta.get("mean")
     std = std if std is not None else meta.get("std")
     input_channels = input_channels if input_channels is not None else meta.get("input_channels")
@@ -340,9 +352,8 @@ def load_model(
 
 def for_inference(model: nn.Module, device) -> nn.Module:
     """`model` on `device` in eval mode, its 4-D weights in channels_last memory format when it has 2-D
-    convolutions (the same function: only the layout of the weights changes). On the embedded CNN,
-    convolutions and max pooling ran 2.5x faster that way on the CPU (batches of 16 to 512, one thread),
-    with any input layout."""
+    convolutions (the same function: only the layout of the weights changes), with any input layout:
+    convolutions and max pooling run faster that way on the CPU (docs/results/README.md, Benchmarks)."""
     model = model.to(device).eval()
     if any(isinstance(module, nn.Conv2d) for module in model.modules()):
         model = model.to(memory_format=torch.channels_last)

@@ -39,7 +39,6 @@ import torch
 
 from mix_perception.core import bounds
 from mix_perception.core.certify import gaussian_lipschitz, smoothing_radius
-from mix_perception.core.mixing import check_alpha
 from mix_perception.core.smoothing import SmoothedClassifier
 
 
@@ -84,7 +83,8 @@ def default_looks(p_min: float, delta: float, n_max: int) -> tuple[tuple[int, ..
 class SequentialPlan:
     """Looks, levels and the decision table of sequential certification at `required_radius`.
 
-    Build once per (sigma, alpha, required_radius, delta, n_max) and reuse for every batch.
+    Build once per (sigma, alpha, required_radius, delta, n_max) and reuse for every batch; alpha in
+    [0, 1] (validated by the caller).
     Attributes: p_min = Phi(r_req / sigma) / alpha (inf for alpha <= 1/2); looks, deltas from
     `default_looks`; lower, radius (K, n_max + 1) float64: Clopper-Pearson bound at level delta_k and
     Theorem 5 radius (U = 1 - L) of count t at look k (t <= n_k); certify_at[k]: the smallest count
@@ -96,7 +96,7 @@ class SequentialPlan:
     """
 
     def __init__(self, sigma: float, alpha: float, required_radius: float, delta: float = 0.001, n_max: int = 256):
-        self.alpha = check_alpha(alpha)
+        self.alpha = float(alpha)
         self.delta = bounds.check_delta(delta)
         if not (required_radius >= 0.0 and math.isfinite(required_radius)):
             raise ValueError(f"required_radius must be >= 0 and finite, got {required_radius!r}")

@@ -21,10 +21,8 @@ from mix_perception.core.certify import (
     lipschitz_radius_from_bounds,
     smoothing_radius,
 )
-from mix_perception.core.mixing import check_alpha
 
 MODES = ("votes", "probs")
-METHODS = SMOOTHING_METHODS
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,8 @@ class SmoothedClassifier(nn.Module):
     def certify(
         self, x: torch.Tensor, alpha: float, generator: torch.Generator | None = None, method: str = "smoothing"
     ) -> Certificate:
-        """Certify the mixture (1 - alpha) softmax(g) + alpha h around each input of x (N, ...).
+        """Certify the mixture (1 - alpha) softmax(g) + alpha h around each input of x (N, ...);
+        alpha in [0, 1] (validated by the caller).
 
         Procedure (Cohen et al.'s CERTIFY, extended to the mixture):
         1. y = argmax of hbar summed over `settings.n_select` noise draws (selection samples).
@@ -171,9 +170,8 @@ class SmoothedClassifier(nn.Module):
         radius, the mixture with the exact h predicts y at x' (for any g). Holds per input.
         The mixture's probabilities from the estimate are mix of softmax(g) and `robust_probs`.
         """
-        alpha = check_alpha(alpha)
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method not in SMOOTHING_METHODS:
+            raise ValueError(f"method must be one of {SMOOTHING_METHODS}, got {method!r}")
         generator = generator or self.make_generator(x.device)
         prediction = self.sample(x, self.settings.n_select, generator).total.argmax(dim=-1)
         estimate = self.sample(x, self.settings.n_estimate, generator)
@@ -215,4 +213,4 @@ def radius_from_bounds(p_top_lower, p_runner_upper, alpha: float, sigma: float, 
         upper = torch.stack([lower, torch.as_tensor(p_runner_upper, dtype=torch.float64)], dim=-1)
         top_class = torch.zeros(lower.shape, dtype=torch.int64, device=lower.device)
         return lipschitz_radius_from_bounds(top_class, lower, upper, alpha, gaussian_lipschitz(sigma))
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    raise ValueError(f"method must be one of {SMOOTHING_METHODS}, got {method!r}")

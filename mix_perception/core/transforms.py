@@ -1,13 +1,14 @@
 """Transforms of h's logits z before mixing (beyond the paper, which mixes h's probabilities as they are):
 
-    temperature:  z -> s * z                              (s = 1 / T; s > 1 sharpens)
+    logit_scale:  z -> s * z                              (s, the logit scale; s > 1 sharpens)
     MixedNUTS:    z -> s * relu(LN(z) + c) ** p           (LN: layer norm over classes, no affine)
 
 the second in the spirit of the authors' follow-up (Bai et al., "MixedNUTS: Training-Free
 Accuracy-Robustness Balance via Nonlinearly Mixed Classifiers"; they clamp with GELU, here ReLU).
-A sharper h keeps its prediction (argmax unchanged by a temperature) but puts more weight on it
+A sharper h keeps its prediction (argmax unchanged by a logit scale) but puts more weight on it
 where h is confident, so a smaller alpha gives the same robustness and g decides more of the rest.
-The mixer node applies a temperature (`robust_sharpening`); `mix-perception calibrate` chooses it.
+The mixer node multiplies h's logits by its parameter `robust_logit_scale` itself (ros/inference.py);
+`mix-perception calibrate` chooses that scale with these transforms.
 """
 
 import math
@@ -16,24 +17,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-TRANSFORMS = ("temperature", "mixednuts")
+TRANSFORMS = ("logit_scale", "mixednuts")
 
 
 class ScaledLogits(nn.Module):
-    """h sharpened by a temperature: forward(x) = scale * model(x), scale = 1 / T > 0 (logits (N, C))."""
+    """h's logits times its logit scale: forward(x) = logit_scale * model(x), logit_scale > 0 (N, C)."""
 
-    def __init__(self, model: nn.Module, scale: float):
+    def __init__(self, model: nn.Module, logit_scale: float):
         super().__init__()
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"scale must be positive and finite, got {scale!r}")
+        if not (logit_scale > 0 and math.isfinite(logit_scale)):
+            raise ValueError(f"logit_scale must be positive and finite, got {logit_scale!r}")
         self.model = model
-        self.scale = float(scale)
+        self.logit_scale = float(logit_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.scale
+        return self.model(x) * self.logit_scale
 
     def extra_repr(self) -> str:
-        return f"scale={self.scale}"
+        return f"logit_scale={self.logit_scale}"
 
 
 class MixedNUTSLogits(nn.Module):
@@ -64,22 +65,22 @@ class MixedNUTSLogits(nn.Module):
 
 @dataclass(frozen=True)
 class Transform:
-    """A transform of h's logits: kind "temperature" (scale s) or "mixednuts" (scale, power, offset)."""
+    """A transform of h's logits: kind "logit_scale" (z -> scale * z) or "mixednuts" (scale, power, offset)."""
 
-    kind: str = "temperature"
+    kind: str = "logit_scale"
     scale: float = 1.0
     power: float = 1.0
     offset: float = 0.0
 
     @property
     def identity(self) -> bool:
-        return self.kind == "temperature" and self.scale == 1.0
+        return self.kind == "logit_scale" and self.scale == 1.0
 
     def apply(self, robust: nn.Module) -> nn.Module:
         """h itself for the identity, else the wrapped module."""
         if self.identity:
             return robust
-        if self.kind == "temperature":
+        if self.kind == "logit_scale":
             return ScaledLogits(robust, self.scale)
         if self.kind == "mixednuts":
             return MixedNUTSLogits(robust, self.scale, self.power, self.offset)
@@ -92,6 +93,6 @@ class Transform:
     def describe(self) -> str:
         if self.identity:
             return "none"
-        if self.kind == "temperature":
-            return f"temperature: logits x {self.scale:g} (T = {1.0 / self.scale:g})"
+        if self.kind == "logit_scale":
+            return f"logit scale: logits x {self.scale:g}"
         return f"mixednuts: {self.scale:g} * relu(LN(z) + {self.offset:g}) ** {self.power:g}"

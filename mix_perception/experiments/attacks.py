@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mix_perception.experiments.batches import progress_bar, slices
+from mix_perception.experiments.batches import DEFAULT_RUN, RunSettings, progress_bar, slices
 
 NORMS = ("linf", "l2")
 ATTACK_TARGETS = ("std", "rob", "mix")
@@ -79,86 +79,6 @@ def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return torch.where(norms > 0, grad / norms.clamp_min(torch.finfo(grad.dtype).tiny), torch.zeros_like(grad))
 
 
-def pgd(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    norm: str = "linf",
-    steps: int = 20,
-    step_size: float | None = None,
-    random_start: bool = True,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Untargeted PGD attack (Madry et al., ICLR 2018) in the l_inf or l_2 norm.
-
-    Maximizes the cross-entropy of model(x_adv) w.r.t. the labels y by `steps` steps of
-    x_adv <- Proj(x_adv + step_size * d), with d = sign(grad) for "linf" and d = grad / ||grad||_2
-    (per sample) for "l2", where Proj projects onto {||x_adv - x|| <= eps} and then onto [0, 1].
-
-    Args:
-        model: returns logits (N, K) for inputs (N, C, H, W). Its mode (eval/train) is left as the
-            caller set it; gradients are taken w.r.t. the input only, so no .grad is written on the
-            model's parameters.
-        x: clean inputs (N, C, H, W) (any shape (N, ...) works), values in [0, 1], any float dtype/device.
-        y: true labels (N,), int64.
-        eps: radius of the perturbation ball, >= 0, in pixel units of [0, 1] inputs.
-        norm: "linf" (default) or "l2".
-        steps: number of gradient steps, >= 0 (default 20).
-        step_size: length of each step in the given norm; default 2.5 * eps / steps.
-        random_start: start from a point drawn uniformly in the eps-ball (default True), clipped to [0, 1].
-        generator: torch.Generator for the random start (reproducible results); default: global RNG.
-
-    Returns:
-        x_adv (same shape, dtype and device as x), detached, with ||x_adv - x|| <= eps in the chosen
-        norm (up to float rounding) and every value in [0, 1]. With eps = 0 or steps = 0 and
-        random_start False, x_adv equals x clipped to [0, 1].
-    """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    eps = float(eps)
-    if not eps >= 0.0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps!r}")
-    if x.dim() < 2 or y.shape != x.shape[:1]:
-        raise ValueError(f"expected x of shape (N, ...) and y of shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    if step_size is None:
-        step_size = 2.5 * eps / steps if steps > 0 else 0.0
-
-    x = x.detach()
-    y = y.detach().to(x.device)
-    x_adv = x.clamp(0.0, 1.0)
-    if random_start and eps > 0:
-        x_adv = _project(x, x + _random_start(x, eps, norm, generator), eps, norm)
-    for _ in range(steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad():
-            loss = F.cross_entropy(model(x_adv), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = _project(x, x_adv.detach() + step_size * _ascent_direction(grad, norm), eps, norm)
-    return x_adv.detach()
-
-
-def attack_model(mixed: nn.Module, target: str) -> nn.Module:
-    """The model whose logits an attack ascends, for the attack targets of the paper's section 4.1.
-
-    Args:
-        mixed: a MixedClassifier (mix_perception.core.mixing) with submodules .standard (g) and .robust (h).
-        target: "std" -> g (transfer attack from the standard model), "rob" -> h (transfer attack from
-            the robust model), "mix" -> the mixed classifier itself (adaptive, end-to-end attack).
-
-    Returns the module (not a copy); the resulting adversarial inputs are then evaluated on `mixed`.
-    """
-    if target == "std":
-        return mixed.standard
-    if target == "rob":
-        return mixed.robust
-    if target == "mix":
-        return mixed
-    raise ValueError(f"attack target must be one of {ATTACK_TARGETS}, got {target!r}")
-
-
 @dataclass(frozen=True)
 class PGDConfig:
     """Settings of `pgd`: norm "linf" | "l2", radius eps (pixels in [0, 1]), steps,
@@ -181,38 +101,57 @@ class PGDConfig:
             raise ValueError(f"step size must be positive, got {self.step_size!r}")
 
 
-def adversarial_inputs(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    config: PGDConfig,
-    batch_size: int = 500,
-    device="cpu",
-    seed: int = 0,
-    progress=False,
-    desc="PGD",
-) -> torch.Tensor:
-    """PGD adversarial inputs (N, C, H, W) on the CPU against `model`, in batches on `device`.
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: PGDConfig, generator=None) -> torch.Tensor:
+    """Untargeted PGD attack (Madry et al., ICLR 2018) in the l_inf or l_2 norm of `config`.
 
-    Batch number k draws its random start from a generator seeded with seed + k, so two attacks with
-    the same seed and batch size start from the same points (e.g. MIX at alpha 0 equals STD).
+    Maximizes the cross-entropy of model(x_adv) w.r.t. the labels y by config.steps steps of
+    x_adv <- Proj(x_adv + step_size * d), with d = sign(grad) for "linf" and d = grad / ||grad||_2
+    (per sample) for "l2", where Proj projects onto {||x_adv - x|| <= eps} and then onto [0, 1];
+    with config.random_start, from a point drawn uniformly in the eps-ball (clipped to [0, 1]).
+
+    model returns logits (N, K) for inputs (N, C, H, W); its mode (eval/train) is left as the caller
+    set it, and gradients are taken w.r.t. the input only. x: clean inputs (N, ...) in [0, 1], any
+    float dtype/device; y: labels (N,) int64; generator: torch.Generator of the random start
+    (default: the global RNG).
+
+    Returns x_adv (shape, dtype and device of x), detached, with ||x_adv - x|| <= eps in the chosen
+    norm (up to float rounding) and every value in [0, 1]. With eps = 0 or steps = 0 and no random
+    start, x_adv equals x clipped to [0, 1].
     """
-    device = torch.device(device)
+    if x.dim() < 2 or y.shape != x.shape[:1]:
+        raise ValueError(f"expected x of shape (N, ...) and y of shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    eps, norm, steps = float(config.eps), config.norm, config.steps
+    step_size = config.step_size
+    if step_size is None:
+        step_size = 2.5 * eps / steps if steps > 0 else 0.0
+
+    x = x.detach()
+    y = y.detach().to(x.device)
+    x_adv = x.clamp(0.0, 1.0)
+    if config.random_start and eps > 0:
+        x_adv = _project(x, x + _random_start(x, eps, norm, generator), eps, norm)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = _project(x, x_adv.detach() + step_size * _ascent_direction(grad, norm), eps, norm)
+    return x_adv.detach()
+
+
+def adversarial_inputs(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: PGDConfig, run: RunSettings = DEFAULT_RUN, desc="PGD"
+) -> torch.Tensor:
+    """PGD adversarial inputs (N, C, H, W) on the CPU against `model`, in batches on run.device.
+
+    Batch number k draws its random start from a generator seeded with run.seed + k, so two attacks
+    with the same seed and batch size start from the same points (e.g. MIX at alpha 0 equals STD).
+    """
+    device = torch.device(run.device)
     results = []
-    with progress_bar(len(x), desc, progress) as bar:
-        for k, part in enumerate(slices(len(x), batch_size)):
-            generator = torch.Generator(device=device).manual_seed(int(seed) + k)
-            x_adv = pgd(
-                model,
-                x[part].to(device),
-                y[part].to(device),
-                config.eps,
-                norm=config.norm,
-                steps=config.steps,
-                step_size=config.step_size,
-                random_start=config.random_start,
-                generator=generator,
-            )
-            results.append(x_adv.cpu())
+    with progress_bar(len(x), desc, run.progress) as bar:
+        for k, part in enumerate(slices(len(x), run.batch_size)):
+            generator = torch.Generator(device=device).manual_seed(int(run.seed) + k)
+            results.append(pgd(model, x[part].to(device), y[part].to(device), config, generator).cpu())
             bar.update(part.stop - part.start)
     return torch.cat(results) if results else x.clone()

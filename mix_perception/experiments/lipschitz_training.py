@@ -15,7 +15,7 @@ RECIPE (chosen on the calibration split among the runs in docs/results/lipschitz
 tau 4, 5, 6, 10 and HKR; SpectralLinear vs FrobeniusLinear last layer; 3 vs 6 epochs): blocks
 (32, 32), (64, 64), dense 256, a FrobeniusLinear last layer (unit rows, not orthogonal ones, so the
 pairwise margin constants ||W_i - W_j|| L' fall below sqrt(2) L), tau-CE with tau 5, Adam 2e-3, 6
-epochs. With 2 threads on the 2-core machine an epoch takes ~95 s when nothing else runs (~10 min).
+epochs (training times: docs/results/README.md).
 
 Randomness comes only from torch.manual_seed(seed) (initialisation) and a seeded torch.Generator
 (shuffling, flips), so a run is reproducible on the same machine, torch version, device and threads.
@@ -29,7 +29,7 @@ from torch import nn
 
 from mix_perception.core import architectures, certify, lipschitz
 from mix_perception.experiments import batches
-from mix_perception.experiments.training import fit, flipped
+from mix_perception.experiments.training import Schedule, fit, flipped
 
 ARCH = "mix_perception:lipschitz_cnn"
 INPUT_SHAPE = (1, 28, 28)
@@ -134,8 +134,8 @@ def train(
         logits = model(flipped(x, generator) if recipe.hflip else x)
         return criterion(logits, y), logits
 
-    schedule = (recipe.lr, recipe.epochs, recipe.batch_size)
-    history = fit(model, images, labels, batch_loss, optimizer, schedule, generator, recipe.name, device, progress)
+    schedule = Schedule(recipe.name, recipe.lr, recipe.epochs, recipe.batch_size)
+    history = fit(model, (images, labels), batch_loss, optimizer, schedule, generator, device, progress)
     return export(model.eval(), recipe), history
 
 
@@ -168,7 +168,7 @@ def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device
     certify.lipschitz_logit_radius with the pairwise constants) >= the radius; and the same with the
     all-margins constant sqrt(2) L (certified_accuracy_sqrt2L), for comparison.
     """
-    logits = batches.logits(model, images, device=device)
+    logits = batches.logits(model, images, batches.RunSettings(device=device))
     bound = lipschitz.lipschitz_bound(model, INPUT_SHAPE)
     margins = lipschitz.margin_lipschitz(model, INPUT_SHAPE)
     correct = logits.argmax(dim=1) == labels
@@ -181,41 +181,6 @@ def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device
         "certified_accuracy": {str(r): float((correct & (pairwise >= r)).double().mean()) for r in radii},
         "certified_accuracy_sqrt2L": {str(r): float((correct & (plain >= r)).double().mean()) for r in radii},
     }
-
-
-def measure_mixture(
-    robust_logits: torch.Tensor,
-    standard_logits: torch.Tensor,
-    labels: torch.Tensor,
-    bound: float,
-    margins: torch.Tensor,
-    settings,
-    radius: float = 0.1,
-) -> list[dict]:
-    """Clean and deterministic certified accuracy of the mixture of g and the Lipschitz h at each (alpha, T).
-
-    robust_logits / standard_logits: (N, C) logits of h and g on the same images, labels (N,). The
-    mixture is (1 - alpha) softmax(g) + alpha softmax(T h); it is certified-correct at `radius` where
-    certify.lipschitz_logit_radius (proven constant `bound`, pairwise `margins`) is >= radius and h's
-    class (which the mixture then predicts) is the label. Returns one dict per setting.
-    """
-    from mix_perception.core.mixing import mix_logits
-
-    rows = []
-    for alpha, temperature in settings:
-        mixed = mix_logits(standard_logits, temperature * robust_logits, alpha).argmax(dim=1)
-        radii = certify.lipschitz_logit_radius(robust_logits, alpha, bound, margins, temperature)
-        robust_correct = robust_logits.argmax(dim=1) == labels
-        rows.append(
-            {
-                "alpha": alpha,
-                "temperature": temperature,
-                "clean_accuracy": float((mixed == labels).double().mean()),
-                "certified_accuracy": float((robust_correct & (radii >= radius)).double().mean()),
-                "radius": radius,
-            }
-        )
-    return rows
 
 
 def checkpoint(model: nn.Module) -> dict:

@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mix_perception.core.mixing import check_alpha
 from mix_perception.core.smoothing import SmoothingSettings
 
 
@@ -52,10 +51,10 @@ def node_parameters(
     certifying, smoothing.{sequential: false, sigma, samples, select_samples, delta, mode} (nested as in
     the YAML) from `smoothing`'s sigma, n_estimate, n_select, delta and mode: the fixed-n certificates
     that calibrate measured.
-    `extra` adds keys as they are (e.g. robust_sharpening).
+    `extra` adds keys as they are (e.g. robust_logit_scale). alpha in [0, 1] (validated by the caller).
     """
     params = {
-        "alpha": float(check_alpha(alpha)),
+        "alpha": float(alpha),
         "standard_model": str(standard_model),
         "standard_arch": str(standard_arch),
         "robust_model": str(robust_model),

@@ -81,7 +81,7 @@ def tradeoff(results: dict, path: Path, attack: str = "mix") -> Path | None:
 
 def certified_accuracy(cert: dict, path: Path) -> Path | None:
     """Certified accuracy against l2 radius for one method (an entry of results["certified"]): the
-    mixture per alpha > 1/2 (and temperature, for a Lipschitz h), and h alone — for the smoothing,
+    mixture per alpha > 1/2 (and logit scale, for a Lipschitz h), and h alone — for the smoothing,
     at the matched clean accuracy (the paper's Figure 3)."""
     if not cert:
         return None
@@ -92,8 +92,8 @@ def certified_accuracy(cert: dict, path: Path) -> Path | None:
     radii = cert["radii"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for m in mixtures:
-        temperature = f", T={m['temperature']:g}" if "temperature" in m else ""
-        label = f"mixture alpha={m['alpha']:g}{temperature} (clean {m['clean_accuracy']:.3f})"
+        scale = f", S={m['logit_scale']:g}" if "logit_scale" in m else ""
+        label = f"mixture alpha={m['alpha']:g}{scale} (clean {m['clean_accuracy']:.3f})"
         ax.plot(radii, m["curve"], "-", label=label)
     if "sigma" in cert:
         alone = {m["matched_robust"]["sigma"]: m["matched_robust"] for m in mixtures}
@@ -117,7 +117,7 @@ def certified_accuracy(cert: dict, path: Path) -> Path | None:
 def calibration_candidates(calibration: dict, path: Path) -> Path | None:
     """Clean (x) against robust (y) accuracy of every attacked calibration candidate, a bar down to its
     lower confidence bound (robust_lower, the number held against the floor), the floor as a line, the
-    chosen one starred. Labels: alpha, then the sharpening (S, or S/P/C for MixedNUTS)."""
+    chosen one starred. Labels: alpha, then the transform of h (logit scale S, or S/P/C for MixedNUTS)."""
     points = [c for c in calibration.get("candidates", []) if c.get("robust_accuracy") is not None]
     if not points:
         return None
@@ -131,7 +131,7 @@ def calibration_candidates(calibration: dict, path: Path) -> Path | None:
         t = c["transform"]
         sharpening = (
             f"S={t['scale']:g}"
-            if t["kind"] == "temperature"
+            if t["kind"] == "logit_scale"
             else f"S={t['scale']:g},P={t['power']:g},C={t['offset']:g}"
         )
         ax.annotate(

@@ -12,15 +12,16 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mix_perception.core.mixing import MixedClassifier, check_alpha, mix_log_probs
+from mix_perception.core.mixing import MixedClassifier, mix_log_probs
 from mix_perception.experiments.attacks import ATTACK_TARGETS, PGDConfig, adversarial_inputs
-from mix_perception.experiments.autoattack import autoattack_correct
-from mix_perception.experiments.batches import accuracy, log_probs
+from mix_perception.experiments.autoattack import NO_AUTOATTACK, AutoAttackPlan, autoattack_correct
+from mix_perception.experiments.batches import DEFAULT_RUN, RunSettings, accuracy, log_probs
 
 
 def mixed_predictions(standard_log_probs: torch.Tensor, robust_log_probs: torch.Tensor, alpha: float) -> torch.Tensor:
-    """argmax of the mixture log((1 - alpha) softmax(g) + alpha softmax(h)) from both log-probabilities (N, C)."""
-    return mix_log_probs(standard_log_probs, robust_log_probs, check_alpha(alpha)).argmax(dim=-1)
+    """argmax of the mixture log((1 - alpha) softmax(g) + alpha softmax(h)) from both log-probabilities (N, C);
+    alpha in [0, 1]."""
+    return mix_log_probs(standard_log_probs, robust_log_probs, alpha).argmax(dim=-1)
 
 
 # --- alpha sweep -----------------------------------------------------------------------------------
@@ -59,44 +60,31 @@ class Sweep(NamedTuple):
 def sweep_alphas(
     standard: nn.Module,
     robust: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data,
     alphas: Sequence[float],
     config: PGDConfig,
     attacks: Sequence[str] = ATTACK_TARGETS,
-    autoattack_alphas: Sequence[float] = (),
-    autoattack_options: dict | None = None,
-    batch_size: int = 500,
-    device="cpu",
-    seed: int = 0,
-    progress=False,
+    autoattack: AutoAttackPlan = NO_AUTOATTACK,
+    run: RunSettings = DEFAULT_RUN,
 ) -> Sweep:
-    """Clean and PGD accuracy of the mixture for every alpha, and of g and h alone.
+    """Clean and PGD accuracy of the mixture for every alpha (each in [0, 1]), and of g and h alone,
+    on data.x (N, C, H, W), data.y (N,).
 
     Cost: two PGD runs on the single models (their inputs serve STD and ROB for every alpha, and
     give g's and h's own robust accuracy and h's attacked margins), plus one PGD through the
     mixture per alpha when "mix" is asked for (the adaptive attack depends on alpha), plus
-    AutoAttack on the mixture for each alpha in `autoattack_alphas`. All attacks share `seed`.
+    AutoAttack on the mixture for each alpha of `autoattack`. All attacks share run.seed.
     With `attacks` empty no PGD runs at all (the base models' attacked fields are then None).
     """
-    alphas = [check_alpha(a) for a in alphas]
     unknown = [a for a in attacks if a not in ATTACK_TARGETS]
     if unknown:
         raise ValueError(f"unknown attacks {unknown}; known: {', '.join(ATTACK_TARGETS)}")
-    standard, robust = standard.to(device).eval(), robust.to(device).eval()
-    y = y.cpu()
-    args = dict(batch_size=batch_size, device=device, progress=progress)
-
-    g_clean = log_probs(standard, x, desc="g clean", **args)
-    h_clean = log_probs(robust, x, desc="h clean", **args)
-    parts = {}
-    if attacks:  # the single-model attacks serve STD, ROB, the base models' own numbers and the margins
-        inputs = {
-            "std": adversarial_inputs(standard, x, y, config, seed=seed, desc="PGD on g (STD)", **args),
-            "rob": adversarial_inputs(robust, x, y, config, seed=seed, desc="PGD on h (ROB)", **args),
-        }
-        parts = {name: (log_probs(standard, xa, **args), log_probs(robust, xa, **args)) for name, xa in inputs.items()}
-
+    alphas = [float(a) for a in alphas]
+    standard, robust = standard.to(run.device).eval(), robust.to(run.device).eval()
+    x, y = data.x, data.y.cpu()
+    g_clean = log_probs(standard, x, run, desc="g clean")
+    h_clean = log_probs(robust, x, run, desc="h clean")
+    parts = _transfer_log_probs(standard, robust, x, y, config, run) if attacks else {}
     clean = torch.stack([mixed_predictions(g_clean, h_clean, a) == y for a in alphas])
     results = {}
     for name in attacks:
@@ -104,39 +92,50 @@ def sweep_alphas(
         for a in alphas:
             if name == "mix":
                 mixed = MixedClassifier(standard, robust, a)
-                desc = f"PGD on mixture (MIX) alpha={a:g}"
-                x_adv = adversarial_inputs(mixed, x, y, config, seed=seed, desc=desc, **args)
-                g_adv, h_adv = log_probs(standard, x_adv, **args), log_probs(robust, x_adv, **args)
+                x_adv = adversarial_inputs(mixed, x, y, config, run, desc=f"PGD on mixture (MIX) alpha={a:g}")
+                g_adv, h_adv = log_probs(standard, x_adv, run), log_probs(robust, x_adv, run)
             else:
                 g_adv, h_adv = parts[name]
             rows.append(mixed_predictions(g_adv, h_adv, a) == y)
         results[name] = torch.stack(rows)
-    worst = clean.clone()
-    for rows in results.values():
-        worst &= rows
-
-    auto = {}
-    for index, a in enumerate(alphas):
-        if any(abs(a - b) < 1e-12 for b in autoattack_alphas):
-            mixed = MixedClassifier(standard, robust, a)
-            auto[index] = autoattack_correct(
-                mixed, x, y, config.norm, config.eps, seed=seed, **(autoattack_options or {}), **args
-            )
-    g_adv = parts["std"][0] if parts else None
-    h_adv = parts["rob"][1] if parts else None
-    standard_result = BaseResult(
-        g_clean.argmax(-1) == y,
-        None if g_adv is None else g_adv.argmax(-1) == y,
-        g_clean.exp(),
-        None if g_adv is None else g_adv.exp(),
-    )
-    robust_result = BaseResult(
-        h_clean.argmax(-1) == y,
-        None if h_adv is None else h_adv.argmax(-1) == y,
-        h_clean.exp(),
-        None if h_adv is None else h_adv.exp(),
-    )
+    worst = torch.stack([clean, *results.values()]).all(dim=0)  # clean and under every attack run
+    auto = {
+        index: autoattack_correct(
+            MixedClassifier(standard, robust, a),
+            x,
+            y,
+            config.norm,
+            config.eps,
+            autoattack.version,
+            autoattack.attacks,
+            run,
+        )
+        for index, a in enumerate(alphas)
+        if any(abs(a - b) < 1e-12 for b in autoattack.alphas)
+    }
+    standard_result = _base_result(g_clean, parts["std"][0] if parts else None, y)
+    robust_result = _base_result(h_clean, parts["rob"][1] if parts else None, y)
     return Sweep(alphas, clean, results, worst, auto, standard_result, robust_result)
+
+
+def _transfer_log_probs(standard, robust, x, y, config: PGDConfig, run: RunSettings) -> dict:
+    """{"std" | "rob": (log-probabilities of g, of h) at PGD inputs aimed at g | at h}: they serve STD,
+    ROB, the base models' own numbers and the margins."""
+    inputs = {
+        "std": adversarial_inputs(standard, x, y, config, run, desc="PGD on g (STD)"),
+        "rob": adversarial_inputs(robust, x, y, config, run, desc="PGD on h (ROB)"),
+    }
+    return {name: (log_probs(standard, xa, run), log_probs(robust, xa, run)) for name, xa in inputs.items()}
+
+
+def _base_result(clean_log_probs: torch.Tensor, attacked_log_probs: torch.Tensor | None, y: torch.Tensor):
+    """BaseResult of one model from its log-probabilities (N, C) on clean and on its own attacked inputs."""
+    if attacked_log_probs is None:
+        return BaseResult(clean_log_probs.argmax(-1) == y, None, clean_log_probs.exp(), None)
+    attacked_correct = attacked_log_probs.argmax(-1) == y
+    return BaseResult(
+        clean_log_probs.argmax(-1) == y, attacked_correct, clean_log_probs.exp(), attacked_log_probs.exp()
+    )
 
 
 def sweep_summary(sweep: Sweep) -> dict:

@@ -8,11 +8,10 @@ annealing to ~0), random horizontal flips. They differ only in what the network 
 - robust:    PGD adversarial examples (Madry et al. 2018): l_inf eps 0.1, 7 steps of 2.5 * eps / 7,
              random start, computed on the current weights (mix_perception.experiments.attacks.pgd), and the
              clean images: loss = w CE(clean) + (1 - w) CE(adversarial) with clean_weight w = 0.7
-             (the mixed objective of Goodfellow et al. 2015, with PGD examples), 12 epochs. On the
-             shipped data w = 0.5 beat w = 0 (Madry's pure PGD training) on both counts: clean 89.8%
-             vs 85%, PGD-20 78.4% vs 76.6% (first 500 calibration images, 10 epochs each); w = 0.7
-             with 12 epochs traded 2.2 points of h's PGD-20 accuracy for 1.6 of clean (test split:
-             88.34% / 73.52% against 86.78% / 75.74%) and lifted the calibrated mixture (docs/results/README.md);
+             (the mixed objective of Goodfellow et al. 2015, with PGD examples), 12 epochs: chosen
+             over pure PGD training (w = 0), TRADES and w = 0.5 for the calibrated mixture's clean
+             accuracy at its robustness target (measurements: docs/results/README.md, "Choosing the
+             robust recipe");
 - smoothing: images plus Gaussian noise N(0, sigma^2 I), sigma 0.25, not clipped (Cohen et al. 2019),
              the base model of a randomized-smoothing classifier.
 
@@ -27,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from mix_perception.core import architectures
 from mix_perception.core.models import Normalized
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
-from mix_perception.experiments.attacks import pgd
+from mix_perception.experiments.attacks import PGDConfig, pgd
 
 ARCH = "mix_perception:fmnist_cnn"
 MODEL_NAMES = ("standard", "robust", "smoothing")
@@ -104,7 +104,7 @@ def _loss(
     x = flipped(x, generator) if recipe.hflip else x
     inputs = x
     if recipe.attack:
-        inputs = pgd(model, x, y, generator=generator, random_start=True, **recipe.attack)
+        inputs = pgd(model, x, y, PGDConfig(**recipe.attack), generator)
     if recipe.sigma is not None:
         inputs = inputs + recipe.sigma * torch.randn(inputs.shape, generator=generator).to(inputs.device)
     logits = model(inputs)
@@ -140,37 +140,45 @@ def train(
         nesterov=True,
         weight_decay=recipe.weight_decay,
     )
-    schedule = (recipe.max_lr, recipe.epochs, recipe.batch_size)
+    schedule = Schedule(recipe.name, recipe.max_lr, recipe.epochs, recipe.batch_size)
 
     def batch_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _loss(recipe, model, x, y, generator)
 
-    history = fit(model, images, labels, batch_loss, optimizer, schedule, generator, recipe.name, device, progress)
+    history = fit(model, (images, labels), batch_loss, optimizer, schedule, generator, device, progress)
     return model.eval(), history
+
+
+class Schedule(NamedTuple):
+    """The epoch loop's schedule: `name` (in progress lines), peak learning rate, epochs, batch size."""
+
+    name: str
+    max_lr: float
+    epochs: int
+    batch_size: int
 
 
 def fit(
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    examples: tuple[torch.Tensor, torch.Tensor],
     batch_loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
-    schedule: tuple[float, int, int],
+    schedule: Schedule,
     generator: torch.Generator,
-    name: str,
     device: torch.device | str = "cpu",
     progress: Callable[[str], None] = print,
 ) -> list[dict]:
-    """The epoch loop of every trainer here: schedule = (max_lr, epochs, batch_size); each epoch shuffles
-    images (N, ...) and labels (N,) with `generator`, and for each batch x, y (on `device`) takes
-    (loss, logits) = batch_loss(x, y), one optimizer step and one step of a one-cycle learning rate
-    (OneCycleLR: warm-up over the first 20% of the steps to max_lr, then cosine annealing).
+    """The epoch loop of every trainer here: each epoch shuffles examples = (images (N, ...), labels (N,))
+    with `generator`, and for each batch x, y (on `device`) takes (loss, logits) = batch_loss(x, y), one
+    optimizer step and one step of a one-cycle learning rate (OneCycleLR: warm-up over the first 20% of
+    the steps to schedule.max_lr, then cosine annealing).
 
     Returns the history: per epoch {"epoch", "loss", "train_accuracy", "seconds", "load_average"}
     (load_average: the machine's 1-minute load at the end of the epoch); `progress` gets one line per
     epoch; a tqdm bar shows the batches when tqdm is installed and stderr is a terminal.
     """
-    max_lr, epochs, batch_size = schedule
+    images, labels = examples
+    name, max_lr, epochs, batch_size = schedule
     n = images.shape[0]
     lr_schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=max_lr, total_steps=epochs * -(-n // batch_size), pct_start=0.2
@@ -246,7 +254,7 @@ def pgd_accuracy(
     correct = 0
     for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
         x, y = x.to(device), y.to(device)
-        x_adv = pgd(model, x, y, eps=eps, norm="linf", steps=steps, generator=generator)
+        x_adv = pgd(model, x, y, PGDConfig("linf", eps, steps), generator)
         with torch.no_grad():
             correct += int((model(x_adv).argmax(dim=1) == y).sum())
     return correct / labels.shape[0]

@@ -14,11 +14,10 @@ from torch import nn
 from mix_perception.core.certify import (
     gaussian_lipschitz,
     lipschitz_radius,
-    margin_certified,
     smoothing_radius,
 )
 from mix_perception.core.mixing import MixedClassifier
-from mix_perception.experiments.attacks import pgd
+from mix_perception.experiments.attacks import PGDConfig, pgd
 
 # ---------------------------------------------------------------- independent implementations
 
@@ -70,7 +69,8 @@ def test_theorem4_positive_exactly_when_lemma2_margin_holds(raw, alpha, lip):
     margin = top2[:, 0] - top2[:, 1]
     threshold = (1 - alpha) / alpha if alpha > 0 else math.inf
     assume(abs(margin.item() - threshold) > 1e-9)  # away from the floating-point boundary
-    assert bool(lipschitz_radius(probs, alpha, lip).item() > 0) == bool(margin_certified(margin, alpha).item())
+    lemma2 = alpha > 0.5 and margin.item() > threshold  # Lemma 2's condition at x itself
+    assert bool(lipschitz_radius(probs, alpha, lip).item() > 0) == lemma2
 
 
 @settings(max_examples=300, deadline=None)
@@ -106,7 +106,6 @@ def test_nothing_is_certified_at_alpha_at_most_half(alpha):
     probs = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0]])
     assert torch.all(lipschitz_radius(probs, alpha, 0.1) == 0)
     assert torch.all(smoothing_radius(torch.tensor([0.999]), torch.tensor([0.0]), alpha, 0.25) == 0)
-    assert not margin_certified(torch.tensor([1.0]), alpha).any()
 
 
 def test_bad_constants_and_sigma_are_rejected():
@@ -231,5 +230,5 @@ def test_smoothing_certificates_survive_worst_direction_and_pgd_at_099_r(theorem
             mixed = MixedClassifier(worst_g, h, alpha).double()
             for row in rows:
                 eps = 0.99 * radius[row].item()
-                adv = pgd(mixed, x[row : row + 1], y[row : row + 1], eps, norm="l2", steps=30, random_start=True)
+                adv = pgd(mixed, x[row : row + 1], y[row : row + 1], PGDConfig("l2", eps, 30))
                 assert mixed(adv).argmax(-1).item() == cls

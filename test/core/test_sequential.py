@@ -257,7 +257,6 @@ def test_bad_configuration_is_rejected():
         {"required_radius": -0.1},
         {"required_radius": math.inf},
         {"n_max": 0},
-        {"alpha": 1.5},
     ):
         with pytest.raises(ValueError):
             SequentialPlan(**({"sigma": SIGMA, "alpha": 0.8, "required_radius": 0.1} | kwargs))

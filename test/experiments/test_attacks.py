@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mix_perception.core.mixing import MixedClassifier
-from mix_perception.experiments.attacks import attack_model, pgd
+from mix_perception.experiments.attacks import PGDConfig, pgd
 
 NORMS = ["linf", "l2"]
 TOL = 1e-5
@@ -81,7 +81,7 @@ def test_result_in_ball_and_in_box(norm, eps):
     x[0] = 0.0  # boundary pixels: the box constraint binds
     x[1] = 1.0
     y = torch.randint(0, 3, (16,), generator=g)
-    x_adv = pgd(model, x, y, eps, norm=norm, steps=5, generator=g)
+    x_adv = pgd(model, x, y, PGDConfig(norm, eps, 5), g)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
     assert not x_adv.requires_grad
     assert torch.all(distance(x_adv, x, norm) <= eps + TOL)
@@ -95,7 +95,7 @@ def test_seeded_generator_makes_it_deterministic(norm):
     model = tiny_cnn()
     x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     y = torch.arange(8) % 3
-    runs = [pgd(model, x, y, 0.1, norm=norm, steps=3, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    runs = [pgd(model, x, y, PGDConfig(norm, 0.1, 3), torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
 
@@ -104,7 +104,7 @@ def test_seeded_generator_makes_it_deterministic(norm):
 def test_attack_increases_the_loss(norm, trained):
     model, x, y = trained
     eps = 0.1 if norm == "linf" else 0.8
-    x_adv = pgd(model, x, y, eps, norm=norm, steps=10, generator=torch.Generator().manual_seed(0))
+    x_adv = pgd(model, x, y, PGDConfig(norm, eps, 10), torch.Generator().manual_seed(0))
     with torch.no_grad():
         clean = F.cross_entropy(model(x), y, reduction="none")
         attacked = F.cross_entropy(model(x_adv), y, reduction="none")
@@ -119,7 +119,7 @@ def test_attack_breaks_a_trained_model_where_random_noise_does_not(norm, eps, tr
     noisy = random_perturbation(x, eps, norm, seed=5)
     assert torch.all(distance(noisy, x, norm) <= eps + TOL)
     assert accuracy(model, noisy, y) > 0.9
-    x_adv = pgd(model, x, y, eps, norm=norm, steps=20, generator=torch.Generator().manual_seed(0))
+    x_adv = pgd(model, x, y, PGDConfig(norm, eps, 20), torch.Generator().manual_seed(0))
     assert accuracy(model, x_adv, y) < 0.1
 
 
@@ -130,7 +130,7 @@ def test_projection_is_exact_when_the_box_does_not_bind(norm):
     x = torch.full((6, 1, 8, 8), 0.5, dtype=torch.float64)
     y = torch.arange(6) % 3
     eps = 0.05 if norm == "linf" else 0.3
-    x_adv = pgd(model.double(), x, y, eps, norm=norm, steps=1, step_size=100.0, random_start=False)
+    x_adv = pgd(model.double(), x, y, PGDConfig(norm, eps, 1, 100.0, random_start=False))
     assert torch.allclose(distance(x_adv, x, norm), torch.full((6,), eps, dtype=torch.float64), atol=1e-12)
 
 
@@ -140,7 +140,7 @@ def test_random_start_alone_stays_in_ball(norm):
     x = torch.full((50, 1, 8, 8), 0.5)
     y = torch.zeros(50, dtype=torch.long)
     eps = 0.1 if norm == "linf" else 0.4
-    x0 = pgd(model, x, y, eps, norm=norm, steps=0, generator=torch.Generator().manual_seed(0))
+    x0 = pgd(model, x, y, PGDConfig(norm, eps, 0), torch.Generator().manual_seed(0))
     d = distance(x0, x, norm)
     assert torch.all(d <= eps + TOL)
     assert d.min() > 0  # the start is random, not the clean point
@@ -150,7 +150,7 @@ def test_random_start_alone_stays_in_ball(norm):
 def test_zero_gradient_is_safe(norm, constant_logits):
     x = torch.rand(4, 1, 8, 8)
     model = constant_logits([0.0, 0.0, 0.0])
-    x_adv = pgd(model, x, torch.zeros(4, dtype=torch.long), 0.1, norm=norm, steps=3, random_start=False)
+    x_adv = pgd(model, x, torch.zeros(4, dtype=torch.long), PGDConfig(norm, 0.1, 3, random_start=False))
     assert torch.isfinite(x_adv).all()
     assert torch.equal(x_adv, x)
 
@@ -160,7 +160,7 @@ def test_no_gradients_left_on_parameters_and_mode_kept(norm):
     model = tiny_cnn().train()
     x = torch.rand(4, 1, 8, 8)
     with torch.no_grad():  # works even when the caller disabled gradients
-        pgd(model, x, torch.zeros(4, dtype=torch.long), 0.1, norm=norm, steps=2)
+        pgd(model, x, torch.zeros(4, dtype=torch.long), PGDConfig(norm, 0.1, 2))
     assert all(p.grad is None for p in model.parameters())
     assert model.training
 
@@ -169,23 +169,13 @@ def test_invalid_arguments_are_rejected():
     model = tiny_cnn()
     x, y = torch.rand(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)
     with pytest.raises(ValueError, match="norm"):
-        pgd(model, x, y, 0.1, norm="l1")
+        pgd(model, x, y, PGDConfig("l1", 0.1))
     with pytest.raises(ValueError, match="eps"):
-        pgd(model, x, y, -0.1)
+        pgd(model, x, y, PGDConfig(eps=-0.1))
     with pytest.raises(ValueError, match="steps"):
-        pgd(model, x, y, 0.1, steps=-1)
+        pgd(model, x, y, PGDConfig(eps=0.1, steps=-1))
     with pytest.raises(ValueError, match="shape"):
-        pgd(model, x, torch.zeros(3, dtype=torch.long), 0.1)
-
-
-def test_attack_model_targets():
-    g, h = tiny_cnn(0), tiny_cnn(1)
-    mixed = MixedClassifier(g, h, alpha=0.6)
-    assert attack_model(mixed, "std") is g
-    assert attack_model(mixed, "rob") is h
-    assert attack_model(mixed, "mix") is mixed
-    with pytest.raises(ValueError, match="'std', 'rob', 'mix'"):
-        attack_model(mixed, "MIX")
+        pgd(model, x, torch.zeros(3, dtype=torch.long), PGDConfig(eps=0.1))
 
 
 def test_adaptive_attack_through_the_mixture_stays_valid():
@@ -193,10 +183,10 @@ def test_adaptive_attack_through_the_mixture_stays_valid():
     x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         y = mixed(x).argmax(dim=1)
-    for target in ("std", "rob", "mix"):
-        x_adv = pgd(attack_model(mixed, target), x, y, 0.1, steps=5, generator=torch.Generator().manual_seed(0))
+    for target in (mixed.standard, mixed.robust, mixed):  # STD, ROB, MIX
+        x_adv = pgd(target, x, y, PGDConfig(eps=0.1, steps=5), torch.Generator().manual_seed(0))
         assert torch.all(distance(x_adv, x, "linf") <= 0.1 + TOL)
         assert torch.isfinite(mixed(x_adv)).all()
-    x_mix = pgd(mixed, x, y, 0.1, steps=5, generator=torch.Generator().manual_seed(0))
+    x_mix = pgd(mixed, x, y, PGDConfig(eps=0.1, steps=5), torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert F.cross_entropy(mixed(x_mix), y) > F.cross_entropy(mixed(x), y)

@@ -17,7 +17,12 @@ from mix_perception.core.smoothing import SmoothingSettings
 from mix_perception.core.transforms import MixedNUTSLogits, Transform
 from mix_perception.experiments import calibration, certified_curves, parameter_file
 from mix_perception.experiments.attacks import PGDConfig
+from mix_perception.experiments.batches import RunSettings
+from mix_perception.experiments.data import Dataset
 from mix_perception.ros import parameters
+
+# The mixer's parameter names.
+NODE_NAMES = {spec.name for spec in parameters.MIXER}
 
 # A constructed case whose outcome is known in closed form. Images: 8 x 8, labels 1 (first half)
 # and 2. g memorizes the images: on an exact image it predicts its label with certainty; anywhere
@@ -53,6 +58,15 @@ def constructed_data(n=12, seed=0):
     return x, y
 
 
+def constructed_dataset(x, y) -> Dataset:
+    return Dataset(x, y, (), "constructed")
+
+
+def candidate_grid(alphas, transforms) -> list:
+    """(alpha, transform) for every transform, then every alpha: the order calibrate builds."""
+    return [(a, t) for t in transforms for a in alphas]
+
+
 def expected(alpha: float, scale: float) -> tuple[float, float]:
     """(clean accuracy, MIX accuracy) of the constructed case, from the closed form above."""
     p = torch.softmax(torch.tensor(ROBUST_LOGITS, dtype=torch.float64) * scale, 0).tolist()
@@ -78,9 +92,14 @@ def test_attack_goal_picks_the_known_answer(floor, search, constant_logits):
     x, y = constructed_data()
     standard, robust = Memorizer(x, y), constant_logits(ROBUST_LOGITS)
     result = calibration.calibrate_attack(
-        standard, robust, x, y, ALPHAS, calibration.transform_grid("temperature", SCALES), floor,
-        PGDConfig("linf", 0.05, 3), batch_size=5, search=search, floor_delta=0.0,
-    )  # fmt: skip
+        standard,
+        robust,
+        constructed_dataset(x, y),
+        candidate_grid(ALPHAS, calibration.transform_grid("logit_scale", SCALES)),
+        calibration.Floor(floor, 0.0),
+        calibration.AttackGoal(PGDConfig("linf", 0.05, 3), search=search),
+        RunSettings(batch_size=5),
+    )
     for c in result.candidates:
         clean, attacked = expected(c.alpha, c.transform.scale)
         assert c.clean_accuracy == clean
@@ -96,9 +115,13 @@ def test_attack_goal_picks_the_known_answer(floor, search, constant_logits):
 def test_attack_goal_with_no_feasible_candidate_returns_none(constant_logits):
     x, y = constructed_data()
     result = calibration.calibrate_attack(
-        Memorizer(x, y), constant_logits(ROBUST_LOGITS), x, y, [0.3, 0.5], [Transform()], 0.9,
-        PGDConfig("linf", 0.05, 1),
-    )  # fmt: skip
+        Memorizer(x, y),
+        constant_logits(ROBUST_LOGITS),
+        constructed_dataset(x, y),
+        candidate_grid([0.3, 0.5], [Transform()]),
+        calibration.Floor(0.9),
+        calibration.AttackGoal(PGDConfig("linf", 0.05, 1)),
+    )
     assert result.chosen is None
     assert all(c.feasible is False for c in result.candidates)
 
@@ -122,11 +145,16 @@ def test_attack_goal_holds_the_floor_against_the_lower_bound(floor, delta, answe
     (Beta(6, 7)'s 5% quantile), so a floor of 0.24 admits exactly the candidates a measured floor of 0.5
     admits, and 0.25 admits none, where the measured numbers alone would admit every one at 1/2."""
     x, y = constructed_data()
-    transforms = calibration.transform_grid("temperature", SCALES)
+    transforms = calibration.transform_grid("logit_scale", SCALES)
     result = calibration.calibrate_attack(
-        Memorizer(x, y), constant_logits(ROBUST_LOGITS), x, y, ALPHAS, transforms,
-        floor, PGDConfig("linf", 0.05, 3), batch_size=5, floor_delta=delta,
-    )  # fmt: skip
+        Memorizer(x, y),
+        constant_logits(ROBUST_LOGITS),
+        constructed_dataset(x, y),
+        candidate_grid(ALPHAS, transforms),
+        calibration.Floor(floor, delta),
+        calibration.AttackGoal(PGDConfig("linf", 0.05, 3)),
+        RunSettings(batch_size=5),
+    )
     for c in result.candidates:
         if c.robust_accuracy is not None:
             assert c.robust_lower == calibration.robust_lower_bound(c.robust_accuracy, len(y), delta)
@@ -180,7 +208,9 @@ def expected_certified(alpha: float, radius: float) -> tuple[float, float]:
 def test_certified_goal_picks_the_known_answer(radius, floor):
     y, standard_probs, bounds = certified_case()
     alphas = [0.4, 0.6, 0.7, 0.8, 0.9, 1.0]
-    result = calibration.calibrate_certified(smoothing_case(radius), [(a, Transform()) for a in alphas], floor, 0.0)
+    result = calibration.calibrate_certified(
+        smoothing_case(radius), [(a, Transform()) for a in alphas], calibration.Floor(floor, 0.0)
+    )
     for c in result.candidates:
         clean, certified = expected_certified(c.alpha, radius)
         assert c.clean_accuracy == clean and c.robust_accuracy == pytest.approx(certified)
@@ -198,20 +228,20 @@ def test_certified_goal_holds_the_floor_against_the_lower_bound():
     quantile, 0.249: a floor of 0.2 is reached, 0.3 (which 3/4 measured would reach) is not."""
     assert expected_certified(0.9, 0.1)[1] == 0.75
     for floor, reached in [(0.2, True), (0.3, False)]:
-        result = calibration.calibrate_certified(smoothing_case(0.1), [(0.9, Transform())], floor)
+        result = calibration.calibrate_certified(smoothing_case(0.1), [(0.9, Transform())], calibration.Floor(floor))
         (candidate,) = result.candidates
         assert candidate.robust_lower == pytest.approx(0.2486, abs=1e-4)
         assert (result.chosen is candidate) == reached
 
 
-def test_certified_goal_with_a_lipschitz_h_chooses_alpha_and_temperature_together():
+def test_certified_goal_with_a_lipschitz_h_chooses_alpha_and_logit_scale_together():
     """Two classes, Lipschitz constant 1; g is sure of class 0 everywhere. 10 images of class 1 where h's
     logits are (0, 2) (h right and confident) and 10 of class 0 where they are (0, 0.52) (h wrong, unsure).
     On the first, the mixture is right iff alpha s(2T) > 1 - alpha + alpha s(-2T) (s the sigmoid) and is
     certified when the deterministic radius reaches 0.9; on the second, right iff 1 - alpha + alpha s(-0.52T)
     > alpha s(0.52T). At T = 1 the first group is certified from alpha 0.8 on, where the second is lost
     (alpha > 0.797); at T = 3 it is certified from alpha 0.6, where the second is still right (< 0.605):
-    the most accurate certified setting needs the temperature and the alpha together."""
+    the most accurate certified setting needs the logit scale and the alpha together."""
     from mix_perception.core.certify import lipschitz_logit_radius
 
     radius = 0.9
@@ -230,14 +260,14 @@ def test_certified_goal_with_a_lipschitz_h_chooses_alpha_and_temperature_togethe
         r = float(lipschitz_logit_radius(z[:1], a, 1.0, None, scale)[0])
         return (first + second) / 2, (first and r >= radius and r > 0) / 2
 
-    alphas, transforms = [0.55, 0.6, 0.7, 0.8, 0.9], calibration.transform_grid("temperature", [1.0, 3.0])
+    alphas, transforms = [0.55, 0.6, 0.7, 0.8, 0.9], calibration.transform_grid("logit_scale", [1.0, 3.0])
     grid = [(a, t) for t in transforms for a in alphas]
-    result = calibration.calibrate_certified(outcome, grid, 0.5, 0.0)
+    result = calibration.calibrate_certified(outcome, grid, calibration.Floor(0.5, 0.0))
     for c in result.candidates:
         assert (c.clean_accuracy, c.robust_accuracy) == expected(c.alpha, c.transform.scale)
     ranked = sorted(grid, key=lambda p: (-expected(p[0], p[1].scale)[0], -p[0], p[1].scale))
     answer = next(p for p in ranked if expected(p[0], p[1].scale)[1] >= 0.5)
-    assert (result.chosen.alpha, result.chosen.transform) == answer == (0.6, Transform("temperature", 3.0))
+    assert (result.chosen.alpha, result.chosen.transform) == answer == (0.6, Transform("logit_scale", 3.0))
     assert result.chosen.clean_accuracy == 1.0 and result.chosen.robust_accuracy == 0.5
     assert result.reference == {"clean_accuracy": 0.5, "certified_accuracy": 0.5}
 
@@ -246,7 +276,7 @@ def test_node_parameters_use_the_node_names():
     settings = SmoothingSettings(sigma=0.25)
     params = parameter_file.node_parameters(0.7, "default:standard", "default", "smoothing", smoothing=settings)
     flat = set(parameters.flatten(params["/**/mixer"]["ros__parameters"]))
-    assert flat <= {spec.name for spec in parameters.MIXER}
+    assert flat <= NODE_NAMES
 
 
 def save_constructed_case(folder, x, y, constant_logits):
@@ -274,14 +304,15 @@ def test_calibrate_command_writes_a_parameter_file_the_node_reads(tmp_path, cons
     x, y = constructed_data()
     data = save_constructed_case(tmp_path, x, y, constant_logits)
     out = tmp_path / "out"
-    assert cli.main(calibrate_argv(tmp_path, data, "--alphas", ",".join(map(str, CLI_ALPHAS)), "--scales", "2,4")) == 0
+    options = ["--alphas", ",".join(map(str, CLI_ALPHAS)), "--robust-logit-scales", "2,4"]
+    assert cli.main(calibrate_argv(tmp_path, data, *options)) == 0
     alpha, scale, clean, attacked = expected_choice(0.5, CLI_ALPHAS)
-    assert scale != 1.0  # the answer needs sharpening: the YAML names h and the node's robust_sharpening
+    assert scale != 1.0  # the answer needs sharpening: the YAML names h and the node's robust_logit_scale
 
     params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["/**/mixer"]["ros__parameters"]
-    assert set(parameters.flatten(params)) <= {spec.name for spec in parameters.MIXER}
+    assert set(parameters.flatten(params)) <= NODE_NAMES
     assert params["alpha"] == alpha and params["certification"] == "none"
-    assert params["robust_model"] == str((tmp_path / "h.ts").resolve()) and params["robust_sharpening"] == scale
+    assert params["robust_model"] == str((tmp_path / "h.ts").resolve()) and params["robust_logit_scale"] == scale
     assert not (out / "robust_sharpened.pt").exists()
     assert load_model(params["standard_model"])(x[:2]).argmax(-1).tolist() == y[:2].tolist()
 
@@ -296,14 +327,14 @@ def test_calibrate_exports_a_mixednuts_sharpened_h_as_torchscript(tmp_path, cons
     x, y = constructed_data()
     data = save_constructed_case(tmp_path, x, y, constant_logits)
     out = tmp_path / "out"
-    options = ["--alphas", "0.3,0.6,0.73,1", "--transform", "mixednuts", "--scales", "1", "--powers", "1"]
+    options = ["--alphas", "0.3,0.6,0.73,1", "--transform", "mixednuts", "--robust-logit-scales", "1", "--powers", "1"]
     assert cli.main(calibrate_argv(tmp_path, data, *options, "--offsets", "0.5")) == 0
     params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["/**/mixer"]["ros__parameters"]
     chosen = json.loads((out / "calibration.json").read_text())["calibration"]["chosen"]
     # h -> relu(LN(V) + 0.5) = (0, 2.08, 1.25, 0, 0): clean and attacked right for 0.674 < alpha < 0.762;
     # plain h only for 0.628 < alpha < 0.710, so alpha 0.73 needs the transform.
     assert (chosen["alpha"], chosen["transform"]["kind"], chosen["clean_accuracy"]) == (0.73, "mixednuts", 1.0)
-    assert "robust_sharpening" not in params
+    assert "robust_logit_scale" not in params
     probe = torch.rand(3, 1, 8, 8)
     expected = MixedNUTSLogits(constant_logits(ROBUST_LOGITS), 1.0, 1.0, 0.5)(probe)
     assert torch.allclose(load_model(params["robust_model"])(probe), expected)
@@ -315,7 +346,7 @@ def test_calibrate_reports_an_unreachable_floor(tmp_path, capsys, constant_logit
     argv = [
         "calibrate", "--standard", str(tmp_path / "g.ts"), "--robust", str(tmp_path / "h.ts"),
         "--calibration-data", str(data), "--no-test", "--min-robust", "0.9", "--alphas", "0.3,0.6",
-        "--scales", "1", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "out"), "--quiet",
+        "--robust-logit-scales", "1", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "out"), "--quiet",
     ]  # fmt: skip
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -333,7 +364,8 @@ def test_calibrate_certified_with_a_lipschitz_h_writes_the_nodes_parameters(tmp_
     out = tmp_path / "out"
     argv = [
         "calibrate", "--goal", "certified", "--certification", "lipschitz", "--lipschitz-model", str(lipschitz),
-        "--radius", "0.001", "--min-robust", "0", "--floor-delta", "0", "--alphas", "0.6,0.9", "--scales", "1,2",
+        "--radius", "0.001", "--min-robust", "0", "--floor-delta", "0", "--alphas", "0.6,0.9",
+        "--robust-logit-scales", "1,2",
         "--limit", "16", "--test-limit", "16", "--device", "cpu", "--out", str(out), "--quiet",
     ]  # fmt: skip
     assert cli.main(argv) == 0
@@ -342,8 +374,8 @@ def test_calibrate_certified_with_a_lipschitz_h_writes_the_nodes_parameters(tmp_
     grid = {(c["alpha"], c["transform"]["scale"]) for c in candidates}
     assert grid == {(0.6, 1.0), (0.9, 1.0), (0.6, 2.0), (0.9, 2.0)}
     params = yaml.safe_load((out / "mixer_calibrated.yaml").read_text())["/**/mixer"]["ros__parameters"]
-    assert set(parameters.flatten(params)) <= {spec.name for spec in parameters.MIXER}
+    assert set(parameters.flatten(params)) <= NODE_NAMES
     assert params["certification"] == "lipschitz" and params["robust_model"] == str(lipschitz.resolve())
     chosen = report["calibration"]["chosen"]
-    assert params["alpha"] == chosen["alpha"] and params.get("robust_sharpening", 1.0) == chosen["transform"]["scale"]
+    assert params["alpha"] == chosen["alpha"] and params.get("robust_logit_scale", 1.0) == chosen["transform"]["scale"]
     assert set(report["test"]["mixture"]) >= {"clean_accuracy", "certified_accuracy"}

@@ -8,7 +8,7 @@ import torch
 from mix_perception import cli
 from mix_perception.core import architectures, models
 from mix_perception.experiments import data, training
-from mix_perception.experiments.attacks import pgd
+from mix_perception.experiments.attacks import PGDConfig, pgd
 
 NAMES = ("standard", "robust", "smoothing", "lipschitz")
 CHECKPOINT_KEYS = {"arch", "num_classes", "state_dict", "input_shape"}
@@ -76,7 +76,7 @@ def test_loaded_model_reaches_its_card_accuracy(name, test_slice):
 def test_robust_model_resists_pgd_as_its_card_says(test_slice):
     images, labels = test_slice
     model = models.load_default("robust")
-    x_adv = pgd(model, images, labels, eps=0.1, steps=20, generator=torch.Generator().manual_seed(1))
+    x_adv = pgd(model, images, labels, PGDConfig(eps=0.1, steps=20), torch.Generator().manual_seed(1))
     with torch.no_grad():
         accuracy = float((model(x_adv).argmax(dim=1) == labels).double().mean())
     assert accuracy == pytest.approx(_card("robust")["metrics"]["pgd"]["accuracy"], abs=0.06)
@@ -137,7 +137,7 @@ def test_robust_recipe_weighs_clean_and_adversarial_cross_entropy():
 
     generator = torch.Generator().manual_seed(1)  # replays the flips and the attack's random start
     flipped = training.flipped(x, generator)  # the recipe flips
-    attacked = pgd(model, flipped, y, generator=generator, random_start=True, **recipe.attack)
+    attacked = pgd(model, flipped, y, PGDConfig(**recipe.attack), generator)
     clean_loss = torch.nn.functional.cross_entropy(model(flipped), y)
     attacked_loss = torch.nn.functional.cross_entropy(model(attacked), y)
     assert torch.allclose(logits, model(attacked))

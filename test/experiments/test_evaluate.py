@@ -12,6 +12,7 @@ from mix_perception import cli
 from mix_perception.core.architectures import build
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 from mix_perception.experiments import autoattack, certified_curves, data, margins, sweeps
+from mix_perception.experiments.batches import RunSettings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -131,7 +132,7 @@ def test_radius_from_bounds_equals_certify(method, mode):
         base[1].weight.mul_(8.0)
     x = torch.rand(6, 1, 4, 4)
     settings = SmoothingSettings(sigma=0.3, n_select=8, n_estimate=64, delta=0.01, mode=mode, batch_size=128)
-    bounds = certified_curves.smoothing_bounds(base, x, settings, chunk=100, seed=5)
+    bounds = certified_curves.smoothing_bounds(base, x, settings, RunSettings(seed=5))
     smoothed = SmoothedClassifier(base, settings)
     for alpha in (0.4, 0.7, 0.95, 1.0):
         cert = smoothed.certify(x, alpha, generator=torch.Generator().manual_seed(5), method=method)
@@ -242,7 +243,8 @@ def test_calibrate_runs_on_user_checkpoints_with_a_torchvision_h(checkpoints, tm
     standard, robust = checkpoints
     argv = [
         "calibrate", "--standard", str(standard), "--robust", str(robust), "--robust-arch", "resnet18",
-        "--input-channels", "1", "--limit", "16", "--test-limit", "16", "--alphas", "0.6,1", "--scales", "1",
+        "--input-channels", "1", "--limit", "16", "--test-limit", "16", "--alphas", "0.6,1",
+        "--robust-logit-scales", "1",
         "--steps", "2", "--min-robust", "0", "--batch-size", "16", "--device", "cpu", "--out", str(tmp_path),
         "--quiet",
     ]  # fmt: skip
@@ -272,12 +274,13 @@ def test_deterministic_lipschitz_curves_of_a_lipschitz_h(checkpoints, tmp_path, 
     out = tmp_path / "out"
     argv = [
         "evaluate", "--standard", str(standard), "--robust", str(standard), "--attacks", "none", "--limit", "24",
-        "--alphas", "0.4,0.8", "--certify", "lipschitz", "--lipschitz-model", str(lipschitz), "--temperatures", "1,3",
+        "--alphas", "0.4,0.8", "--certify", "lipschitz", "--lipschitz-model", str(lipschitz),
+        "--robust-logit-scales", "1,3",
         "--max-radius", "0.2", "--radius-step", "0.05", "--device", "cpu", "--out", str(out), "--quiet",
     ]  # fmt: skip
     assert cli.main(argv) == 0
     cert = json.loads((out / "results.json").read_text())["certified"]["lipschitz"]
-    assert [(m["alpha"], m["temperature"]) for m in cert["mixture"]] == [(0.4, 1.0), (0.8, 1.0), (0.4, 3.0), (0.8, 3.0)]
+    assert [(m["alpha"], m["logit_scale"]) for m in cert["mixture"]] == [(0.4, 1.0), (0.8, 1.0), (0.4, 3.0), (0.8, 3.0)]
     assert all(v == 0.0 for m in cert["mixture"] if m["alpha"] <= 0.5 for v in m["curve"])
     model = load_model(lipschitz)
     x, y = data.load_data("test", 24)[:2]

@@ -54,7 +54,8 @@ def kl_pgd(model, x, p_clean, generator):
 
 def loss_of(kind, weight, model, x, y, generator):
     if kind in ("pgd", "mixce"):
-        adversarial = F.cross_entropy(model(pgd(model, x, y, EPS, steps=STEPS, step_size=STEP, generator=generator)), y)
+        attack = PGDConfig(eps=EPS, steps=STEPS, step_size=STEP)
+        adversarial = F.cross_entropy(model(pgd(model, x, y, attack, generator)), y)
         return adversarial if kind == "pgd" else weight * F.cross_entropy(model(x), y) + (1 - weight) * adversarial
     if kind == "trades":
         with torch.no_grad():
@@ -108,7 +109,7 @@ def frontier(g, h, split, limit):
             clean = accuracy(mixed_predictions(g_log, h_log, alpha) == y)
             if not 0.895 <= clean <= 0.93:
                 continue
-            mixed = MixedClassifier(g, Transform("temperature", scale).apply(h), alpha)
+            mixed = MixedClassifier(g, Transform("logit_scale", scale).apply(h), alpha)
             with torch.no_grad():
                 mix = accuracy(mixed(adversarial_inputs(mixed, x, y, config)).argmax(-1) == y)
             rows.append({"scale": scale, "alpha": alpha, "clean": clean, "mix": mix, "ratio": mix / h_pgd})
