@@ -406,6 +406,7 @@ def flood(args, config: Path) -> int:
                 print(f"  {index + 1:6d} frames: mixer RSS {rss[index + 1]:8.1f} MiB", flush=True)
         elapsed = time.perf_counter() - start
         settled = settle(node, totals, args.frames)
+        rss["settled"] = rss_mib(mixer.pid)
         after_flood = dict(totals.values)
         good = array_to_image(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), "rgb8")
         for _ in range(args.good_after):
@@ -425,7 +426,7 @@ def flood(args, config: Path) -> int:
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))  # fmt: skip
     print(f"publish calls refused while the writer's history was full (then retried): {blocked}")
     print(f"mixer RSS at the thirds: {a:.1f} -> {b:.1f} -> {c:.1f} MiB; growth over the last third "
-          f"{100.0 * (c - b) / b:+.2f}% (target < 5%)")  # fmt: skip
+          f"{100.0 * (c - b) / b:+.2f}% (target < 5%); {rss['settled']:.1f} MiB once its counters settled")  # fmt: skip
     arrived = sum(after_flood.get(key, 0) for key in ("frames_processed", "frames_dropped", "frames_rejected"))
     print(f"mixer after the flood: {after_flood}")
     print(f"accounted for: {arrived} of {args.frames} sent ({'all' if settled else 'NOT all'}); "
