@@ -389,6 +389,8 @@ def flood(args, config: Path) -> int:
     blocked = 0
     try:
         if not wait_for_subscribers((raw_pub, compressed_pub), mixer):
+            stderr.seek(0)
+            print(stderr.read()[-2000:], file=sys.stderr)
             return 1
         print(f"mixer up (pid {mixer.pid}, {rss_mib(mixer.pid):.1f} MiB); flooding {args.frames} frames ({args.mix})")
         start = time.perf_counter()
