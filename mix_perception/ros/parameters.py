@@ -14,6 +14,10 @@ from typing import Any, NamedTuple
 from mix_perception.core.certify import CERTIFICATION_METHODS
 from mix_perception.core.models import CLASS_NAMES
 
+# The image subscription's deepest history: DDS keeps up to that many received frames per camera, in
+# memory, until the executor takes them (and the mixer keeps only the newest one).
+MAX_IMAGE_DEPTH = 10
+
 
 class Spec(NamedTuple):
     """One parameter. `bounds` (low, high) becomes a floating-point or integer range descriptor; `choices`
@@ -145,8 +149,9 @@ MIXER = (
     Spec(
         "image_depth",
         5,
-        "QoS history depth of the image subscription (the node keeps only the newest frame)",
-        bounds=(1, 1000),
+        f"QoS history depth of the image subscription (1-{MAX_IMAGE_DEPTH}): the node keeps only the newest frame, "
+        "and DDS holds up to depth frames per camera in memory",
+        bounds=(1, MAX_IMAGE_DEPTH),
     ),
     Spec("subscribe_compressed", False, "also subscribe image/compressed (sensor_msgs/CompressedImage)"),
     Spec(
