@@ -372,11 +372,9 @@ def flood(args, config: Path) -> int:
     totals = MixerTotals(node)
     heard: dict[str, int] = {"classification": 0, "rejected": 0}
     if args.listen:  # like the safety monitor, but only taken from DDS between the flood's phases: a slow one
-        from diagnostic_msgs.msg import DiagnosticArray
+        from mix_perception.msg import MixedClassification, RejectedFrame
 
-        from mix_perception.msg import MixedClassification
-
-        for name, kind in (("classification", MixedClassification), ("rejected", DiagnosticArray)):
+        for name, kind in (("classification", MixedClassification), ("rejected", RejectedFrame)):
             node.create_subscription(
                 kind, f"/mixer/{name}", lambda _, n=name: heard.update({n: heard[n] + 1}), reliable
             )
