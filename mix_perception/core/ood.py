@@ -12,6 +12,10 @@ mu_c (C, D) and P (D, D) are fitted once on in-distribution frames and stored as
 Chosen over energy, max-softmax and k-NN distance on the shipped models by
 docs/results/safety/explore.py (README there).
 
+The stream-shift test (core.stream_shift) watches the conformal p-values of g's `energy` instead:
+common corruptions (noise, blur, contrast, ...) barely move the robust h's features, by design, but
+they do move the standard g's confidence (measured in docs/results/safety).
+
 Conformal p-value (Vovk et al. 2005; Bates et al. 2023 "Testing for outliers with conformal
 p-values"): with the scores s_1..s_n of n in-distribution calibration frames not used to fit mu, P,
 
@@ -76,6 +80,12 @@ def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, shrinkage: flo
     ridge = shrinkage * covariance.trace() / covariance.shape[0]
     precision = torch.linalg.inv(covariance + ridge * torch.eye(covariance.shape[0], dtype=f.dtype))
     return Mahalanobis(means, (precision + precision.T) / 2)
+
+
+def energy(logits: torch.Tensor) -> torch.Tensor:
+    """Energy score -logsumexp(z) of logits z (N, C): (N,), higher = less confident (Liu et al. 2020). On g's
+    logits it is the score the per-camera shift test watches (g, not robust, reacts to corruptions)."""
+    return -torch.logsumexp(logits.double(), dim=-1)
 
 
 def conformal_p_values(calibration_scores: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

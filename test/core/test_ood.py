@@ -56,3 +56,10 @@ def test_penultimate_features_are_the_input_of_the_last_linear_layer():
     assert torch.equal(features, model[2](model[1](model[0](x))))
     assert torch.equal(logits, model(x))
     assert not model[3]._forward_hooks
+
+
+def test_energy_is_higher_for_less_confident_logits():
+    logits = torch.tensor([[10.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    energy = ood.energy(logits)
+    assert torch.allclose(energy, -torch.logsumexp(logits.double(), 1))
+    assert energy[1] > energy[0] - 9.0  # flat logits: -log(3 e); peaked: about -10
