@@ -25,9 +25,9 @@ classes K is Binomial(m, R(t)) (conditionally on m). Under H_t (R(t) > epsilon),
 binom.cdf(k, m, epsilon), so p = binom.cdf(K, m, epsilon) satisfies P(p <= u | m) <= u for every m,
 hence also unconditionally. With m = 0 the p-value is 1 (nothing is learnt).
 
-Why own code and not a library: mapie 1.6.0 (its precision controller implements this LTT rule for
-binary classifiers) pulls in scikit-learn and pandas; the node's core must import only torch, numpy
-and scipy, and the rule is scipy.stats.binom plus a loop.
+Why own code and not a library: mapie 1.6.0 (CRC, RCPS, LTT) pulls in scikit-learn, joblib and
+narwhals, torchcp 1.2.1 far more (pandas, transformers, ...); the node's core must import only torch,
+numpy and scipy, and the rule is scipy.stats.binom plus a loop.
 """
 
 from dataclasses import dataclass
