@@ -1,14 +1,20 @@
 """Ctrl-C under `ros2 launch`, repeated: how often every node exits cleanly, and how fast.
 
 Each run starts mixer (the parameter file's models and certification), safety monitor and demo camera
-(30 Hz) as separate processes in one process group, as `ros2 launch` does, waits until the mixer has
-classified a few frames, then does what a terminal's Ctrl-C and launch do: SIGINT to the whole group,
-then launch's own SIGINT to each node. A run is clean when every node exits with status 0 within 2 s
-and prints no traceback and no abort. Printed, not asserted: clean runs out of `--runs`, and the
-slowest exit of each run. A node still running after 2 s gets SIGABRT, and the Python stacks of
-its threads (faulthandler, on in every node here) are printed: where it was stuck.
+(30 Hz) as separate processes in one process group, as `ros2 launch` does, then stops them one way:
 
-    .venv/bin/python benchmarks/shutdown.py [--runs 20] [--config config/mixer.yaml]
+- once: SIGINT to each node, after the mixer has classified a few frames;
+- twice: the same, then SIGINT to each again after a gap (0.05, 0.2, 0.5, 1 s in turn);
+- group: what a terminal's Ctrl-C and launch do: SIGINT to the whole group, then launch's own to each;
+- startup-T: "group", T s after the launch (0.5, 1, 2, 3), while the nodes import, load and prove.
+
+A run is clean when every node exits with status 0 within 2 s of the first signal and prints no
+traceback and no abort. Printed, not asserted: clean runs out of `--runs` per case, and the slowest
+exit. A node still running after 2 s gets SIGABRT, and the Python stacks of its threads
+(faulthandler, on in every node here) are printed: where it was stuck. `--busy` runs two processes
+that burn a CPU core each meanwhile.
+
+    .venv/bin/python benchmarks/shutdown.py [--runs 20] [--cases once,twice,group,startup-0.5,...] [--busy]
 """
 
 import argparse
@@ -23,6 +29,8 @@ from pathlib import Path
 from processes import isolate_ros, node_command
 
 NODES = {"mixer_node": [], "safety_monitor": [], "demo_camera": ["-p", "rate:=30.0"]}
+CASES = ("once", "twice", "group", "startup-0.5", "startup-1", "startup-2", "startup-3")
+TWICE_GAPS = (0.05, 0.2, 0.5, 1.0)
 BAD_SIGNS = ("Traceback", "terminate called", "Aborted", "Failed to publish")
 
 
@@ -57,8 +65,26 @@ def stacks(process: subprocess.Popen, log) -> str:
     return "\n".join(Path(log.name).read_text().splitlines()[-60:])
 
 
-def one_run(config: Path, node, executor, folder: Path) -> tuple[bool, float, str]:
-    """(clean, slowest exit in s, what went wrong)."""
+def send(case: str, run: int, leader: int, processes) -> None:
+    """The signals of `case` (see the module docstring); run picks the gap of "twice"."""
+    if case == "once" or case == "twice":
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+        if case == "twice":
+            time.sleep(TWICE_GAPS[run % len(TWICE_GAPS)])
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+        return
+    os.killpg(leader, signal.SIGINT)  # group and startup-T: the terminal's Ctrl-C, then launch's SIGINT
+    time.sleep(0.05)
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+
+
+def one_run(case: str, run: int, config: Path, node, executor, folder: Path) -> tuple[bool, float, str]:
+    """(clean, slowest exit in s after the first signal, what went wrong)."""
     processes, leader = {}, None
     for name in NODES:
         log = open(folder / f"{name}.log", "w")  # noqa: SIM115 - closed below
@@ -67,13 +93,12 @@ def one_run(config: Path, node, executor, folder: Path) -> tuple[bool, float, st
                                             process_group=0 if leader is None else leader), log)  # fmt: skip
         leader = leader or processes[name][0].pid
     try:
-        if not classified(node, executor, 5, 120.0):
+        if case.startswith("startup-"):
+            time.sleep(float(case.removeprefix("startup-")))
+        elif not classified(node, executor, 5, 120.0):
             return False, 0.0, "the mixer classified nothing"
         signalled = time.monotonic()
-        os.killpg(leader, signal.SIGINT)
-        time.sleep(0.05)
-        for process, _ in processes.values():
-            process.send_signal(signal.SIGINT)
+        send(case, run, leader, [process for process, _ in processes.values()])
         slowest, problems = 0.0, []
         for name, (process, log) in processes.items():
             try:
@@ -96,11 +121,21 @@ def one_run(config: Path, node, executor, folder: Path) -> tuple[bool, float, st
             log.close()
 
 
+def burners(count: int) -> list[subprocess.Popen]:
+    """`count` processes that each keep one CPU core busy."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=20, help="runs of each case (20)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)} (all)")
+    parser.add_argument("--busy", action="store_true", help="two CPU-burning processes run meanwhile")
     parser.add_argument("--config", type=Path, default=None, help="parameter file (default: config/mixer.yaml)")
     args = parser.parse_args()
+    cases = args.cases.split(",")
+    if not set(cases) <= set(CASES):
+        parser.error(f"unknown case in {args.cases}; cases: {', '.join(CASES)}")
     isolate_ros()
 
     import rclpy
@@ -113,19 +148,28 @@ def main() -> int:
     node = rclpy.create_node("shutdown_benchmark")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    clean = 0
+    busy = burners(2) if args.busy else []
+    summary = []
     try:
-        for run in range(args.runs):
-            with tempfile.TemporaryDirectory() as folder:
-                ok, slowest, problems = one_run(config, node, executor, Path(folder))
-            clean += ok
-            verdict = "clean" if ok else "NOT clean"
-            print(f"run {run + 1:2d}: {verdict}, slowest exit {slowest:.2f} s {problems}", flush=True)
+        for case in cases:
+            clean, slowest_of_all = 0, 0.0
+            for run in range(args.runs):
+                with tempfile.TemporaryDirectory() as folder:
+                    ok, slowest, problems = one_run(case, run, config, node, executor, Path(folder))
+                clean += ok
+                slowest_of_all = max(slowest_of_all, slowest)
+                verdict = "clean" if ok else "NOT clean"
+                print(f"{case} run {run + 1:2d}: {verdict}, slowest exit {slowest:.2f} s {problems}", flush=True)
+            summary.append(f"{case}: {clean} of {args.runs} runs clean, slowest exit {slowest_of_all:.2f} s")
     finally:
+        for process in busy:
+            process.kill()
+            process.wait()
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown()
-    print(f"{clean} of {args.runs} runs clean (every node: status 0 within 2 s, no traceback, no abort)")
+    print(f"clean: every node status 0 within 2 s of the first signal, no traceback, no abort{' (--busy)' * args.busy}")
+    print("\n".join(summary))
     return 0
 
 

@@ -50,6 +50,8 @@ def conv2d_bound(conv: nn.Conv2d, input_shape) -> float:
     block-diagonalizes C_circ, so ||C_circ||_2 = max over the n1 * n2 frequencies of the largest
     singular value of the (out, in) matrix sum_{a,b} K[:, :, a, b] e^{-2 pi i (a u / n1 + b v / n2)}
     (Sedghi, Gupta, Long, ICLR 2019), computed here in float64. Hence ||conv||_2 <= ||C_circ||_2.
+    The kernel is real, so the matrix at frequency (-u, -v) is the complex conjugate of the one at
+    (u, v), with the same singular values: the half spectrum of rfft2 (n1 x (n2 // 2 + 1)) covers all.
     """
     if conv.padding_mode != "zeros" or _pair(conv.dilation) != (1, 1) or conv.groups != 1:
         raise ValueError(f"cannot bound {conv}: only padding_mode='zeros', dilation 1 and groups 1 are supported")
@@ -61,14 +63,21 @@ def conv2d_bound(conv: nn.Conv2d, input_shape) -> float:
     else:
         pad_h, pad_w = (2 * p for p in _pair(conv.padding))
     n1, n2 = max(input_shape[1] + pad_h, kh), max(input_shape[2] + pad_w, kw)
-    symbol = torch.fft.fft2(conv.weight.detach().double().cpu(), s=(n1, n2))  # (out, in, n1, n2)
+    symbol = torch.fft.rfft2(conv.weight.detach().double().cpu(), s=(n1, n2))  # (out, in, n1, n2 // 2 + 1)
     norms = torch.linalg.matrix_norm(symbol.permute(2, 3, 0, 1), ord=2)
     return float(norms.max()) * (1.0 + RELATIVE_SLACK)
 
 
 def linear_bound(linear: nn.Linear) -> float:
-    """Largest singular value of the weight (float64), the exact l2 operator norm, times 1 + slack."""
-    return float(torch.linalg.matrix_norm(linear.weight.detach().double().cpu(), ord=2)) * (1.0 + RELATIVE_SLACK)
+    """Largest singular value of the weight W (float64), the exact l2 operator norm, times 1 + slack.
+
+    Computed as sqrt(largest eigenvalue of the smaller Gram matrix, W W^T or W^T W), the same number:
+    rounding ~1e-13 relative at these sizes, far below the slack. An SVD of the wide (256, 3136) weight
+    of the default model took 0.5-8 s on 2 busy cores (LAPACK threads), this ~0.1 s.
+    """
+    weight = linear.weight.detach().double().cpu()
+    gram = weight @ weight.T if weight.shape[0] <= weight.shape[1] else weight.T @ weight
+    return math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0)) * (1.0 + RELATIVE_SLACK)
 
 
 def pool_bound(pool: nn.Module) -> float:
@@ -144,6 +153,12 @@ def lipschitz_bound(model: nn.Module, input_shape) -> float:
     return math.prod(bound for _, bound in layer_bounds(model, input_shape))
 
 
+def lipschitz_constants(model: nn.Module, input_shape) -> tuple[float, torch.Tensor]:
+    """(lipschitz_bound, margin_lipschitz) of the model from one pass of `layer_bounds` (the costly part)."""
+    bounds = layer_bounds(model, input_shape)
+    return math.prod(bound for _, bound in bounds), _margin_constants(bounds)
+
+
 def margin_lipschitz(model: nn.Module, input_shape) -> torch.Tensor:
     """(C, C) float64 matrix K of proven l2 Lipschitz bounds of the logit differences z_i - z_j (K_ii = 0).
 
@@ -152,7 +167,11 @@ def margin_lipschitz(model: nn.Module, input_shape) -> torch.Tensor:
     K_ij = ||W_i - W_j||_2 * (bound of the steps before it) * (1 + slack). This is at most about
     sqrt(2) L (||W_i - W_j||_2 <= sqrt(2) ||W||_2), and often well below.
     """
-    bounds = layer_bounds(model, input_shape)
+    return _margin_constants(layer_bounds(model, input_shape))
+
+
+def _margin_constants(bounds) -> torch.Tensor:
+    """margin_lipschitz from the model's `layer_bounds`."""
     last = bounds[-1][0]
     if not isinstance(last, nn.Linear):
         raise ValueError(f"the model's last layer is {type(last).__name__}, not nn.Linear: no margin constants")

@@ -1,27 +1,36 @@
 """Entry points of the node executables (`ros2 run mix_perception <name>`): the stop request is installed
-first (and, for the mixer, the malloc settings, before any thread starts), then the node module, with
-rclpy and torch, is imported and run."""
+first, raising during startup (and, for the mixer, the malloc settings, before any thread starts), then
+the node module, with rclpy and torch, is imported and run. A Ctrl-C before the node module's
+spin.run_node takes over (while importing) ends the process here with status 0, no traceback."""
+
+import importlib
+import os
+import sys
 
 from mix_perception.ros import allocator, stop_request
 
 
-def mixer_node() -> None:
-    stop_request.install()
-    allocator.tune_malloc()
-    from mix_perception.ros.mixer_node import main
+def run_module(module: str) -> None:
+    """Import `module` and run its main(); exit 0 on a stop request that arrives before main handles it."""
+    try:
+        importlib.import_module(module).main()
+    except stop_request.StopRequested:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
-    main()
+
+def mixer_node() -> None:
+    stop_request.install(during_startup=True)
+    allocator.tune_malloc()
+    run_module("mix_perception.ros.mixer_node")
 
 
 def safety_monitor() -> None:
-    stop_request.install()
-    from mix_perception.ros.safety_monitor import main
-
-    main()
+    stop_request.install(during_startup=True)
+    run_module("mix_perception.ros.safety_monitor")
 
 
 def demo_camera() -> None:
-    stop_request.install()
-    from mix_perception.ros.demo_camera import main
-
-    main()
+    stop_request.install(during_startup=True)
+    run_module("mix_perception.ros.demo_camera")

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from mix_perception.core.certify import CERTIFICATION_METHODS, lipschitz_logit_radius, top_two_margin
-from mix_perception.core.lipschitz import lipschitz_bound, margin_lipschitz
+from mix_perception.core.lipschitz import lipschitz_constants
 from mix_perception.core.models import for_inference
 from mix_perception.core.sequential import SequentialPlan, certify_sequential
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
@@ -129,8 +129,7 @@ class LipschitzCertifier:
             raise ValueError("certification lipschitz needs the model's input shape (input.size, input.channels)")
         self.robust = copy.deepcopy(robust).double()
         self.logit_scale = logit_scale
-        self.constant = lipschitz_bound(robust, input_shape)
-        self.margin_constants = margin_lipschitz(robust, input_shape)
+        self.constant, self.margin_constants = lipschitz_constants(robust, input_shape)
 
     def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
         logits = self.robust(x.double())

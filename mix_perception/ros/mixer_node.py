@@ -305,7 +305,7 @@ def start_mixer(standard=None, robust=None, **node_kwargs) -> MixerNode:
     node = MixerNode(standard, robust, **node_kwargs)
     try:
         node.start()
-    except Exception:
+    except BaseException:  # also stop_request.StopRequested: Ctrl-C while configuring
         node.destroy_node()
         raise
     return node

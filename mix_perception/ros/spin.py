@@ -5,6 +5,7 @@ SIGTERM only set an event (`stop_request.STOP`) that the spin loop checks every 
 mixer stops its inference thread first) and the context is shut down last, so no thread ever
 publishes on a dead context. A second signal, e.g. the one `ros2 launch` forwards after the
 terminal's Ctrl-C, sets the same event again and changes nothing: the process ends with status 0.
+A signal during a node executable's startup ends the startup at once (see stop_request).
 
 A node executable then leaves with os._exit: everything was already closed in order (nodes,
 context, which also flushes the ROS log files, then stdio), and the interpreter's own finalization
@@ -63,13 +64,22 @@ def shut_down(nodes) -> None:
 def run_node(executable: str, make_node, argv=None) -> None:
     """Entry point of one node executable: init rclpy, `make_node()`, spin until stopped, exit 0.
 
+    Startup (rclpy.init and make_node) ends at the first signal when the executable installed the stop
+    request with `during_startup` (stop_request.StopRequested): the nodes made so far are destroyed and
+    the process exits 0; make_node destroys a node it was still starting.
+
     A node that cannot start (missing or corrupt model, bad parameter, absent device) exits 1 with
     one line `<executable>: error: <reason>` on stderr. Never returns: the process ends here."""
-    stop = init(sys.argv if argv is None else argv)
     nodes, status = [], 0
     try:
-        nodes.append(make_node())
+        try:
+            stop = init(sys.argv if argv is None else argv)
+            nodes.append(make_node())
+        finally:
+            stop_request.end_startup()  # from here a signal only sets the stop request
         spin_nodes(nodes, stop)
+    except stop_request.StopRequested:  # Ctrl-C during startup: what exists is destroyed below, exit 0
+        pass
     except Exception as error:  # noqa: BLE001 - any startup failure is reported as one line
         print(f"{executable}: error: {first_line(error)}", file=sys.stderr)
         status = 1

@@ -270,3 +270,11 @@ def test_architecture_is_registered_and_loads_by_name(shipped):
     x = data.load_split("test").images[:4]
     with torch.no_grad():
         torch.testing.assert_close(net(x), shipped(x))
+
+
+def test_lipschitz_constants_are_the_bound_and_the_margin_constants_in_one_pass():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+    constant, margins = lipschitz.lipschitz_constants(model, (1, 8, 8))
+    assert constant == lipschitz.lipschitz_bound(model, (1, 8, 8))
+    assert torch.equal(margins, lipschitz.margin_lipschitz(model, (1, 8, 8)))

@@ -125,17 +125,24 @@ def test_every_node_exits_zero_within_two_seconds_without_a_traceback(pipeline_g
             assert sign not in output, f"{name} printed {sign!r} after {how}:\n{output}"
 
 
-def test_ctrl_c_during_startup_ends_the_node_without_a_traceback(command_for_executable, constant_model, tmp_path):
-    """SIGINT half a second after the start, while the node still imports torch and loads its models:
-    the node finishes starting, then stops, with status 0 and no KeyboardInterrupt traceback."""
+@pytest.mark.parametrize("delay", [0.2, 0.5, 1.5, 3.0])
+def test_ctrl_c_at_any_moment_of_startup_ends_the_node_at_once(command_for_executable, constant_model, tmp_path, delay):
+    """SIGINT soon after the spawn, while importing torch, loading the models or proving h's Lipschitz
+    constant (certification lipschitz, the default h): the startup ends there, status 0, no traceback.
+    The bound is loose (10 s, the 2 s target is measured by benchmarks/shutdown.py); a second SIGINT
+    0.05 s later, as launch sends, changes nothing. Not at 0 s: before Python has run the entry point
+    (~0.1 s) no handler of ours exists, and SIGINT ends the process by its default action."""
     log = tmp_path / "mixer.log"
     args = ["--ros-args", "-r", f"__ns:={NAMESPACE}/early", "-p", f"standard_model:={constant_model}"]
     with open(log, "w") as out:
         process = subprocess.Popen(command_for_executable("mixer_node") + args, stdout=out, stderr=subprocess.STDOUT)
-    time.sleep(0.5)
+    time.sleep(delay)
     process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
     try:
-        code = process.wait(timeout=60)
+        code = process.wait(timeout=10)
     finally:
         if process.poll() is None:
             process.kill()
