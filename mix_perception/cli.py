@@ -32,12 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit status: the command's; 2 for bad input (one line); 130 for a Ctrl-C before the command took
+    over its own stopping (`run` does: its Ctrl-C exits 0)."""
     try:
-        return args.handler(args)
-    except CommandError as error:
-        print(f"mix-perception {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+        try:
+            return args.handler(args)
+        except CommandError as error:
+            print(f"mix-perception {args.command}: error: {error}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        print("mix-perception: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -105,17 +105,18 @@ def main(args) -> int:
         raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}")
 
     from mix_perception.core.errors import first_line
-    from mix_perception.ros import allocator, spin
+    from mix_perception.ros import allocator, spin, stop_request
     from mix_perception.ros.demo_camera import DemoCameraNode
     from mix_perception.ros.mixer_node import MixerNode
     from mix_perception.ros.run_summary import SummaryNode
     from mix_perception.ros.safety_monitor import SafetyMonitorNode
 
     allocator.tune_malloc()
-    stop = spin.init([sys.argv[0], *ros_arguments(args)])
+    stop_request.install(during_startup=True)  # a Ctrl-C while the models load ends the command at once
     nodes = []
     try:
         try:
+            stop = spin.init([sys.argv[0], *ros_arguments(args)])
             summary = SummaryNode()
             nodes.append(summary)
             mixer = MixerNode()
@@ -126,6 +127,8 @@ def main(args) -> int:
                 nodes.append(DemoCameraNode())
         except Exception as error:  # noqa: BLE001 - reported as one line
             raise CommandError(first_line(error)) from None
+        finally:
+            stop_request.end_startup()
         configured = mixer.runtime is not None
         state = f"{mixer.device}, certification {mixer.certification.method}" if configured else "unconfigured"
         demo = " + demo camera" if args.demo else ""
@@ -136,6 +139,9 @@ def main(args) -> int:
         started = time.monotonic()
         spin.spin_nodes(nodes, stop, duration=args.duration)
         report = summary.report(time.monotonic() - started, mixer.counters())
+    except stop_request.StopRequested:
+        print("mix-perception run: stopped while starting up", file=sys.stderr)
+        return 0
     finally:
         spin.shut_down(nodes)
     print(format_report(report))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mix_perception.core.certify import SMOOTHING_METHODS, lipschitz_logit_radius
-from mix_perception.core.lipschitz import lipschitz_bound, margin_lipschitz
+from mix_perception.core.lipschitz import lipschitz_constants
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings, radius_from_bounds
 from mix_perception.experiments.batches import DEFAULT_RUN, RunSettings, accuracy, log_probs, progress_bar, slices
 
@@ -212,7 +212,7 @@ def lipschitz_logits(model: nn.Module, x: torch.Tensor, run: RunSettings = DEFAU
     """h's float64 logits on x and its constants for inputs of x's shape; ValueError for a layer it cannot bound."""
     model = model.to(run.device).eval()
     shape = tuple(x.shape[1:])
-    constant, margin_constants = lipschitz_bound(model, shape), margin_lipschitz(model, shape)
+    constant, margin_constants = lipschitz_constants(model, shape)
     model64 = copy.deepcopy(model).double()
     with torch.no_grad():
         z = torch.cat([model64(x[part].to(run.device).double()).cpu() for part in slices(len(x), run.batch_size)])

@@ -169,8 +169,7 @@ def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device
     all-margins constant sqrt(2) L (certified_accuracy_sqrt2L), for comparison.
     """
     logits = batches.logits(model, images, batches.RunSettings(device=device))
-    bound = lipschitz.lipschitz_bound(model, INPUT_SHAPE)
-    margins = lipschitz.margin_lipschitz(model, INPUT_SHAPE)
+    bound, margins = lipschitz.lipschitz_constants(model, INPUT_SHAPE)
     correct = logits.argmax(dim=1) == labels
     pairwise = certify.lipschitz_logit_radius(logits, 1.0, bound, margins)
     plain = certify.lipschitz_logit_radius(logits, 1.0, bound)
