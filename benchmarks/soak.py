@@ -218,7 +218,11 @@ def mixer_command(config: Path, *parameters: str, log_level: str = "error") -> l
 class MixerTotals:
     """The mixer's latest totals from /diagnostics (its status "<name>: inference"), as ints."""
 
-    KEYS = ("frames_received", "frames_processed", "frames_dropped", "frames_rejected", "inference_failures")
+    KEYS = (
+        "frames_received", "frames_processed", "frames_dropped", "frames_rejected", "frames_lost", "inference_failures"
+    )
+    # every frame sent ends as one of these: classified, dropped for a newer one, rejected, lost before the mixer
+    ACCOUNTED = ("frames_processed", "frames_dropped", "frames_rejected", "frames_lost")
 
     def __init__(self, node):
         from diagnostic_msgs.msg import DiagnosticArray
@@ -235,8 +239,8 @@ class MixerTotals:
                 }
 
     def arrived(self) -> int:
-        """Frames the mixer accounted for: classified, dropped for a newer one, or rejected."""
-        return sum(self.values.get(key, 0) for key in ("frames_processed", "frames_dropped", "frames_rejected"))
+        """Frames the mixer accounted for: classified, dropped for a newer one, rejected, or lost before it."""
+        return sum(self.values.get(key, 0) for key in self.ACCOUNTED)
 
 
 def spin_until(node, done, timeout: float) -> bool:
@@ -427,7 +431,7 @@ def flood(args, config: Path) -> int:
     print(f"publish calls refused while the writer's history was full (then retried): {blocked}")
     print(f"mixer RSS at the thirds: {a:.1f} -> {b:.1f} -> {c:.1f} MiB; growth over the last third "
           f"{100.0 * (c - b) / b:+.2f}% (target < 5%); {rss['settled']:.1f} MiB once its counters settled")  # fmt: skip
-    arrived = sum(after_flood.get(key, 0) for key in ("frames_processed", "frames_dropped", "frames_rejected"))
+    arrived = sum(after_flood.get(key, 0) for key in MixerTotals.ACCOUNTED)
     print(f"mixer after the flood: {after_flood}")
     print(f"accounted for: {arrived} of {args.frames} sent ({'all' if settled else 'NOT all'}); "
           f"tracebacks in the mixer's stderr: {tracebacks}")  # fmt: skip

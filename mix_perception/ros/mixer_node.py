@@ -7,7 +7,6 @@ Lifecycle: configure validates the parameters, loads the models (else fails with
 the publishers; activate subscribes and starts the worker; deactivate unsubscribes and stops it (the
 batch in flight is published); cleanup frees the models. `autostart` (default): configure + activate at
 startup. One INFO line each when the node is configured, becomes active and becomes inactive.
-
 Topics (relative names; remap to the cameras):
 - subscribes every topic of `image_topics` (sensor_msgs/Image; QoS sensor data, keep last `image_depth`,
   reliability `image_reliability`), and `<topic>/compressed` when `subscribe_compressed`;
@@ -16,9 +15,9 @@ Topics (relative names; remap to the cameras):
 - publishes `~/rejected` (RejectedFrame, reliable, depth 10) per frame it cannot use (header, `source`,
   `code`, `detail`); no classification is published for it; the safety monitor flags it;
 - publishes `/diagnostics` every `diagnostics_period` seconds, in every state.
-
-Threads: a raw image is checked in its callback, a compressed one decoded on the worker; one worker
-takes the newest frame of every camera, classifies them in one batch and publishes.
+Threads: a raw image is checked in its callback (frames a publisher sent that never arrived are counted
+as lost, from its sequence numbers), a compressed one decoded on the worker; one worker takes the newest
+frame of every camera, classifies them in one batch and publishes.
 
 Parameters (`parameters.MIXER`): `alpha` (checked here, at declaration and on set) and `required_radius`
 are dynamic; the others apply at the next configure, settable while the mixer is not active.
@@ -151,6 +150,7 @@ class MixerNode(LifecycleNode):
             for message_type, suffix, on_frame in inputs:
                 callback = partial(on_frame, source=source)
                 self.image_subscriptions.append(self.create_subscription(message_type, topic + suffix, callback, qos))
+        self.stats.forget_publishers()
         self.slots.open()
         self.worker = threading.Thread(target=self._work, name="mixer-inference")
         self.worker.start()
@@ -189,9 +189,8 @@ class MixerNode(LifecycleNode):
 
     def _release(self) -> None:
         """Drop the models and the publishers of the configured state."""
-        for publisher in (self.classification_pub, self.rejected_pub):
-            if publisher is not None:
-                self.destroy_lifecycle_publisher(publisher)
+        for publisher in filter(None, (self.classification_pub, self.rejected_pub)):
+            self.destroy_lifecycle_publisher(publisher)
         self.classification_pub = self.rejected_pub = None
         self.runtime = None
 
@@ -227,8 +226,9 @@ class MixerNode(LifecycleNode):
                 self.get_logger().info(f"alpha set to {self.alpha}{note}")
 
     # --- input ------------------------------------------------------------------------------
-    def _on_image(self, msg, source: str) -> None:
+    def _on_image(self, msg, info, source: str) -> None:
         received = time.monotonic()
+        self.stats.count_arrival(source, info)
         try:
             pixels = frame_pixels(msg, self.runtime.max_pixels)
         except ImageError as error:
@@ -236,7 +236,8 @@ class MixerNode(LifecycleNode):
             return
         self.slots.put(source, Frame(msg.header, pixels, None, received))
 
-    def _on_compressed(self, msg, source: str) -> None:
+    def _on_compressed(self, msg, info, source: str) -> None:
+        self.stats.count_arrival(source, info)
         self.slots.put(source, Frame(msg.header, None, msg, time.monotonic()))
 
     def _reject(self, header, source: str, error: ImageError) -> None:

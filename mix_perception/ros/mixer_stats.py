@@ -1,9 +1,11 @@
 """The mixer's counters and its /diagnostics statuses, behind their own lock.
 
-Counted here: frames published, rejected (by camera and by code) and lost to an inference failure,
-plus per camera the rate (frames/s over 5 s) and latency (ms, arrival to publication, p50 / p99) and
-the inference time (ms, p50). Frames received and dropped are the mailbox's (`FrameSlots.counts`),
-passed in where they are needed.
+Counted here: frames published, rejected (by camera and by code), lost to an inference failure, and
+lost before they reached the mixer (`lost`: gaps in a publisher's publication sequence numbers, the
+frames DDS replaced in a full queue or a best-effort link dropped; counted from the second frame a
+publisher's frames reach this subscription, per camera and publisher), plus per camera the rate
+(frames/s over 5 s) and latency (ms, arrival to publication, p50 / p99) and the inference time (ms,
+p50). Frames received and dropped are the mailbox's (`FrameSlots.counts`), passed in where needed.
 """
 
 import threading
@@ -21,8 +23,28 @@ class MixerStats:
         self._rejected: Counter = Counter()
         self._rejected_by_code: Counter = Counter()
         self._failed = 0
+        self._lost: Counter = Counter()
+        self._last_sequence: dict[tuple, int] = {}
         self._latency: dict[str, diagnostics.RollingStats] = {}
         self._inference = diagnostics.RollingStats()
+
+    def count_arrival(self, source: str, info: dict) -> None:
+        """Note a frame's publication sequence number (rclpy MessageInfo); a gap since the same publisher's
+        previous frame counts the frames in it as lost. Unknown numbers (None, 0) count nothing."""
+        sequence = info.get("publication_sequence_number")
+        if not sequence:
+            return
+        key = (source, bytes(info["publisher_gid"]["data"]) if info.get("publisher_gid") else b"")
+        with self._lock:
+            last = self._last_sequence.get(key)
+            self._last_sequence[key] = sequence
+            if last is not None and sequence > last + 1:
+                self._lost[source] += sequence - last - 1
+
+    def forget_publishers(self) -> None:
+        """Start the sequence numbers afresh (new subscriptions: what was sent in between is not lost)."""
+        with self._lock:
+            self._last_sequence.clear()
 
     def count_rejected(self, source: str, code: str) -> int:
         """Count a rejected frame of `source`; returns the rejections so far, all cameras."""
@@ -47,7 +69,7 @@ class MixerStats:
         """{source: {received, processed, dropped, rejected}} for every camera that sent a frame;
         `slot_counts`: FrameSlots.counts()."""
         with self._lock:
-            sources = {*slot_counts, *self._rejected}
+            sources = {*slot_counts, *self._rejected, *self._lost}
             empty = {"received": 0, "dropped": 0}
             return {
                 source: {
@@ -55,15 +77,16 @@ class MixerStats:
                     "processed": self._processed[source],
                     "dropped": slot_counts.get(source, empty)["dropped"],
                     "rejected": self._rejected[source],
+                    "lost": self._lost[source],
                 }
                 for source in sorted(sources)
             }
 
     def totals(self, slot_counts: dict) -> dict:
         """Frame counters over all cameras: received (handed to the worker), processed, dropped, rejected,
-        failed."""
+        lost (before the mixer), failed."""
         cameras = self.cameras(slot_counts).values()
-        keys = ("received", "processed", "dropped", "rejected")
+        keys = ("received", "processed", "dropped", "rejected", "lost")
         totals = {key: sum(camera[key] for camera in cameras) for key in keys}
         with self._lock:
             return totals | {"failed": self._failed}
@@ -90,6 +113,7 @@ class MixerStats:
             "frames_processed": totals["processed"],
             "frames_dropped": totals["dropped"],
             "frames_rejected": totals["rejected"],
+            "frames_lost": totals["lost"],
             "inference_failures": totals["failed"],
         }
         values |= settings

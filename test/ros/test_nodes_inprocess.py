@@ -54,7 +54,7 @@ def test_mixer_declares_every_parameter_and_uses_injected_models(context):
         alpha = node.describe_parameter("alpha")
         assert not alpha.read_only and alpha.floating_point_range[0].to_value == 1.0
         assert node.certification.method == "none" and str(node.device) == "cpu" and node.active
-        assert node.counters() == {"received": 0, "processed": 0, "dropped": 0, "rejected": 0, "failed": 0}
+        assert node.counters() == {"received": 0, "processed": 0, "dropped": 0, "rejected": 0, "lost": 0, "failed": 0}
     finally:
         node.destroy_node()
 
@@ -173,3 +173,37 @@ def test_demo_camera_with_an_injected_source_stops_at_its_limit(context):
         assert node.published == 3 and node.finished
     finally:
         node.destroy_node()
+
+
+def test_mixer_counts_the_frames_a_publisher_sent_that_never_reached_it(context, spin):
+    """Reliable, keep last 1: frames published while the mixer does not take them replace each other in its
+    DDS queue; the publication sequence numbers of the ones that arrive tell how many never did."""
+    import numpy as np
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from mix_perception.ros.image_conversion import array_to_image
+
+    overrides = [Parameter(name, value=value) for name, value in
+                 (("certification", "none"), ("image_reliability", "reliable"), ("image_depth", 1))]  # fmt: skip
+    mixer = started(context, overrides)
+    camera = rclpy.create_node("lost_frames_camera", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(mixer)
+    try:
+        reliable = QoSProfile(depth=30, reliability=ReliabilityPolicy.RELIABLE)
+        publisher = camera.create_publisher(Image, "image", reliable)
+        frame = array_to_image(np.zeros((28, 28), np.uint8), "mono8")
+        spin(executor, lambda: publisher.get_subscription_count() > 0, what="the mixer's subscription")
+        publisher.publish(frame)
+        spin(executor, lambda: mixer.counters()["received"] == 1, what="the first frame")
+        for _ in range(20):  # the mixer's executor is not spun: its queue keeps only the newest
+            publisher.publish(frame)
+        spin(executor, lambda: mixer.counters()["received"] == 2, what="the newest frame")
+        executor.spin_once(timeout_sec=0.2)
+        assert mixer.counters()["received"] == 2 and mixer.counters()["lost"] == 19
+    finally:
+        executor.shutdown()
+        camera.destroy_node()
+        mixer.destroy_node()
