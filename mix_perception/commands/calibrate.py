@@ -33,14 +33,14 @@ from pathlib import Path
 from mix_perception.commands import arguments, from_options, option_groups
 from mix_perception.commands.errors import CommandError
 from mix_perception.commands.outputs import write_json
+from mix_perception.core.names import CERTIFICATION_METHODS
 
 DEFAULT_ALPHAS = "0.3,0.35,0.4,0.45,0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95,1"
 DEFAULT_LOGIT_SCALES = "1,1.5,2,3,4"
 
 
 def certification_method(text: str) -> str:
-    """A method of core.certify.CERTIFICATION_METHODS that certifies: lipschitz or a smoothing method."""
-    from mix_perception.core.certify import CERTIFICATION_METHODS
+    """A method of core.names.CERTIFICATION_METHODS that certifies: lipschitz or a smoothing method."""
 
     methods = [m for m in CERTIFICATION_METHODS if m != "none"]
     if text not in methods:

@@ -36,14 +36,14 @@ from mix_perception.commands.arguments import (
 )
 from mix_perception.commands.errors import CommandError
 from mix_perception.commands.outputs import write_json
+from mix_perception.core.names import CERTIFICATION_METHODS, SMOOTHING_METHODS
 
 DEFAULT_ALPHAS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 
 
 def certify_list(text: str) -> list[str]:
-    """'smoothing,lipschitz' -> those methods of core.certify.CERTIFICATION_METHODS; 'both' = the
+    """'smoothing,lipschitz' -> those methods of core.names.CERTIFICATION_METHODS; 'both' = the
     SMOOTHING_METHODS; 'none' = []."""
-    from mix_perception.core.certify import CERTIFICATION_METHODS, SMOOTHING_METHODS
 
     methods = [m for m in CERTIFICATION_METHODS if m != "none"]
     return name_list(methods)(text.replace("both", ",".join(SMOOTHING_METHODS)))
@@ -178,7 +178,6 @@ def _autoattack_plan(args):
 def _load_models(args, data, device) -> tuple[dict, dict]:
     """({role: model}, {role: spec}) for standard, robust (with --robust-transform) and, as --certify
     asks, smoothing and lipschitz; every model checked on two images of the data."""
-    from mix_perception.core.certify import SMOOTHING_METHODS
 
     specs = {"standard": from_options.standard_spec(args), "robust": from_options.robust_spec(args)}
     archs = {"standard": args.standard_arch, "robust": args.robust_arch}
@@ -194,7 +193,6 @@ def _load_models(args, data, device) -> tuple[dict, dict]:
 
 def _certified(args, models: dict, specs: dict, data, settings, run) -> dict:
     """{method: certified curves} for the methods of --certify, on the first --certify-limit images."""
-    from mix_perception.core.certify import SMOOTHING_METHODS
     from mix_perception.core.errors import first_line
     from mix_perception.experiments import certified_curves
     from mix_perception.experiments.batches import log_probs

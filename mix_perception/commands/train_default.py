@@ -140,7 +140,7 @@ def _model_card(name: str, built: Built, info: dict, args, device, eval_s: float
     """The model card of `name` (written as <name>.json beside the checkpoint built.content)."""
     import torch
 
-    from mix_perception.core.models import CLASS_NAMES
+    from mix_perception.core.names import CLASS_NAMES
 
     content, metrics = built.content, built.metrics
     architecture = content["arch"].removeprefix("mix_perception:")

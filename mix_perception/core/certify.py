@@ -20,11 +20,6 @@ import math
 import numpy as np
 import torch
 
-# The certification methods, the one spelling of them (node parameter `certification`, evaluate,
-# calibrate): none; a Lipschitz h (deterministic); the Gaussian smoothing of h by Theorem 5 or Theorem 4.
-SMOOTHING_METHODS = ("smoothing", "smoothing_theorem4")
-CERTIFICATION_METHODS = ("none", "lipschitz", *SMOOTHING_METHODS)
-
 
 def gaussian_lipschitz(sigma: float) -> float:
     """l2 Lipschitz constant sqrt(2/pi)/sigma of x -> E[u(x + N(0, sigma^2 I))] for any u with values in [0, 1]."""

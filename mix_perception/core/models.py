@@ -34,7 +34,6 @@ DEFAULT_MODELS = ("standard", "robust", "smoothing", "lipschitz")
 DEFAULT_PREFIX = "default:"
 OUR_ARCH_PREFIX = "mix_perception:"
 # Class names of the embedded models (Fashion-MNIST), index = class id.
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 class ModelLoadError(Exception):

@@ -15,12 +15,8 @@ import torch
 from torch import nn
 
 from mix_perception.core import bounds
-from mix_perception.core.certify import (
-    SMOOTHING_METHODS,
-    gaussian_lipschitz,
-    lipschitz_radius_from_bounds,
-    smoothing_radius,
-)
+from mix_perception.core.certify import gaussian_lipschitz, lipschitz_radius_from_bounds, smoothing_radius
+from mix_perception.core.names import SMOOTHING_METHODS
 
 MODES = ("votes", "probs")
 

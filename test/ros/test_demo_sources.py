@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from mix_perception.core.models import CLASS_NAMES
+from mix_perception.core.names import CLASS_NAMES
 from mix_perception.ros.demo_sources import FashionMnistTest, ImageFolder, McapRecording, convert, open_source
 from mix_perception.ros.image_conversion import ImageError, array_to_image, image_to_array
 
