@@ -1,0 +1,85 @@
+"""Out-of-distribution score of a frame, from h's features, and its conformal p-value.
+
+Score (higher = further from the training distribution): the Mahalanobis distance of h's penultimate
+features f (the input of h's last nn.Linear; h is the 1-Lipschitz robust model, so feature distances
+are bounded by input distances) to the nearest class mean with a shared covariance (Lee et al. 2018,
+"A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks"):
+
+    s(x) = min_c (f - mu_c)^T P (f - mu_c),   P = (Sigma + shrinkage * tr(Sigma)/D * I)^-1
+
+mu_c (C, D) and P (D, D) are fitted once on in-distribution frames and stored as tensors (`save`,
+`load` with weights_only=True); per frame it costs one (C, D) x (D, D) product, no extra forward.
+Chosen over energy, max-softmax and k-NN distance on the shipped models by
+docs/results/safety/explore.py (README there).
+
+Conformal p-value (Vovk et al. 2005; Bates et al. 2023 "Testing for outliers with conformal
+p-values"): with the scores s_1..s_n of n in-distribution calibration frames not used to fit mu, P,
+
+    p(x) = (1 + #{i : s_i >= s(x)}) / (n + 1)
+
+If x and the calibration frames are exchangeable, P(p(x) <= u) <= u for every u in [0, 1]: flagging
+p <= a has a false-alarm rate <= a (marginally over the calibration draw). Own code: pytorch-ood 0.4.0
+has these scores, but importing it loads torchvision, PIL and tqdm (the node must not load tqdm) and its
+detectors fit from a DataLoader; the score is three matrix products.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def penultimate_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D), logits (N, C)) of one forward: D = the input width of the model's last nn.Linear."""
+    last = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+    captured = []
+    handle = last.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return captured[-1].flatten(1), logits
+
+
+@dataclass(frozen=True)
+class Mahalanobis:
+    """Class means `means` (C, D) and shared precision `precision` (D, D), float64."""
+
+    means: torch.Tensor
+    precision: torch.Tensor
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """s = min_c (f - mu_c)^T P (f - mu_c) for features (N, D): (N,) float64, >= 0."""
+        f = features.to(self.means.dtype)
+        projected_means = self.means @ self.precision  # (C, D)
+        own = ((f @ self.precision) * f).sum(1, keepdim=True)  # (N, 1)
+        cross = f @ projected_means.T  # (N, C)
+        constant = (projected_means * self.means).sum(1)  # (C,)
+        return (own - 2.0 * cross + constant).min(dim=1).values.clamp_min(0.0)
+
+    def save(self, path) -> None:
+        torch.save({"means": self.means, "precision": self.precision}, path)
+
+    @classmethod
+    def load(cls, path) -> "Mahalanobis":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(state["means"].double(), state["precision"].double())
+
+
+def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, shrinkage: float = 1e-3) -> Mahalanobis:
+    """Class means and the shrunk inverse of the pooled within-class covariance of features (N, D), labels (N,)."""
+    f = features.double()
+    classes = int(labels.max()) + 1
+    means = torch.stack([f[labels == c].mean(0) for c in range(classes)])
+    centred = f - means[labels]
+    covariance = centred.T @ centred / max(len(f) - classes, 1)
+    ridge = shrinkage * covariance.trace() / covariance.shape[0]
+    precision = torch.linalg.inv(covariance + ridge * torch.eye(covariance.shape[0], dtype=f.dtype))
+    return Mahalanobis(means, (precision + precision.T) / 2)
+
+
+def conformal_p_values(calibration_scores: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """p = (1 + #{calibration >= s}) / (n + 1) for each score s (higher score = more unusual); float64, (0, 1]."""
+    ordered = torch.sort(calibration_scores.double().flatten()).values
+    at_least = ordered.numel() - torch.searchsorted(ordered, scores.double().contiguous(), right=False)
+    return (1.0 + at_least.double()) / (ordered.numel() + 1.0)
