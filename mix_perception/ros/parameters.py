@@ -68,6 +68,13 @@ MIXER = (
     ),
     Spec("robust_arch", "", "architecture for a bare state_dict of the robust model"),
     Spec(
+        "ood_model",
+        "",
+        "out-of-distribution model of h's features (torch.save of means (C, D), precision (D, D), "
+        "calibration_scores (n,), as mix-perception calibrate writes it): each frame gets a Mahalanobis "
+        'ood_score and its conformal ood_p_value; "" = none (score 0, p-value 1)',
+    ),
+    Spec(
         "required_radius",
         0.1,
         "certified l2 radius (pixels in [0, 1]) the control stack requires: sequential smoothing stops as soon "
