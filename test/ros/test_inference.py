@@ -186,15 +186,17 @@ def mlp(seed: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 16), nn.ReLU(), nn.Linear(16, 10))
 
 
-@pytest.mark.parametrize("method", ["none", "lipschitz", "smoothing"])
-def test_ood_score_and_p_value_are_those_of_the_core_on_hs_features(method):
+@pytest.mark.parametrize(
+    "method, sequential", [("none", False), ("lipschitz", False), ("smoothing", False), ("smoothing", True)]
+)
+def test_ood_score_and_p_value_are_those_of_the_core_on_hs_features(method, sequential):
     """With an OOD model every frame carries the Mahalanobis score of h's clean-frame features and its
     conformal p-value (core.ood), whichever certifier runs h; g's class is published too."""
     from mix_perception.core.ood import penultimate_features
 
     g, h = linear(0), mlp(1)
     ood = fitted_ood(h)
-    certification = Certification(method, smoothing=SETTINGS, seed=1)
+    certification = Certification(method, smoothing=SETTINGS, sequential=sequential, seed=1)
     results = FrameClassifier(g, h, certification, input_shape=(1, 28, 28), ood=ood).classify(X, 0.8, 0.1)
     with torch.no_grad():
         features, _ = penultimate_features(h.double(), X.double())
