@@ -35,6 +35,9 @@ MIXED_CLASSIFICATION_FIELDS = {
     "certificate_confidence": "float",
     "source": "string",
     "samples": "uint32",
+    "standard_class_id": "int32",
+    "ood_score": "float",
+    "ood_p_value": "float",
 }
 SAFETY_STATUS_FIELDS = {
     "header": "std_msgs/Header",

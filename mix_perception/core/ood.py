@@ -25,12 +25,20 @@ If x and the calibration frames are exchangeable, P(p(x) <= u) <= u for every u 
 p <= a has a false-alarm rate <= a (marginally over the calibration draw). Own code: pytorch-ood 0.4.0
 has these scores, but importing it loads torchvision, PIL and tqdm (the node must not load tqdm) and its
 detectors fit from a DataLoader; the score is three matrix products.
+
+The node's OOD model file (`OODModel`, parameter `ood_model` of the mixer): torch.save of a dict of
+tensors {"means": (C, D), "precision": (D, D), "calibration_scores": (n,)}, float64, the calibration
+scores those of in-distribution frames not used to fit means and precision. `OODModel.load` refuses a
+file that is not that (ValueError, one line); `check` refuses one that does not fit h (C classes, D
+features).
 """
 
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from mix_perception.core.errors import first_line
 
 
 def penultimate_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +76,75 @@ class Mahalanobis:
     def load(cls, path) -> "Mahalanobis":
         state = torch.load(path, map_location="cpu", weights_only=True)
         return cls(state["means"].double(), state["precision"].double())
+
+
+# A set of n calibration scores gives p-values >= 1/(n + 1): with fewer than 19 none can reach 0.05.
+MIN_CALIBRATION_SCORES = 19
+OOD_KEYS = ("means", "precision", "calibration_scores")
+
+
+@dataclass(frozen=True)
+class OODModel:
+    """What the mixer needs per frame: the Mahalanobis statistics of h's features and the conformal
+    reference scores `calibration_scores` (n,) float64, sorted. Build one with `OODModel.create`."""
+
+    mahalanobis: Mahalanobis
+    calibration_scores: torch.Tensor
+
+    @classmethod
+    def create(cls, mahalanobis: Mahalanobis, calibration_scores: torch.Tensor) -> "OODModel":
+        """Validated: ValueError (one line) for wrong shapes, non-finite values or too few calibration scores."""
+        means, precision = mahalanobis.means.double(), mahalanobis.precision.double()
+        scores = torch.as_tensor(calibration_scores).double().flatten()
+        if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
+            shapes = f"{tuple(means.shape)}, {tuple(precision.shape)}"
+            raise ValueError(f"means must be (C, D) and precision (D, D), got {shapes}")
+        if not all(bool(torch.isfinite(t).all()) for t in (means, precision, scores)):
+            raise ValueError("means, precision and calibration_scores must be finite")
+        if scores.numel() < MIN_CALIBRATION_SCORES:
+            raise ValueError(f"needs >= {MIN_CALIBRATION_SCORES} calibration_scores, got {scores.numel()}")
+        return cls(Mahalanobis(means, precision), torch.sort(scores).values)
+
+    @property
+    def classes(self) -> int:
+        return self.mahalanobis.means.shape[0]
+
+    @property
+    def feature_width(self) -> int:
+        return self.mahalanobis.means.shape[1]
+
+    def check(self, classes: int, feature_width: int) -> None:
+        """ValueError unless this model is about h's `classes` logits and `feature_width` features."""
+        if (self.classes, self.feature_width) != (classes, feature_width):
+            raise ValueError(
+                f"OOD model is for {self.classes} classes and {self.feature_width} features, "
+                f"h has {classes} classes and {feature_width} features (the input width of its last nn.Linear)"
+            )
+
+    def score(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, p-values) of features (N, D): Mahalanobis scores (N,) >= 0 and conformal p-values (N,) in (0, 1]."""
+        scores = self.mahalanobis.score(features)
+        return scores, conformal_p_values(self.calibration_scores.to(scores.device), scores)
+
+    def to(self, device) -> "OODModel":
+        m = self.mahalanobis
+        return OODModel(Mahalanobis(m.means.to(device), m.precision.to(device)), self.calibration_scores.to(device))
+
+    def save(self, path) -> None:
+        tensors = (self.mahalanobis.means, self.mahalanobis.precision, self.calibration_scores)
+        torch.save(dict(zip(OOD_KEYS, (t.double().cpu() for t in tensors), strict=True)), path)
+
+    @classmethod
+    def load(cls, path) -> "OODModel":
+        """Read with torch.load(weights_only=True); ValueError "OOD model <path>: <reason>" for anything else
+        than the format of the module docstring."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not all(isinstance(state.get(key), torch.Tensor) for key in OOD_KEYS):
+                raise ValueError(f"expected a dict of tensors {', '.join(OOD_KEYS)}")
+            return cls.create(Mahalanobis(state["means"], state["precision"]), state["calibration_scores"])
+        except Exception as error:  # noqa: BLE001 - unreadable, not a dict, wrong shapes: one line naming the file
+            raise ValueError(f"OOD model {path}: {first_line(error)}") from error
 
 
 def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, shrinkage: float = 1e-3) -> Mahalanobis:

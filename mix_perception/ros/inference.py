@@ -19,6 +19,12 @@ A frame is published as certified only when the certifier certified a class (rad
 is the published mixed class, and alpha > 1/2. Otherwise radius 0, no certificate. s (robust_logit_scale)
 sharpens h's logits for "none" and "lipschitz" (whose constant scales with it); the smoothing
 certificates are about h itself, so they need s = 1.
+
+Out-of-distribution score (mixer parameter `ood_model`, core.ood.OODModel): the Mahalanobis score of h's
+penultimate features (the input of its last nn.Linear) and its conformal p-value, per frame. The
+features come from the forward of h the certifier runs anyway ("none"; "lipschitz": its float64 copy
+of h); the smoothing certifiers run h only on noisy copies, so for them h's base network runs once
+more, on the clean batch. Without a model: score 0, p-value 1 ("no evidence against in-distribution").
 """
 
 import copy
@@ -34,6 +40,7 @@ from mix_perception.core.certify import lipschitz_logit_radius, top_two_margin
 from mix_perception.core.lipschitz import lipschitz_constants
 from mix_perception.core.models import for_inference
 from mix_perception.core.names import CERTIFICATION_METHODS
+from mix_perception.core.ood import OODModel, penultimate_features
 from mix_perception.core.sequential import SequentialPlan, certify_sequential
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 
@@ -41,6 +48,7 @@ from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 CERTIFICATE_NONE = 0
 CERTIFICATE_LIPSCHITZ = 1
 CERTIFICATE_SMOOTHING = 2
+
 
 @dataclass(frozen=True)
 class Certification:
@@ -85,6 +93,9 @@ class FrameResult(NamedTuple):
     certificate_confidence: float
     samples: int
     inference_ms: float
+    standard_class_id: int
+    ood_score: float
+    ood_p_value: float
 
 
 class RobustOutput(NamedTuple):
@@ -93,13 +104,23 @@ class RobustOutput(NamedTuple):
     robust_probs (N, C): h's probabilities that enter the mixture (for a smoothed h, the Monte Carlo
     estimate); certified_class (N,) int64: the class each certificate is about (-1: none); radius (N,)
     float64: the radius within which the mixture predicts that class (0: nothing certified); samples
-    (N,) int64: noise samples drawn per frame.
+    (N,) int64: noise samples drawn per frame; features (N, D): h's penultimate features of the clean
+    frames when asked for, else None.
     """
 
     robust_probs: torch.Tensor
     certified_class: torch.Tensor
     radius: torch.Tensor
     samples: torch.Tensor
+    features: torch.Tensor | None = None
+
+
+def forward(model: nn.Module, x: torch.Tensor, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, penultimate features (N, D) or None) of one forward of `model` on x."""
+    if not features:
+        return model(x), None
+    captured, logits = penultimate_features(model, x)
+    return logits, captured
 
 
 class Uncertified:
@@ -110,10 +131,11 @@ class Uncertified:
     def __init__(self, robust: nn.Module, logit_scale: float):
         self.robust, self.logit_scale = robust, logit_scale
 
-    def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
-        probs = torch.softmax(self.logit_scale * self.robust(x), dim=-1)
+    def __call__(self, x: torch.Tensor, alpha: float, required_radius: float, features: bool = False) -> RobustOutput:
+        logits, captured = forward(self.robust, x, features)
+        probs = torch.softmax(self.logit_scale * logits, dim=-1)
         zeros = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-        return RobustOutput(probs, zeros - 1, zeros.double(), zeros)
+        return RobustOutput(probs, zeros - 1, zeros.double(), zeros, captured)
 
 
 class LipschitzCertifier:
@@ -132,12 +154,13 @@ class LipschitzCertifier:
         self.logit_scale = logit_scale
         self.constant, self.margin_constants = lipschitz_constants(robust, input_shape)
 
-    def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
-        logits = self.robust(x.double())
+    def __call__(self, x: torch.Tensor, alpha: float, required_radius: float, features: bool = False) -> RobustOutput:
+        logits, captured = forward(self.robust, x.double(), features)
         radius = lipschitz_logit_radius(logits, alpha, self.constant, self.margin_constants, self.logit_scale)
         certified_class = logits.argmax(dim=-1).where(radius > 0, -1)
         samples = torch.zeros_like(certified_class)
-        return RobustOutput(torch.softmax(self.logit_scale * logits, dim=-1), certified_class, radius, samples)
+        probs = torch.softmax(self.logit_scale * logits, dim=-1)
+        return RobustOutput(probs, certified_class, radius, samples, captured)
 
 
 class SmoothingCertifier:
@@ -152,11 +175,12 @@ class SmoothingCertifier:
         self.method = certification.method
         self.samples = certification.smoothing.n_select + certification.smoothing.n_estimate
 
-    def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
+    def __call__(self, x: torch.Tensor, alpha: float, required_radius: float, features: bool = False) -> RobustOutput:
         certificate = self.smoothed.certify(x, alpha, self.generator, self.method)
         certified_class = certificate.prediction.where(certificate.certified, -1)
         samples = torch.full_like(certificate.prediction, self.samples)
-        return RobustOutput(certificate.robust_probs, certified_class, certificate.radius, samples)
+        captured = forward(self.smoothed.base, x, True)[1] if features else None  # one clean forward more
+        return RobustOutput(certificate.robust_probs, certified_class, certificate.radius, samples, captured)
 
 
 class SequentialCertifier:
@@ -178,11 +202,14 @@ class SequentialCertifier:
             self.plan = SequentialPlan(settings.sigma, alpha, required_radius, settings.delta, settings.n_max)
         return self.plan
 
-    def __call__(self, x: torch.Tensor, alpha: float, required_radius: float) -> RobustOutput:
+    def __call__(self, x: torch.Tensor, alpha: float, required_radius: float, features: bool = False) -> RobustOutput:
         plan = self.plan_for(alpha, required_radius)
         certificate = certify_sequential(self.smoothed, x, plan, generator=self.generator)
         certified_class = certificate.prediction.where(certificate.radius > 0, -1)
-        return RobustOutput(certificate.robust_probs, certified_class, certificate.radius, certificate.samples)
+        captured = forward(self.smoothed.base, x, True)[1] if features else None  # one clean forward more
+        return RobustOutput(
+            certificate.robust_probs, certified_class, certificate.radius, certificate.samples, captured
+        )
 
 
 def float32_at_most(values: np.ndarray) -> np.ndarray:
@@ -193,6 +220,18 @@ def float32_at_most(values: np.ndarray) -> np.ndarray:
     return np.where(above, np.nextafter(rounded, np.float32(-np.inf)), rounded)
 
 
+def check_ood_model(ood: OODModel, robust: nn.Module, input_shape, device) -> None:
+    """ValueError (one line) unless `ood` fits h: h ends in an nn.Linear, and one forward of a blank frame of
+    input_shape (C, H, W) gives the classes and feature width the OOD model was fitted for."""
+    if input_shape is None:
+        raise ValueError("ood_model needs the model's input shape (input.size, input.channels)")
+    if not any(isinstance(module, nn.Linear) for module in robust.modules()):
+        raise ValueError("ood_model needs a robust model with an nn.Linear layer (its input is h's feature vector)")
+    with torch.no_grad():
+        features, logits = penultimate_features(robust, torch.zeros(1, *input_shape, device=device))
+    ood.check(logits.shape[1], features.shape[1])
+
+
 class FrameClassifier:
     """g (standard) and h (robust) on one device, classifying a batch of frames with a given alpha.
 
@@ -200,9 +239,16 @@ class FrameClassifier:
     """
 
     def __init__(
-        self, standard: nn.Module, robust: nn.Module, certification: Certification, device="cpu", input_shape=None
+        self,
+        standard: nn.Module,
+        robust: nn.Module,
+        certification: Certification,
+        device="cpu",
+        input_shape=None,
+        ood: OODModel | None = None,
     ):
-        """input_shape (C, H, W): the model input, for the proven constant of a Lipschitz h."""
+        """input_shape (C, H, W): the model input, for the proven constant of a Lipschitz h and the check of
+        `ood` (the OOD model of h's features, or None: no OOD score)."""
         self.device = torch.device(device)
         self.standard = for_inference(standard, self.device)
         self.robust = for_inference(robust, self.device)
@@ -218,6 +264,9 @@ class FrameClassifier:
             self.certifier = SequentialCertifier(self.robust, certification, self.device)
         else:
             self.certifier = SmoothingCertifier(self.robust, certification, self.device)
+        if ood is not None:
+            check_ood_model(ood, self.robust, input_shape, self.device)
+        self.ood = None if ood is None else ood.to(self.device)
 
     @property
     def lipschitz_constant(self) -> float | None:
@@ -232,19 +281,26 @@ class FrameClassifier:
 
         p_mix = (1 - alpha) softmax(g(x)) + alpha h(x), with h's probabilities from the certifier. A
         frame is certified only when the certifier certified a class (its radius > 0 and finite), that
-        class is the mixed prediction, and alpha > 1/2. One host transfer for the whole batch.
+        class is the mixed prediction, and alpha > 1/2. With an OOD model: h's features' score and p-value.
+        One host transfer for the whole batch.
         """
         start = time.perf_counter()
         standard_probs = torch.softmax(self.standard(x), dim=-1)
-        robust = self.certifier(x, alpha, required_radius)
+        robust = self.certifier(x, alpha, required_radius, features=self.ood is not None)
         probs = (1.0 - alpha) * standard_probs + alpha * robust.robust_probs.to(standard_probs.dtype)
+        if self.ood is None:
+            ood_score, p_value = torch.zeros_like(robust.radius), torch.ones_like(robust.radius)
+        else:
+            ood_score, p_value = self.ood.score(robust.features)
         columns = (robust.certified_class, robust.radius, robust.samples, top_two_margin(robust.robust_probs))
+        columns += (standard_probs.argmax(dim=-1), ood_score, p_value)
         parts = [probs, robust.robust_probs, *(c.unsqueeze(1) for c in columns)]
         packed = torch.cat([part.double() for part in parts], 1).cpu().numpy()  # float64 keeps the radius exact
         inference_ms = (time.perf_counter() - start) * 1000.0
         classes = probs.shape[1]
         mixed, robust_probs = packed[:, :classes], packed[:, classes : 2 * classes]
-        certified_class, radius, samples, margin = packed[:, -4], packed[:, -3], packed[:, -2], packed[:, -1]
+        certified_class, radius, samples, margin = (packed[:, 2 * classes + i] for i in range(4))
+        standard_class, ood_score, p_value = packed[:, -3], packed[:, -2], packed[:, -1]
         class_id = mixed.argmax(axis=1)
         certified = (certified_class == class_id) & (radius > 0) & np.isfinite(radius) & (alpha > 0.5)
         published = np.where(certified, float32_at_most(np.where(certified, radius, 0.0)), 0.0)
@@ -263,6 +319,9 @@ class FrameClassifier:
                 certificate_confidence=self.confidence if certified[i] else 0.0,
                 samples=int(samples[i]),
                 inference_ms=inference_ms,
+                standard_class_id=int(standard_class[i]),
+                ood_score=float(ood_score[i]),
+                ood_p_value=float(p_value[i]),
             )
             for i in range(len(class_id))
         ]

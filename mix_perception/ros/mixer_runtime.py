@@ -46,6 +46,13 @@ def load_models(values: dict, device):
     return standard, robust
 
 
+def load_ood_model(path: str):
+    """core.ood.OODModel from the `ood_model` file, or None for ""; ValueError (one line) for a bad file."""
+    from mix_perception.core.ood import OODModel
+
+    return OODModel.load(path) if path else None
+
+
 def certification_of(values: dict):
     """Certification from the certification, robust_logit_scale and smoothing.* parameters; ValueError for
     bad values."""
@@ -96,6 +103,8 @@ class Runtime(NamedTuple):
         }
         if classifier.lipschitz_constant is not None:
             settings["lipschitz_constant"] = classifier.lipschitz_constant
+        if classifier.ood is not None:
+            settings["ood_calibration_size"] = classifier.ood.calibration_scores.numel()
         return settings
 
 
@@ -115,7 +124,8 @@ def build_runtime(values: dict, models=None) -> Runtime:
     device = resolve_device(values["device"])
     certification = certification_of(values)
     standard, robust = models if models is not None else load_models(values, device)
-    classifier = FrameClassifier(standard, robust, certification, device, (spec.channels, *spec.size))
+    ood = load_ood_model(values["ood_model"])
+    classifier = FrameClassifier(standard, robust, certification, device, (spec.channels, *spec.size), ood)
     return Runtime(
         classifier,
         FrameConverter(spec, device),

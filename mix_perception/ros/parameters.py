@@ -71,6 +71,13 @@ MIXER = (
     ),
     Spec("robust_arch", "", "architecture for a bare state_dict of the robust model"),
     Spec(
+        "ood_model",
+        "",
+        "out-of-distribution model of h's features (torch.save of means (C, D), precision (D, D), "
+        "calibration_scores (n,), as mix-perception calibrate writes it): each frame gets a Mahalanobis "
+        'ood_score and its conformal ood_p_value; "" = none (score 0, p-value 1)',
+    ),
+    Spec(
         "required_radius",
         0.1,
         "certified l2 radius (pixels in [0, 1]) the control stack requires: sequential smoothing stops as soon "
@@ -186,10 +193,64 @@ SAFETY_MONITOR = (
         "sources",
         [""],
         "cameras watched from the start, by the fully qualified image topic the mixer reports as `source` "
-        "(e.g. /camera/front/image_raw), each STALE until its first frame; \"\" stands for the stream as a "
+        '(e.g. /camera/front/image_raw), each STALE until its first frame; "" stands for the stream as a '
         "whole until any frame arrives. Cameras that send frames are watched from then on, listed or not",
     ),
     Spec("diagnostics_period", 1.0, "seconds between /diagnostics messages", bounds=(0.05, 3600.0)),
+    Spec(
+        "acceptance.score",
+        "",
+        "acceptance rule: a frame certified at required_radius is OK only when this score >= acceptance.threshold "
+        "(chosen by Learn-then-Test): radius | top_probability | margin | margin_if_g_agrees | "
+        'radius_if_g_agrees; "" = no acceptance rule',
+    ),
+    Spec("acceptance.threshold", 0.0, "the acceptance score's threshold (higher score = more trusted)"),
+    Spec(
+        "acceptance.epsilon",
+        0.0,
+        "the guarantee of the threshold: P(wrong class | accepted) <= epsilon; in (0, 1) when a score is set",
+        bounds=(0.0, 1.0),
+    ),
+    Spec(
+        "acceptance.delta",
+        0.0,
+        "the guarantee holds with probability >= 1 - delta over the calibration draw; in (0, 1) when a score is set",
+        bounds=(0.0, 1.0),
+    ),
+    Spec(
+        "acceptance.calibration_size",
+        0,
+        "calibration frames the threshold was chosen on; > 0 when a score is set",
+        bounds=(0, 2**31 - 1),
+    ),
+    Spec(
+        "acceptance.coverage",
+        0.0,
+        "fraction of the calibration frames accepted at the threshold (the coverage to expect); in (0, 1] when a "
+        "score is set",
+        bounds=(0.0, 1.0),
+    ),
+    Spec(
+        "ood.level",
+        0.0,
+        "flag out_of_distribution when the mixer's ood_p_value <= this (in-distribution frames are flagged with "
+        "probability <= level); in [0, 1), 0 = off",
+        bounds=(0.0, 1.0),
+    ),
+    Spec(
+        "shift.alarms_per_hour",
+        0.0,
+        "per-camera test of the ood_p_values against the calibration data: at most this many false "
+        "distribution_shift alarms an hour on a clean camera at shift.rate_hz; 0 = off",
+        bounds=(0.0, 1e6),
+    ),
+    Spec(
+        "shift.rate_hz",
+        30.0,
+        "camera rate (frames per second) the false-alarm rate is stated for",
+        bounds=(0.001, 10000.0),
+    ),
+    Spec("shift.lam", 0.5, "bet of the shift detector: f(p) = 1 + lam (1 - 2p), in (0, 1)", bounds=(0.0, 1.0)),
 )
 
 DEMO_CAMERA = (

@@ -15,9 +15,13 @@ cameras watched are those listed in `sources` (STALE until their first frame; ""
 stream as a whole until any frame arrives, so a mixer that never publishes is flagged too) and every
 camera that sends a frame. While the mixer is not active no frame arrives, so every camera is STALE.
 
-The rules are in `safety_rules` (pure functions). Frame age = this node's clock - header.stamp, so
-the camera's and this node's clocks must agree (same machine, or synchronized). `required_radius`
-and `max_frame_age` are dynamic parameters.
+The rules are in `safety_rules` (pure functions), the statistical layer (acceptance rule, OOD level,
+per-camera shift watch; parameters acceptance.*, ood.*, shift.*) in `safety_guarantee`; a statistical
+parameter set without what it needs (e.g. acceptance.score without epsilon, delta, calibration_size,
+coverage) stops the node at startup with one line. Each camera's /diagnostics status states the
+guarantee the monitor runs under. Frame age = this node's clock - header.stamp, so the camera's and
+this node's clocks must agree (same machine, or synchronized). `required_radius` and `max_frame_age`
+are dynamic parameters.
 """
 
 import sys
@@ -30,6 +34,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 
 from mix_perception.ros import diagnostics, parameters, safety_rules
+from mix_perception.ros.safety_guarantee import ShiftWatch, guarantee_from
 
 NODE_NAME = "safety_monitor"
 STATUS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -39,9 +44,10 @@ WHOLE_STREAM = ""  # the source name of "any camera" before the first frame
 @dataclass
 class Camera:
     """What the monitor remembers of one source: when its last frame arrived (time.monotonic()),
-    its unsafe streak, the alpha and level of its last verdict, and its counters."""
+    its unsafe streak, the alpha and level of its last verdict, its counters and its shift watch."""
 
     last_arrival: float
+    shift: ShiftWatch | None
     consecutive_unsafe: int = 0
     last_alpha: float = 0.0
     last_level: int = safety_rules.STALE
@@ -64,11 +70,12 @@ class SafetyMonitorNode(Node):
 
         values = parameters.declare_and_read(self, parameters.SAFETY_MONITOR)
         self.limits = safety_rules.Limits(values["required_radius"], values["max_frame_age"])
+        self.guarantee = guarantee_from(values)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._status_type = SafetyStatus
         self.lock = threading.Lock()
         started = time.monotonic()
-        self.cameras = {source_name(topic): Camera(started) for topic in values["sources"]}
+        self.cameras = {source_name(topic): self._camera(started) for topic in values["sources"]}
 
         self.status_pub = self.create_publisher(SafetyStatus, "~/status", STATUS_QOS)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -77,6 +84,10 @@ class SafetyMonitorNode(Node):
         self.create_subscription(RejectedFrame, "mixer/rejected", self._on_rejected, reliable)
         self.create_timer(values["watchdog_period"], self._on_watchdog)
         self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
+
+    def _camera(self, last_arrival: float) -> Camera:
+        shift = self.guarantee.shift
+        return Camera(last_arrival, ShiftWatch(shift) if shift else None)
 
     def _apply_parameters(self, params) -> None:
         for parameter in params:
@@ -94,14 +105,19 @@ class SafetyMonitorNode(Node):
         with self.lock:
             if source != WHOLE_STREAM:
                 self.cameras.pop(WHOLE_STREAM, None)
-            camera = self.cameras.setdefault(source, Camera(0.0))
+            camera = self.cameras.get(source)
+            if camera is None:
+                camera = self.cameras[source] = self._camera(0.0)
             camera.last_arrival = time.monotonic()
             return camera
 
     def _on_classification(self, msg) -> None:
         camera = self._arrived(msg.source)
+        with self.lock:
+            shifted = camera.shift.update(msg.ood_p_value) if camera.shift else False
+        evidence = self.guarantee.evidence(msg, self.limits.required_radius, shifted)
         verdict = safety_rules.judge_frame(
-            msg.certified, msg.certified_radius, msg.alpha, self._age(msg.header.stamp), self.limits
+            msg.certified, msg.certified_radius, msg.alpha, self._age(msg.header.stamp), self.limits, evidence
         )
         radius = msg.certified_radius if msg.certified else 0.0
         self._publish(msg.source, camera, verdict, msg.header, radius, msg.alpha)
@@ -155,6 +171,8 @@ class SafetyMonitorNode(Node):
                     "consecutive_unsafe": camera.consecutive_unsafe,
                     "required_radius": self.limits.required_radius,
                     "max_frame_age_s": self.limits.max_frame_age,
+                    **self.guarantee.values(),
+                    "shift_alarms": camera.shift.alarms if camera.shift else 0,
                 }
                 values.update({f"reason_{reason}": count for reason, count in sorted(camera.by_reason.items())})
                 message = {0: "safe", 1: "warning", 2: "unsafe", 3: "stale"}[camera.last_level]

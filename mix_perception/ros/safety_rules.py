@@ -1,8 +1,9 @@
 """The safety monitor's rules as pure functions: facts about a frame in, a verdict out.
 
 A frame is safe iff it is certified (a certificate from the mixer, not an estimate) at a radius
->= `required_radius`, computed with alpha > 1/2, and not older than `max_frame_age`. A rejected
-input is unsafe. A stream with no frame for longer than `max_frame_age` is stale (unsafe).
+>= `required_radius`, computed with alpha > 1/2, not older than `max_frame_age`, and the statistical
+layer (`safety_guarantee`: acceptance rule, OOD level, stream shift) found nothing against it. A
+rejected input is unsafe. A stream with no frame for longer than `max_frame_age` is stale (unsafe).
 Every rule that fails adds its named reason; reasons are joined by "; " in that order.
 """
 
@@ -15,7 +16,20 @@ ALPHA_NOT_ABOVE_HALF = "alpha_not_above_half"  # alpha <= 1/2: no certificate is
 FRAME_TOO_OLD = "frame_too_old"  # now - header.stamp > max_frame_age
 STALE_STREAM = "stale_stream"  # no frame (classified or rejected) for longer than max_frame_age
 BAD_INPUT = "bad_input"  # the mixer rejected the frame (bad encoding, size, ...)
-REASONS = (NOT_CERTIFIED, RADIUS_BELOW_REQUIRED, ALPHA_NOT_ABOVE_HALF, FRAME_TOO_OLD, STALE_STREAM, BAD_INPUT)
+BELOW_ACCEPTANCE_THRESHOLD = "below_acceptance_threshold"  # certified, but its acceptance score < the threshold
+OUT_OF_DISTRIBUTION = "out_of_distribution"  # the frame's OOD p-value <= ood.level
+DISTRIBUTION_SHIFT = "distribution_shift"  # its camera's shift detector alarmed (within the hold)
+REASONS = (
+    NOT_CERTIFIED,
+    RADIUS_BELOW_REQUIRED,
+    ALPHA_NOT_ABOVE_HALF,
+    FRAME_TOO_OLD,
+    STALE_STREAM,
+    BAD_INPUT,
+    BELOW_ACCEPTANCE_THRESHOLD,
+    OUT_OF_DISTRIBUTION,
+    DISTRIBUTION_SHIFT,
+)
 
 # Levels, as diagnostic_msgs/DiagnosticStatus and SafetyStatus use them.
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
@@ -28,6 +42,17 @@ class Limits(NamedTuple):
     max_frame_age: float
 
 
+class Evidence(NamedTuple):
+    """What the statistical layer found against a frame (safety_guarantee.Guarantee.evidence)."""
+
+    below_acceptance_threshold: bool = False
+    out_of_distribution: bool = False
+    distribution_shift: bool = False
+
+
+NOTHING_FOUND = Evidence()
+
+
 class Verdict(NamedTuple):
     safe: bool
     level: int
@@ -38,7 +63,9 @@ class Verdict(NamedTuple):
         return "; ".join(self.reasons)
 
 
-def judge_frame(certified: bool, radius: float, alpha: float, age: float, limits: Limits) -> Verdict:
+def judge_frame(
+    certified: bool, radius: float, alpha: float, age: float, limits: Limits, evidence: Evidence = NOTHING_FOUND
+) -> Verdict:
     """Verdict on one classified frame. `age` = receipt time - header stamp, seconds."""
     reasons = []
     if alpha <= 0.5:
@@ -49,6 +76,8 @@ def judge_frame(certified: bool, radius: float, alpha: float, age: float, limits
         reasons.append(RADIUS_BELOW_REQUIRED)
     if not age <= limits.max_frame_age:
         reasons.append(FRAME_TOO_OLD)
+    named = (BELOW_ACCEPTANCE_THRESHOLD, OUT_OF_DISTRIBUTION, DISTRIBUTION_SHIFT)
+    reasons += [reason for reason, found in zip(named, evidence, strict=True) if found]
     return Verdict(not reasons, ERROR if reasons else OK, tuple(reasons))
 
 

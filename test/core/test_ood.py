@@ -1,6 +1,7 @@
 """OOD score and conformal p-values: exact formulas, uniform p-values under exchangeability, storage."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -63,3 +64,46 @@ def test_energy_is_higher_for_less_confident_logits():
     energy = ood.energy(logits)
     assert torch.allclose(energy, -torch.logsumexp(logits.double(), 1))
     assert energy[1] > energy[0] - 9.0  # flat logits: -log(3 e); peaked: about -10
+
+
+def ood_file(tmp_path, name="ood.pt", **changes):
+    """An OOD model file of the mixer's format (3 classes, 6 features, 50 calibration scores), with `changes`."""
+    features, labels, _ = clusters(torch.Generator().manual_seed(3))
+    stats = ood.fit_mahalanobis(features[::2], labels[::2])
+    state = {"means": stats.means, "precision": stats.precision, "calibration_scores": stats.score(features[1:100:2])}
+    torch.save({key: value for key, value in (state | changes).items() if value is not None}, tmp_path / name)
+    return tmp_path / name
+
+
+def test_ood_model_file_round_trips_and_scores_like_its_parts(tmp_path):
+    model = ood.OODModel.load(ood_file(tmp_path))
+    assert (model.classes, model.feature_width, model.calibration_scores.numel()) == (3, 6, 50)
+    model.save(tmp_path / "again.pt")
+    again = ood.OODModel.load(tmp_path / "again.pt")
+    assert torch.equal(again.calibration_scores, model.calibration_scores)
+    points = torch.randn(4, 6, dtype=torch.float64)
+    scores, p = again.score(points)
+    assert torch.equal(scores, model.mahalanobis.score(points))
+    assert torch.equal(p, ood.conformal_p_values(model.calibration_scores, scores))
+    model.check(3, 6)
+
+
+def test_a_bad_ood_model_file_is_refused_with_one_line(tmp_path):
+    cases = {
+        "missing.pt": (None, "No such file"),
+        "no_scores.pt": (
+            {"calibration_scores": None},
+            "expected a dict of tensors means, precision, calibration_scores",
+        ),
+        "shapes.pt": ({"precision": torch.eye(5, dtype=torch.float64)}, r"precision \(D, D\), got \(3, 6\), \(5, 5\)"),
+        "nan.pt": ({"means": torch.full((3, 6), float("nan"), dtype=torch.float64)}, "must be finite"),
+        "few.pt": ({"calibration_scores": torch.ones(5, dtype=torch.float64)}, "needs >= 19 calibration_scores, got 5"),
+    }
+    for name, (changes, message) in cases.items():
+        path = tmp_path / name if changes is None else ood_file(tmp_path, name, **changes)
+        with pytest.raises(ValueError, match=message) as refused:
+            ood.OODModel.load(path)
+        assert str(refused.value).startswith(f"OOD model {path}: ") and "\n" not in str(refused.value)
+    model = ood.OODModel.load(ood_file(tmp_path))
+    with pytest.raises(ValueError, match="OOD model is for 3 classes and 6 features, h has 10 classes and 6 features"):
+        model.check(10, 6)

@@ -98,7 +98,7 @@ def test_only_a_certificate_of_the_published_class_with_a_finite_positive_radius
     class Given:  # a certifier that says exactly the above
         kind = CERTIFICATE_SMOOTHING
 
-        def __call__(self, x, alpha, required_radius):
+        def __call__(self, x, alpha, required_radius, features=False):
             return RobustOutput(robust_probs, certified_class, radius, torch.full((5,), 40))
 
     classifier = FrameClassifier(g, linear(1), SMOOTHING)
@@ -167,3 +167,53 @@ def test_sequential_smoothing_publishes_the_cores_sequential_certificate(constan
 def test_sequential_needs_votes():
     with pytest.raises(ValueError, match="smoothing.sequential counts votes"):
         Certification("smoothing", smoothing=SmoothingSettings(mode="probs"), sequential=True)
+
+
+def fitted_ood(model: nn.Module, generator_seed: int = 0):
+    """An OODModel of `model`'s penultimate features, fitted on 60 random frames, 40 more as calibration."""
+    from mix_perception.core.ood import OODModel, fit_mahalanobis, penultimate_features
+
+    frames = torch.rand(100, 1, 28, 28, generator=torch.Generator().manual_seed(generator_seed))
+    with torch.no_grad():
+        features, logits = penultimate_features(model, frames)
+    labels = torch.arange(100) % 10  # every class present
+    stats = fit_mahalanobis(features[:60], labels[:60], shrinkage=0.1)
+    return OODModel.create(stats, stats.score(features[60:]))
+
+
+def mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize(
+    "method, sequential", [("none", False), ("lipschitz", False), ("smoothing", False), ("smoothing", True)]
+)
+def test_ood_score_and_p_value_are_those_of_the_core_on_hs_features(method, sequential):
+    """With an OOD model every frame carries the Mahalanobis score of h's clean-frame features and its
+    conformal p-value (core.ood), whichever certifier runs h; g's class is published too."""
+    from mix_perception.core.ood import penultimate_features
+
+    g, h = linear(0), mlp(1)
+    ood = fitted_ood(h)
+    certification = Certification(method, smoothing=SETTINGS, sequential=sequential, seed=1)
+    results = FrameClassifier(g, h, certification, input_shape=(1, 28, 28), ood=ood).classify(X, 0.8, 0.1)
+    with torch.no_grad():
+        features, _ = penultimate_features(h.double(), X.double())
+    scores, p_values = ood.score(features)
+    for result, score, p, standard in zip(results, scores, p_values, g(X).argmax(1), strict=True):
+        assert result.ood_score == pytest.approx(float(score), rel=1e-5)
+        assert result.ood_p_value == float(p) and result.standard_class_id == int(standard)
+
+
+def test_without_an_ood_model_the_score_is_0_and_the_p_value_1():
+    for result in FrameClassifier(linear(0), mlp(1), Certification("none")).classify(X, 0.8):
+        assert (result.ood_score, result.ood_p_value) == (0.0, 1.0)
+
+
+def test_an_ood_model_that_does_not_fit_h_is_refused():
+    ood = fitted_ood(mlp(1))
+    with pytest.raises(ValueError, match=r"OOD model is for 10 classes and 16 features, h has 10 classes and 784"):
+        FrameClassifier(linear(0), linear(1), Certification("none"), input_shape=(1, 28, 28), ood=ood)
+    with pytest.raises(ValueError, match="ood_model needs a robust model with an nn.Linear layer"):
+        FrameClassifier(linear(0), nn.Flatten(), Certification("none"), input_shape=(1, 28, 28), ood=ood)

@@ -1,0 +1,171 @@
+"""The statistical layer of the safety verdict: the acceptance rule, the OOD level and the stream-shift
+watch, and the guarantee they run under (safety monitor parameters acceptance.*, ood.*, shift.*). No ROS.
+
+Acceptance (Learn-then-Test, core.risk_control): a frame certified at required_radius is accepted when
+its acceptance score s >= acceptance.threshold. The threshold was chosen on acceptance.calibration_size
+calibration frames so that, with probability >= 1 - delta over that draw, P(wrong class | accepted) <=
+epsilon for frames exchangeable with the calibration frames; acceptance.coverage is the fraction of them
+it accepted. Scores (higher = more trusted; -inf when the frame is not certified at required_radius):
+radius (certified_radius), top_probability (max of the mixed probabilities), margin (top minus runner-up),
+margin_if_g_agrees and radius_if_g_agrees (as margin and radius when g's argmax is the published class,
+else -inf).
+
+Out of distribution: flagged when the mixer's ood_p_value <= ood.level (0 = off). A conformal p-value is
+super-uniform on in-distribution frames, so they are flagged with probability <= ood.level.
+
+Stream shift: one core.stream_shift.ShiftDetector per camera, fed with every classified frame's
+ood_p_value, alarm level A = threshold_for_rate(shift.alarms_per_hour, shift.rate_hz): a clean camera at
+rate_hz raises <= alarms_per_hour false alarms an hour. The detector restarts after an alarm, so the
+camera stays flagged `distribution_shift` for `hold` frames from an alarm (counting it), hold =
+ceil(ln A / ln(1 + lam/2)): the frames the restarted detector needs to alarm again when every p-value is
+<= 1/4 (each bet >= 1 + lam/2). So a stream whose p-values stay <= 1/4 stays flagged without a gap, a
+weaker shift is flagged `hold` frames per alarm, and each false alarm flags a clean camera for `hold`
+frames. Without an OOD model the mixer publishes p-value 1, the bet is 1 - lam < 1 and the detector's
+statistic stays 0: it never alarms.
+
+core.risk_control and core.stream_shift load scipy.stats (~1 s): they are imported only when a rule
+that needs them is set, so a monitor with the rules off starts as fast as before.
+"""
+
+import math
+from typing import NamedTuple
+
+from mix_perception.ros.safety_rules import Evidence
+
+ACCEPTANCE_SCORES = ("radius", "top_probability", "margin", "margin_if_g_agrees", "radius_if_g_agrees")
+
+
+def acceptance_score(name: str, frame, required_radius: float) -> float:
+    """Score `name` (ACCEPTANCE_SCORES) of `frame`, any object with MixedClassification's fields
+    (certified, certified_radius, probabilities, class_id, standard_class_id); -inf when the frame is not
+    certified at required_radius, or for *_if_g_agrees when g's class is not the published class."""
+    if not (frame.certified and frame.certified_radius >= required_radius):
+        return -math.inf
+    if name.endswith("_if_g_agrees") and frame.standard_class_id != frame.class_id:
+        return -math.inf
+    if name.startswith("radius"):
+        return float(frame.certified_radius)
+    top, runner_up = (sorted(map(float, frame.probabilities), reverse=True) + [0.0, 0.0])[:2]
+    return top if name == "top_probability" else top - runner_up
+
+
+class Acceptance(NamedTuple):
+    """The acceptance rule (score name, threshold) and the Learn-then-Test guarantee it was calibrated with:
+    P(wrong | accepted) <= epsilon w.p. >= 1 - delta over calibration_size frames; coverage: accepted fraction."""
+
+    score: str
+    threshold: float
+    epsilon: float
+    delta: float
+    calibration_size: int
+    coverage: float
+
+
+class Shift(NamedTuple):
+    """Alarm level `threshold` (A, > 1) and bet `lam` of the per-camera detectors; the false-alarm rate
+    they guarantee (alarms_per_hour at rate_hz frames per second)."""
+
+    threshold: float
+    lam: float
+    alarms_per_hour: float
+    rate_hz: float
+
+    @property
+    def hold(self) -> int:
+        """Frames flagged from an alarm: ceil(ln A / ln(1 + lam/2)) (module docstring)."""
+        return math.ceil(math.log(self.threshold) / math.log1p(self.lam / 2.0))
+
+
+class ShiftWatch:
+    """One camera's ShiftDetector and its distribution_shift flag; `alarms` counts the detector's alarms."""
+
+    def __init__(self, shift: Shift):
+        from mix_perception.core.stream_shift import ShiftDetector
+
+        self.detector = ShiftDetector(shift.threshold, shift.lam)
+        self.hold = shift.hold
+        self.left = 0
+        self.alarms = 0
+
+    def update(self, p_value: float) -> bool:
+        """Feed one frame's p-value; True while the camera is flagged (this frame included)."""
+        if self.detector.update(p_value):
+            self.alarms += 1
+            self.left = self.hold
+        flagged = self.left > 0
+        self.left = max(self.left - 1, 0)
+        return flagged
+
+
+class Guarantee(NamedTuple):
+    """What the monitor checks beyond the certificate: acceptance (None: no rule), ood_level (0: off),
+    shift (None: off)."""
+
+    acceptance: Acceptance | None
+    ood_level: float
+    shift: Shift | None
+
+    def evidence(self, frame, required_radius: float, shifted: bool) -> Evidence:
+        """What this layer finds about a classified frame (fields as `acceptance_score`, plus ood_p_value);
+        `shifted`: its camera's ShiftWatch flag."""
+        rule = self.acceptance
+        certified = frame.certified and frame.certified_radius >= required_radius
+        below = rule is not None and certified and acceptance_score(rule.score, frame, required_radius) < rule.threshold
+        outlier = self.ood_level > 0 and frame.ood_p_value <= self.ood_level
+        return Evidence(below, outlier, shifted)
+
+    def values(self) -> dict:
+        """The guarantee as /diagnostics reports it."""
+        rule = self.acceptance or Acceptance("none", -math.inf, 0.0, 0.0, 0, 1.0)
+        shift = self.shift
+        return {
+            "acceptance_score": rule.score,
+            "acceptance_threshold": rule.threshold,
+            "epsilon": rule.epsilon,
+            "delta": rule.delta,
+            "calibration_size": rule.calibration_size,
+            "expected_coverage": rule.coverage,
+            "ood_level": self.ood_level,
+            "shift_threshold": shift.threshold if shift else 0.0,
+            "shift_false_alarms_per_hour": shift.alarms_per_hour if shift else 0.0,
+            "shift_rate_hz": shift.rate_hz if shift else 0.0,
+            "shift_hold_frames": shift.hold if shift else 0,
+        }
+
+
+def acceptance_from(values: dict) -> Acceptance | None:
+    """Acceptance from the acceptance.* parameters (None when acceptance.score is ""); ValueError (one line)
+    for an unknown score, or a score without its statistics."""
+    score = values["acceptance.score"]
+    if not score:
+        return None
+    if score not in ACCEPTANCE_SCORES:
+        raise ValueError(f'acceptance.score must be "" or one of {", ".join(ACCEPTANCE_SCORES)}, got {score!r}')
+    from mix_perception.core.risk_control import check_level
+
+    epsilon = check_level("acceptance.epsilon", values["acceptance.epsilon"])
+    delta = check_level("acceptance.delta", values["acceptance.delta"])
+    size, coverage = values["acceptance.calibration_size"], values["acceptance.coverage"]
+    if size <= 0:
+        raise ValueError(f"acceptance.score {score} needs acceptance.calibration_size > 0, got {size}")
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"acceptance.score {score} needs acceptance.coverage in (0, 1], got {coverage}")
+    return Acceptance(score, values["acceptance.threshold"], epsilon, delta, size, coverage)
+
+
+def guarantee_from(values: dict) -> Guarantee:
+    """Guarantee from the safety monitor's parameters; ValueError (one line) for an inconsistent one."""
+    level = values["ood.level"]
+    if not 0.0 <= level < 1.0:
+        raise ValueError(f"ood.level must be in [0, 1), got {level}")
+    shift = None
+    if values["shift.alarms_per_hour"] > 0:
+        from mix_perception.core.risk_control import check_level
+        from mix_perception.core.stream_shift import threshold_for_rate
+
+        lam = check_level("shift.lam", values["shift.lam"])
+        threshold = threshold_for_rate(values["shift.alarms_per_hour"], values["shift.rate_hz"])
+        if threshold <= 1.0:
+            raise ValueError("shift.alarms_per_hour must be below the frames of an hour, 3600 x shift.rate_hz")
+        shift = Shift(threshold, lam, values["shift.alarms_per_hour"], values["shift.rate_hz"])
+    return Guarantee(acceptance_from(values), level, shift)
