@@ -38,6 +38,7 @@ MIXED_CLASSIFICATION_FIELDS = {
     "standard_class_id": "int32",
     "ood_score": "float",
     "ood_p_value": "float",
+    "shift_p_value": "float",
 }
 SAFETY_STATUS_FIELDS = {
     "header": "std_msgs/Header",

@@ -27,8 +27,9 @@ has these scores, but importing it loads torchvision, PIL and tqdm (the node mus
 detectors fit from a DataLoader; the score is three matrix products.
 
 The node's OOD model file (`OODModel`, parameter `ood_model` of the mixer): torch.save of a dict of
-tensors {"means": (C, D), "precision": (D, D), "calibration_scores": (n,)}, float64, the calibration
-scores those of in-distribution frames not used to fit means and precision. `OODModel.load` refuses a
+tensors {"means": (C, D), "precision": (D, D), "calibration_scores": (n,), "energy_calibration_scores":
+(m,)}, float64: the Mahalanobis scores and g's energies of in-distribution frames not used to fit means
+and precision (the references of the OOD p-value and of the shift test's p-value). `OODModel.load` refuses a
 file that is not that (ValueError, one line); `check` refuses one that does not fit h (C classes, D
 features).
 """
@@ -80,30 +81,33 @@ class Mahalanobis:
 
 # A set of n calibration scores gives p-values >= 1/(n + 1): with fewer than 19 none can reach 0.05.
 MIN_CALIBRATION_SCORES = 19
-OOD_KEYS = ("means", "precision", "calibration_scores")
+OOD_KEYS = ("means", "precision", "calibration_scores", "energy_calibration_scores")
 
 
 @dataclass(frozen=True)
 class OODModel:
     """What the mixer needs per frame: the Mahalanobis statistics of h's features and the conformal
-    reference scores `calibration_scores` (n,) float64, sorted. Build one with `OODModel.create`."""
+    references, sorted float64: `calibration_scores` (n,) of the OOD score, `energy_scores` (m,) of g's
+    energy (the stream-shift test's p-value). Build one with `OODModel.create`."""
 
     mahalanobis: Mahalanobis
     calibration_scores: torch.Tensor
+    energy_scores: torch.Tensor
 
     @classmethod
-    def create(cls, mahalanobis: Mahalanobis, calibration_scores: torch.Tensor) -> "OODModel":
-        """Validated: ValueError (one line) for wrong shapes, non-finite values or too few calibration scores."""
+    def create(cls, mahalanobis: Mahalanobis, calibration_scores, energy_calibration_scores) -> "OODModel":
+        """Validated: ValueError (one line) for wrong shapes, non-finite values or too few reference scores."""
         means, precision = mahalanobis.means.double(), mahalanobis.precision.double()
-        scores = torch.as_tensor(calibration_scores).double().flatten()
+        references = [torch.as_tensor(s).double().flatten() for s in (calibration_scores, energy_calibration_scores)]
         if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
             shapes = f"{tuple(means.shape)}, {tuple(precision.shape)}"
             raise ValueError(f"means must be (C, D) and precision (D, D), got {shapes}")
-        if not all(bool(torch.isfinite(t).all()) for t in (means, precision, scores)):
-            raise ValueError("means, precision and calibration_scores must be finite")
-        if scores.numel() < MIN_CALIBRATION_SCORES:
-            raise ValueError(f"needs >= {MIN_CALIBRATION_SCORES} calibration_scores, got {scores.numel()}")
-        return cls(Mahalanobis(means, precision), torch.sort(scores).values)
+        if not all(bool(torch.isfinite(t).all()) for t in (means, precision, *references)):
+            raise ValueError("means, precision and the calibration scores must be finite")
+        for name, scores in zip(OOD_KEYS[2:], references, strict=True):
+            if scores.numel() < MIN_CALIBRATION_SCORES:
+                raise ValueError(f"needs >= {MIN_CALIBRATION_SCORES} {name}, got {scores.numel()}")
+        return cls(Mahalanobis(means, precision), *(torch.sort(s).values for s in references))
 
     @property
     def classes(self) -> int:
@@ -126,12 +130,19 @@ class OODModel:
         scores = self.mahalanobis.score(features)
         return scores, conformal_p_values(self.calibration_scores.to(scores.device), scores)
 
+    def shift_p_values(self, standard_logits: torch.Tensor) -> torch.Tensor:
+        """Conformal p-values (N,) of g's energy for g's logits (N, C): what the stream-shift test watches."""
+        return conformal_p_values(self.energy_scores.to(standard_logits.device), energy(standard_logits))
+
     def to(self, device) -> "OODModel":
         m = self.mahalanobis
-        return OODModel(Mahalanobis(m.means.to(device), m.precision.to(device)), self.calibration_scores.to(device))
+        means, precision = m.means.to(device), m.precision.to(device)
+        return OODModel(
+            Mahalanobis(means, precision), self.calibration_scores.to(device), self.energy_scores.to(device)
+        )
 
     def save(self, path) -> None:
-        tensors = (self.mahalanobis.means, self.mahalanobis.precision, self.calibration_scores)
+        tensors = (self.mahalanobis.means, self.mahalanobis.precision, self.calibration_scores, self.energy_scores)
         torch.save(dict(zip(OOD_KEYS, (t.double().cpu() for t in tensors), strict=True)), path)
 
     @classmethod
@@ -142,7 +153,8 @@ class OODModel:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or not all(isinstance(state.get(key), torch.Tensor) for key in OOD_KEYS):
                 raise ValueError(f"expected a dict of tensors {', '.join(OOD_KEYS)}")
-            return cls.create(Mahalanobis(state["means"], state["precision"]), state["calibration_scores"])
+            references = state["calibration_scores"], state["energy_calibration_scores"]
+            return cls.create(Mahalanobis(state["means"], state["precision"]), *references)
         except Exception as error:  # noqa: BLE001 - unreadable, not a dict, wrong shapes: one line naming the file
             raise ValueError(f"OOD model {path}: {first_line(error)}") from error
 

@@ -240,7 +240,7 @@ SAFETY_MONITOR = (
     Spec(
         "shift.alarms_per_hour",
         0.0,
-        "per-camera test of the ood_p_values against the calibration data: at most this many false "
+        "per-camera test of the shift_p_values (g's energy) against the calibration data: at most this many false "
         "distribution_shift alarms an hour on a clean camera at shift.rate_hz; 0 = off",
         bounds=(0.0, 1e6),
     ),

@@ -14,14 +14,15 @@ Out of distribution: flagged when the mixer's ood_p_value <= ood.level (0 = off)
 super-uniform on in-distribution frames, so they are flagged with probability <= ood.level.
 
 Stream shift: one core.stream_shift.ShiftDetector per camera, fed with every classified frame's
-ood_p_value, alarm level A = threshold_for_rate(shift.alarms_per_hour, shift.rate_hz): a clean camera at
+shift_p_value (the conformal p-value of g's energy: the robust h barely reacts to noise or blur, g
+does), alarm level A = threshold_for_rate(shift.alarms_per_hour, shift.rate_hz): a clean camera at
 rate_hz raises <= alarms_per_hour false alarms an hour. The detector restarts after an alarm, so the
-camera stays flagged `distribution_shift` for `hold` frames from an alarm (counting it), hold =
-ceil(ln A / ln(1 + lam/2)): the frames the restarted detector needs to alarm again when every p-value is
-<= 1/4 (each bet >= 1 + lam/2). So a stream whose p-values stay <= 1/4 stays flagged without a gap, a
-weaker shift is flagged `hold` frames per alarm, and each false alarm flags a clean camera for `hold`
-frames. Without an OOD model the mixer publishes p-value 1, the bet is 1 - lam < 1 and the detector's
-statistic stays 0: it never alarms.
+camera stays flagged `distribution_shift` for `hold` frames from an alarm (counting it), hold = ceil(ln
+A / ln(1 + lam/2)): the frames the restarted detector needs to alarm again when every p-value is <= 1/4
+(each bet >= 1 + lam/2). So a stream whose p-values stay <= 1/4 stays flagged without a gap, a weaker
+shift is flagged `hold` frames per alarm, and each false alarm flags a clean camera for `hold` frames.
+Without an OOD model the mixer publishes p-value 1, the bet is 1 - lam < 1 and the detector's statistic
+stays 0: it never alarms.
 
 core.risk_control and core.stream_shift load scipy.stats (~1 s): they are imported only when a rule
 that needs them is set, so a monitor with the rules off starts as fast as before.

@@ -114,7 +114,7 @@ class SafetyMonitorNode(Node):
     def _on_classification(self, msg) -> None:
         camera = self._arrived(msg.source)
         with self.lock:
-            shifted = camera.shift.update(msg.ood_p_value) if camera.shift else False
+            shifted = camera.shift.update(msg.shift_p_value) if camera.shift else False
         evidence = self.guarantee.evidence(msg, self.limits.required_radius, shifted)
         verdict = safety_rules.judge_frame(
             msg.certified, msg.certified_radius, msg.alpha, self._age(msg.header.stamp), self.limits, evidence

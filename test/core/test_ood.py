@@ -67,10 +67,12 @@ def test_energy_is_higher_for_less_confident_logits():
 
 
 def ood_file(tmp_path, name="ood.pt", **changes):
-    """An OOD model file of the mixer's format (3 classes, 6 features, 50 calibration scores), with `changes`."""
+    """An OOD model file of the mixer's format (3 classes, 6 features, 50 calibration scores and 40 energies),
+    with `changes`."""
     features, labels, _ = clusters(torch.Generator().manual_seed(3))
     stats = ood.fit_mahalanobis(features[::2], labels[::2])
     state = {"means": stats.means, "precision": stats.precision, "calibration_scores": stats.score(features[1:100:2])}
+    state["energy_calibration_scores"] = ood.energy(features[1:80:2, :3])
     torch.save({key: value for key, value in (state | changes).items() if value is not None}, tmp_path / name)
     return tmp_path / name
 
@@ -85,6 +87,9 @@ def test_ood_model_file_round_trips_and_scores_like_its_parts(tmp_path):
     scores, p = again.score(points)
     assert torch.equal(scores, model.mahalanobis.score(points))
     assert torch.equal(p, ood.conformal_p_values(model.calibration_scores, scores))
+    logits = torch.randn(4, 3)
+    assert torch.equal(again.shift_p_values(logits), ood.conformal_p_values(model.energy_scores, ood.energy(logits)))
+    assert model.energy_scores.numel() == 40
     model.check(3, 6)
 
 
@@ -93,7 +98,11 @@ def test_a_bad_ood_model_file_is_refused_with_one_line(tmp_path):
         "missing.pt": (None, "No such file"),
         "no_scores.pt": (
             {"calibration_scores": None},
-            "expected a dict of tensors means, precision, calibration_scores",
+            "expected a dict of tensors means, precision, calibration_scores, energy_calibration_scores",
+        ),
+        "few_energies.pt": (
+            {"energy_calibration_scores": torch.ones(3, dtype=torch.float64)},
+            "needs >= 19 energy_calibration_scores, got 3",
         ),
         "shapes.pt": ({"precision": torch.eye(5, dtype=torch.float64)}, r"precision \(D, D\), got \(3, 6\), \(5, 5\)"),
         "nan.pt": ({"means": torch.full((3, 6), float("nan"), dtype=torch.float64)}, "must be finite"),

@@ -169,16 +169,18 @@ def test_sequential_needs_votes():
         Certification("smoothing", smoothing=SmoothingSettings(mode="probs"), sequential=True)
 
 
-def fitted_ood(model: nn.Module, generator_seed: int = 0):
-    """An OODModel of `model`'s penultimate features, fitted on 60 random frames, 40 more as calibration."""
-    from mix_perception.core.ood import OODModel, fit_mahalanobis, penultimate_features
+def fitted_ood(model: nn.Module, generator_seed: int = 0, standard: nn.Module | None = None):
+    """An OODModel of `model`'s penultimate features, fitted on 60 random frames, 40 more as calibration
+    (also of `standard`'s energy: g's, or `model`'s when none is given)."""
+    from mix_perception.core.ood import OODModel, energy, fit_mahalanobis, penultimate_features
 
     frames = torch.rand(100, 1, 28, 28, generator=torch.Generator().manual_seed(generator_seed))
     with torch.no_grad():
         features, logits = penultimate_features(model, frames)
+        energies = energy((standard or model)(frames[60:]))
     labels = torch.arange(100) % 10  # every class present
     stats = fit_mahalanobis(features[:60], labels[:60], shrinkage=0.1)
-    return OODModel.create(stats, stats.score(features[60:]))
+    return OODModel.create(stats, stats.score(features[60:]), energies)
 
 
 def mlp(seed: int) -> nn.Module:
@@ -195,20 +197,24 @@ def test_ood_score_and_p_value_are_those_of_the_core_on_hs_features(method, sequ
     from mix_perception.core.ood import penultimate_features
 
     g, h = linear(0), mlp(1)
-    ood = fitted_ood(h)
+    ood = fitted_ood(h, standard=g)
     certification = Certification(method, smoothing=SETTINGS, sequential=sequential, seed=1)
     results = FrameClassifier(g, h, certification, input_shape=(1, 28, 28), ood=ood).classify(X, 0.8, 0.1)
     with torch.no_grad():
         features, _ = penultimate_features(h.double(), X.double())
-    scores, p_values = ood.score(features)
-    for result, score, p, standard in zip(results, scores, p_values, g(X).argmax(1), strict=True):
+        scores, p_values = ood.score(features)
+        shift_p_values = ood.shift_p_values(g(X))
+    for result, score, p, shift_p, standard in zip(
+        results, scores, p_values, shift_p_values, g(X).argmax(1), strict=True
+    ):
         assert result.ood_score == pytest.approx(float(score), rel=1e-5)
         assert result.ood_p_value == float(p) and result.standard_class_id == int(standard)
+        assert result.shift_p_value == float(shift_p)
 
 
 def test_without_an_ood_model_the_score_is_0_and_the_p_value_1():
     for result in FrameClassifier(linear(0), mlp(1), Certification("none")).classify(X, 0.8):
-        assert (result.ood_score, result.ood_p_value) == (0.0, 1.0)
+        assert (result.ood_score, result.ood_p_value, result.shift_p_value) == (0.0, 1.0, 1.0)
 
 
 def test_an_ood_model_that_does_not_fit_h_is_refused():

@@ -57,7 +57,7 @@ def monitor(ros, spin):
     spin(executor, lambda: publisher.get_subscription_count() >= 1, 30.0, "the monitor's subscription")
     count = [0]
 
-    def judge(source: str, p_value=0.5, probabilities=(0.8, 0.1, 0.1), standard_class_id=0, radius=0.3):
+    def judge(source: str, p_value=0.5, probabilities=(0.8, 0.1, 0.1), standard_class_id=0, radius=0.3, shift_p=0.5):
         """Publish one certified frame of `source` (class 0) and return the monitor's status of it."""
         count[0] += 1
         frame_id = f"frame_{count[0]}"
@@ -74,6 +74,7 @@ def monitor(ros, spin):
             certificate_confidence=1.0,
             ood_score=1.0,
             ood_p_value=p_value,
+            shift_p_value=shift_p,
         )
         msg.header.stamp = node.get_clock().now().to_msg()
         msg.header.frame_id = frame_id
@@ -106,18 +107,18 @@ def test_out_of_distribution_on_a_low_p_value(monitor):
 
 
 def test_distribution_shift_flags_only_the_camera_whose_p_values_run_low(monitor):
-    """p = 0.1 is above ood.level (no frame is out of distribution on its own), but a run of them is evidence
+    """The detector watches shift_p_value (g's energy), not ood_p_value. A run of p = 0.1 is evidence
     against the calibration data: each bet is 1 + 0.5 (1 - 0.2) = 1.4, so the detector (A = 3600 x 30 / 1)
     alarms at the ceil(ln A / ln 1.4) = 35th frame; the other camera stays OK throughout."""
     judge, diagnostics, wait = monitor
     first_alarm = math.ceil(math.log(3600 * 30.0) / math.log(1.4))
     shifted, clean = [], []
-    for _ in range(first_alarm + 5):
-        shifted.append(judge("/cam_shift", p_value=0.1))
-        clean.append(judge("/cam_clean", p_value=0.6))
+    for frame in range(first_alarm + 5):
+        shifted.append(judge("/cam_shift", shift_p=0.1))
+        clean.append(judge("/cam_clean", p_value=0.01 if frame % 10 == 0 else 0.6, shift_p=0.6))
     assert all(s.safe for s in shifted[: first_alarm - 1])
     assert all(list(s.reasons) == ["distribution_shift"] for s in shifted[first_alarm - 1 :])
-    assert all(s.safe for s in clean)
+    assert all(s.safe or list(s.reasons) == ["out_of_distribution"] for s in clean)  # low OOD p-values: no shift
 
     def camera_status(source):
         for array in reversed(diagnostics):
@@ -173,32 +174,33 @@ def ood_files(tmp_path_factory):
     """(a fitted OOD model of the embedded Lipschitz h, a file of the wrong feature width, h, test frames):
     means and precision from 300 calibration-split images, the conformal scores of 200 others."""
     from mix_perception.core.models import load_default
-    from mix_perception.core.ood import OODModel, fit_mahalanobis, penultimate_features
+    from mix_perception.core.ood import OODModel, energy, fit_mahalanobis, penultimate_features
     from mix_perception.experiments.data import load_split
 
-    h = load_default("lipschitz").double().eval()
+    h, g = load_default("lipschitz").double().eval(), load_default("standard").eval()
     calibration = load_split("calibration")
     chosen = torch.randperm(len(calibration.labels), generator=torch.Generator().manual_seed(0))[:500]
     labels = calibration.labels[chosen]  # the split is ordered by class: a random 500, every class in the first 300
     with torch.no_grad():
         features, _ = penultimate_features(h, calibration.images[chosen].double())
+        energies = energy(g(calibration.images[chosen[300:]]))
     stats = fit_mahalanobis(features[:300], labels[:300])
     folder = tmp_path_factory.mktemp("ood")
-    OODModel.create(stats, stats.score(features[300:])).save(folder / "ood.pt")
+    OODModel.create(stats, stats.score(features[300:]), energies).save(folder / "ood.pt")
     narrow = fit_mahalanobis(features[:300, :128], labels[:300])
-    OODModel.create(narrow, narrow.score(features[300:, :128])).save(folder / "narrow.pt")
+    OODModel.create(narrow, narrow.score(features[300:, :128]), energies).save(folder / "narrow.pt")
     frames = (load_split("test").images[:3, 0].numpy() * 255).round().astype(np.uint8)
-    return folder / "ood.pt", folder / "narrow.pt", h, frames
+    return folder / "ood.pt", folder / "narrow.pt", (h, g), frames
 
 
 MIXER = {"device": "cpu", "cpu_threads": 1, "alpha": 0.8}
 
 
-def test_the_mixer_publishes_the_ood_score_and_p_value_of_core_ood(ros, spin, ood_files):
+def test_the_mixer_publishes_the_ood_score_and_p_values_of_core_ood(ros, spin, ood_files):
     from mix_perception.core.ood import OODModel, penultimate_features
 
     context, node, executor = ros
-    path, _, h, frames = ood_files
+    path, _, (h, g), frames = ood_files
     mixer = start_mixer(
         context=context, namespace="/ood", parameter_overrides=overrides(MIXER | {"ood_model": str(path)})
     )
@@ -223,10 +225,12 @@ def test_the_mixer_publishes_the_ood_score_and_p_value_of_core_ood(ros, spin, oo
     with torch.no_grad():  # the node's input: float32 pixels / 255, h's float64 copy
         x = (torch.from_numpy(frames).float() * (1.0 / 255.0)).double().unsqueeze(1)
         scores, p_values = model.score(penultimate_features(h, x)[0])
+        shift_p_values = model.shift_p_values(g(x.float()))
     for index in range(len(frames)):
         msg = next(m for m in received if m.header.frame_id == f"ood_{index}")
         assert msg.ood_score == pytest.approx(float(scores[index]), rel=1e-5)
         assert msg.ood_p_value == pytest.approx(float(p_values[index]), rel=1e-6)
+        assert msg.shift_p_value == pytest.approx(float(shift_p_values[index]), rel=1e-6)
         assert 0 <= msg.standard_class_id < 10
 
 
