@@ -2,7 +2,9 @@
 
 Subscribes /mixer/classification, /safety_monitor/status and /demo_camera/ground_truth. Latency of a
 frame = time its classification arrived here - its header stamp (same clock when the camera runs in
-this process or on this machine). Accuracy matches classifications to ground truth by header stamp.
+this process or on this machine). Accuracy matches classifications to ground truth by header stamp, and
+the monitor's verdicts to both (a SafetyStatus carries its frame's stamp): `safe_wrong` of `safe_with_truth`
+is the error rate among the frames the monitor passed, the rate its acceptance rule bounds.
 """
 
 import threading
@@ -39,6 +41,10 @@ class SummaryNode(Node):
         self.statuses = 0
         self.unsafe = 0
         self.flags: dict[str, int] = {}
+        self.outcomes: dict[int, bool] = {}  # stamp -> classified correctly, until its verdict arrives
+        self.verdicts: dict[int, bool] = {}  # stamp -> safe, until its outcome arrives
+        self.safe_with_truth = 0
+        self.safe_wrong = 0
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(GroundTruth, "/demo_camera/ground_truth", self._on_truth, reliable)
         self.create_subscription(MixedClassification, "/mixer/classification", self._on_classification, reliable)
@@ -65,10 +71,25 @@ class SummaryNode(Node):
             if label >= 0:
                 self.with_truth += 1
                 self.correct += int(label == msg.class_id)
+                self._match(self.outcomes, self.verdicts, stamp_key(msg.header.stamp), label == msg.class_id)
+
+    def _match(self, mine: dict, theirs: dict, key: int, value: bool) -> None:
+        """Pair a frame's outcome with its verdict, whichever arrives first (under the lock)."""
+        other = theirs.pop(key, None)
+        if other is None:
+            mine[key] = value
+            if len(mine) > TRUTH_MEMORY:
+                mine.pop(next(iter(mine)))
+            return
+        correct, safe = (value, other) if mine is self.outcomes else (other, value)
+        self.safe_with_truth += int(safe)
+        self.safe_wrong += int(safe and not correct)
 
     def _on_status(self, msg) -> None:
         with self.lock:
             self.statuses += 1
+            if msg.level != msg.STALE:  # a frame's verdict, not a watchdog tick
+                self._match(self.verdicts, self.outcomes, stamp_key(msg.header.stamp), msg.safe)
             if not msg.safe:
                 self.unsafe += 1
                 for reason in msg.reasons:
@@ -94,5 +115,7 @@ class SummaryNode(Node):
                 "statuses": self.statuses,
                 "unsafe": self.unsafe,
                 "flags_by_reason": dict(self.flags),
+                "safe_with_truth": self.safe_with_truth,
+                "safe_wrong": self.safe_wrong,
                 "mixer": dict(mixer_counters),
             }

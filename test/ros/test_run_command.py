@@ -47,6 +47,9 @@ def test_run_with_the_demo_camera_prints_a_summary(tmp_path):
     # the test split in the demo camera's fixed order; on all 5,000: 91.2% right, ~79% certified at 0.1
     assert summary["accuracy"] > 0.8 and 0.5 < summary["certified_fraction"] < 1.0
     assert summary["mixer"]["rejected"] == 0
+    # every safe verdict of a frame with ground truth is paired with its classification by stamp
+    assert 0 < summary["safe_with_truth"] <= summary["frames_with_truth"]
+    assert 0 <= summary["safe_wrong"] <= summary["safe_with_truth"]
     assert set(summary["flags_by_reason"]) <= {"stale_stream", "not_certified", "radius_below_required"}
 
 
