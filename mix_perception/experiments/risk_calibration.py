@@ -203,3 +203,23 @@ def measure(verdict: Verdict, outputs: FrameOutputs, labels: torch.Tensor | None
             out[f"risk_{name}"] = float(wrong[mask].mean()) if mask.any() else None
             out[f"wrong_{name}"] = int(wrong[mask].sum())
     return out
+
+
+def verdict_table(classifier, verdict: Verdict, frame_sets: dict, alphas: dict, batch: int = 500) -> dict:
+    """{set: {model: measure(...)}} of frame sets {name: (x (N, C, H, W), labels (N,) or None)} through the
+    classifier at each alpha of {model: alpha} (g alone: 0, h alone: 1, the mixture: its alpha), with
+    `scores`: {set: (N,) Mahalanobis scores} (the same for every alpha: h's features) and `curve`: the
+    risk-coverage curve of the acceptance score of the first model on each labelled set."""
+    table, scores, curves = {}, {}, {}
+    for name, (x, labels) in frame_sets.items():
+        table[name] = {}
+        for model, alpha in alphas.items():
+            outputs = frame_outputs(classifier, x, alpha, verdict.required_radius, batch)
+            table[name][model] = measure(verdict, outputs, labels)
+            if name not in scores:
+                scores[name] = ood_scores(verdict.ood_model, outputs)
+                if labels is not None:
+                    s = acceptance_scores(outputs, verdict.required_radius)[verdict.score]
+                    coverage, risk = risk_coverage(s, outputs.pred != labels.numpy())
+                    curves[name] = {"model": model, "coverage": coverage.tolist(), "risk": risk.tolist()}
+    return {"table": table, "scores": scores, "curves": curves}
