@@ -131,3 +131,14 @@ def test_ood_model_file_round_trips_and_rejects_other_files(tmp_path):
     torch.save({"means": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="missing precision"):
         rc.load_ood_model(tmp_path / "other.pt")
+
+
+def test_the_shipped_ood_model_matches_its_card():
+    from importlib import resources
+
+    folder = resources.files("mix_perception").joinpath("default_models")
+    card = json.loads(folder.joinpath("ood_lipschitz.json").read_text())
+    model = rc.load_ood_model(str(folder.joinpath(card["file"])))
+    assert model["means"].shape == (10, 256) and model["precision"].shape == (256, 256)
+    assert model["calibration_scores"].shape == model["energy_calibration_scores"].shape == (600,)
+    assert torch.allclose(model["precision"], model["precision"].T)
