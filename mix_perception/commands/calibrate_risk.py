@@ -112,7 +112,10 @@ def main(args) -> int:
             f"{delta:g} on {acceptance.guarantee.n} calibration frames; raise --max-risk or --delta, or use more frames"
         )
     fit_outputs = rc.frame_outputs(classifier, fit[0], args.alpha, radius, args.batch_size)
-    ood_model = rc.fit_ood_model(fit_outputs.h_features, fit[1], rc.subset(outputs, slice(0, args.selection)))
+    try:
+        ood_model = rc.fit_ood_model(fit_outputs.h_features, fit[1], rc.subset(outputs, slice(0, args.selection)))
+    except ValueError as error:
+        raise CommandError(f"--ood-fit-data {args.ood_fit_data}: {error}") from None
     ood_path = (args.out / "ood_model.pt").resolve()
     rc.save_ood_model(ood_model, ood_path)
     verdict = rc.Verdict(acceptance.score, acceptance.guarantee.threshold, radius, ood_model, args.ood_level)

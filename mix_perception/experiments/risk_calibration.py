@@ -135,7 +135,11 @@ def calibrate_acceptance(scores: dict, wrong: np.ndarray, selection: int, epsilo
 
 def fit_ood_model(fit_features: torch.Tensor, fit_labels: torch.Tensor, reference: FrameOutputs) -> dict:
     """The OOD model file's content (module docstring): Mahalanobis fitted on fit_features (N, D) with
-    fit_labels (N,), reference scores of the `reference` frames (not used in the fit)."""
+    fit_labels (N,), reference scores of the `reference` frames (not used in the fit). ValueError when a class
+    has no fit frame (its mean would be undefined)."""
+    counts = torch.bincount(fit_labels, minlength=int(fit_labels.max()) + 1)
+    if (counts == 0).any():
+        raise ValueError(f"classes {(counts == 0).nonzero().flatten().tolist()} have no frame to fit the OOD model on")
     maha = ood.fit_mahalanobis(fit_features, fit_labels)
     return {
         "means": maha.means,

@@ -133,6 +133,12 @@ def test_ood_model_file_round_trips_and_rejects_other_files(tmp_path):
         rc.load_ood_model(tmp_path / "other.pt")
 
 
+def test_the_ood_model_needs_every_class_among_its_fit_frames():
+    reference = rc.FrameOutputs(None, None, None, torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"classes \[1\] have no frame"):
+        rc.fit_ood_model(torch.rand(6, 4), torch.tensor([0, 0, 2, 2, 0, 2]), reference)
+
+
 def test_the_shipped_ood_model_matches_its_card():
     from importlib import resources
 
@@ -142,3 +148,4 @@ def test_the_shipped_ood_model_matches_its_card():
     assert model["means"].shape == (10, 256) and model["precision"].shape == (256, 256)
     assert model["calibration_scores"].shape == model["energy_calibration_scores"].shape == (600,)
     assert torch.allclose(model["precision"], model["precision"].T)
+    assert all(torch.isfinite(value).all() for value in model.values())

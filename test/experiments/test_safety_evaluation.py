@@ -16,13 +16,13 @@ from mix_perception.experiments import risk_calibration as rc
 
 @pytest.fixture(scope="module")
 def safety_params(tmp_path_factory) -> str:
-    """A parameter file of the embedded mixture with an OOD model fitted on 300 calibration frames."""
+    """A parameter file of the embedded mixture with an OOD model fitted on 900 calibration frames."""
     folder = tmp_path_factory.mktemp("safety")
     split = data.load_split("calibration")
     with torch.no_grad():
-        features, _ = ood.penultimate_features(load_model("default:lipschitz").double(), split.images[:300].double())
+        features, _ = ood.penultimate_features(load_model("default:lipschitz").double(), split.images[:1000].double())
         g_logits = load_model("default:standard")(split.images[:100])
-    maha = ood.fit_mahalanobis(features[100:], split.labels[100:300])
+    maha = ood.fit_mahalanobis(features[100:], split.labels[100:1000])
     model = {
         "means": maha.means,
         "precision": maha.precision,
