@@ -127,11 +127,12 @@ def main(args) -> int:
     }
     write_json(args.out / "safety.json", results)
     written = [args.out / "safety.json"]
-    if not args.no_plots:
-        max_severity = int(max(args.severities))
-        written.append(plots.risk_coverage(result["curves"], verdict, args.out / "risk_coverage.png"))
-        shown = {n: s for n, s in result["scores"].items() if "@" not in n or n.endswith(f"@{max_severity}")}
-        written.append(plots.ood_scores(shown, args.out / "ood_scores.png"))
+    if not args.no_plots:  # of the corruptions, the highest severity only
+        shown = {n for n in sets if "@" not in n or n.endswith(f"@{int(max(args.severities))}")}
+        curves = {n: c for n, c in result["curves"].items() if n in shown}
+        written.append(plots.risk_coverage(curves, verdict, args.out / "risk_coverage.png"))
+        scores = {n: s for n, s in result["scores"].items() if n in shown}
+        written.append(plots.ood_scores(scores, args.out / "ood_scores.png"))
     _print(results)
     for path in written:
         print(f"wrote {path}")

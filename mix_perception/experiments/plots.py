@@ -181,7 +181,7 @@ def risk_coverage(curves: dict, verdict, path: Path) -> Path | None:
     ax.set_ylabel("risk: wrong among accepted")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, None)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, ncol=2)
     return _save(fig, path, plt)
 
 
