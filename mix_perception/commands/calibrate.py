@@ -30,7 +30,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from mix_perception.commands import arguments, from_options, option_groups
+from mix_perception.commands import arguments, calibrate_risk, from_options, option_groups
 from mix_perception.commands.errors import CommandError
 from mix_perception.commands.outputs import write_json
 from mix_perception.core.names import CERTIFICATION_METHODS
@@ -66,12 +66,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     option_groups.add_attack_options(parser)
     option_groups.add_certify_options(parser)
     option_groups.add_lipschitz_options(parser)
+    calibrate_risk.add_risk_options(parser)
     parser.add_argument("--yaml", type=Path, default=None, help="parameter file (default OUT/mixer_calibrated.yaml)")
     option_groups.add_run_options(parser, "calibration")
 
 
 def _add_goal_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--goal", choices=("attack", "certified"), default="attack", help="(default attack)")
+    parser.add_argument(
+        "--goal",
+        choices=("attack", "certified", "risk"),
+        default="attack",
+        help="attack | certified: choose alpha; risk: calibrate the safety verdict of a given alpha (default attack)",
+    )
     floor = parser.add_mutually_exclusive_group()
     floor.add_argument("--min-robust", type=arguments.fraction, default=None, help="absolute floor in [0, 1]")
     floor.add_argument(
@@ -101,7 +107,12 @@ def _add_goal_options(parser: argparse.ArgumentParser) -> None:
         "until one reaches the floor); bisect = fewer attacks, assumes robustness grows with alpha for a "
         "fixed transform (default ordered)",
     )
-    parser.add_argument("--radius", type=arguments.positive_float, default=0.25, help="goal certified: l2 radius")
+    parser.add_argument(
+        "--radius",
+        type=arguments.positive_float,
+        default=None,
+        help="goal certified: l2 radius (default 0.25); goal risk: the monitor's required_radius (default 0.1)",
+    )
     parser.add_argument(
         "--certification",
         type=certification_method,
@@ -134,6 +145,10 @@ def _add_grid_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    if args.goal == "risk":
+        return calibrate_risk.main(args)
+    if args.radius is None:
+        args.radius = 0.25
     settings = from_options.smoothing_settings(args)
     if args.transform == "mixednuts" and any(p < 1 for p in args.powers):
         raise CommandError("--powers must be >= 1")

@@ -6,7 +6,8 @@ the mixture (pyautoattack). Also h's confidence margins (the paper's Table 1) an
 certified accuracy against l2 radius of the mixture with the Gaussian-smoothed h and of h alone at
 equal clean accuracy (Figure 3), or with a Lipschitz h over --robust-logit-scales (h's logits x S).
 Writes OUT/results.json and PNG plots (accuracy_vs_alpha.png, tradeoff.png,
-certified_accuracy_<method>.png). The results.json schema is in docs/evaluation.md.
+certified_accuracy_<method>.png). The results.json schema is in docs/evaluation.md. With --ood and/or
+--corruptions it measures the calibrated safety verdict instead (commands/evaluate_safety.py).
 
 Models: "default:standard", "default:robust", "default:smoothing" (embedded), or a file: a
 checkpoint dict, a bare state_dict (give --standard-arch / --robust-arch: a torchvision name such as
@@ -24,7 +25,7 @@ import platform
 import sys
 import time
 
-from mix_perception.commands import from_options, option_groups
+from mix_perception.commands import evaluate_safety, from_options, option_groups
 from mix_perception.commands.arguments import (
     alpha_list,
     float_list,
@@ -95,6 +96,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-radius", type=positive_float, default=1.0, help="largest radius of the curves")
     group.add_argument("--radius-step", type=positive_float, default=0.02, help="radius grid step (default 0.02)")
+    evaluate_safety.add_safety_options(parser)
     option_groups.add_run_options(parser, "evaluation")
     parser.add_argument("--no-plots", action="store_true", help="write results.json only")
 
@@ -120,6 +122,8 @@ def _add_autoattack_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    if args.ood is not None or args.corruptions:
+        return evaluate_safety.main(args)
     from mix_perception.experiments import margins, sweeps
 
     settings = from_options.smoothing_settings(args)

@@ -127,7 +127,7 @@ def smoothing_settings(args):
             sigma=args.sigma,
             n_select=args.n_select,
             n_estimate=args.n_estimate,
-            delta=args.delta,
+            delta=0.001 if args.delta is None else args.delta,
             mode=args.mode,
             batch_size=args.noise_batch_size,
         )

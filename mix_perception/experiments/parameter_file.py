@@ -74,6 +74,19 @@ def node_parameters(
     return {"/**/mixer": {"ros__parameters": params}}
 
 
+def monitor_parameters(required_radius: float, acceptance: dict, ood_level: float, shift: dict) -> dict:
+    """The safety monitor's section: {"/**/safety_monitor": {"ros__parameters": {...}}} with required_radius,
+    acceptance.{score, threshold, epsilon, delta, calibration_size, coverage}, ood.level and
+    shift.{alarms_per_hour, rate_hz, lam} (nested as in the YAML; `acceptance` and `shift` hold those keys)."""
+    params = {
+        "required_radius": float(required_radius),
+        "acceptance": dict(acceptance),
+        "ood": {"level": float(ood_level)},
+        "shift": dict(shift),
+    }
+    return {"/**/safety_monitor": {"ros__parameters": params}}
+
+
 def write_parameter_file(path: Path, parameters: dict, comment_lines: Sequence[str] = ()) -> Path:
     """Write a ROS 2 parameter YAML with a '#' comment header; returns the path."""
     import yaml

@@ -165,3 +165,39 @@ def _save(fig, path: Path, plt) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def risk_coverage(curves: dict, verdict, path: Path) -> Path | None:
+    """Risk among accepted frames against coverage, accepting by the verdict's acceptance score (certified
+    frames only), one curve per labelled frame set; the calibrated threshold's epsilon as a line.
+    curves: {set: {"model", "coverage", "risk"}} of risk_calibration.verdict_table."""
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, curve in curves.items():
+        ax.plot(curve["coverage"], curve["risk"], label=f"{name} ({curve['model']})", linewidth=1)
+    ax.set_xlabel(f"coverage (accepted by {verdict.score}, certified at {verdict.required_radius:g})")
+    ax.set_ylabel("risk: wrong among accepted")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, None)
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path, plt)
+
+
+def ood_scores(scores: dict, path: Path) -> Path | None:
+    """Histograms of the Mahalanobis OOD score (log scale) per frame set: {set: (N,) scores}."""
+    import numpy as np
+
+    if not scores:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    values = {name: np.log10(np.clip(np.asarray(s, dtype=np.float64), 1e-3, 1e12)) for name, s in scores.items()}
+    bins = np.linspace(min(v.min() for v in values.values()), max(v.max() for v in values.values()) + 1e-9, 60)
+    for name, v in values.items():
+        ax.hist(v, bins=bins, histtype="step", density=True, label=name)
+    ax.set_xlabel("log10 Mahalanobis score of h's features (higher: less like the training frames)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path, plt)

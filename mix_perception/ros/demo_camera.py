@@ -18,7 +18,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from mix_perception.ros import parameters
-from mix_perception.ros.demo_sources import convert, open_source
+from mix_perception.ros.demo_sources import WithDigits, convert, open_source
 from mix_perception.ros.image_conversion import array_to_image
 from mix_perception.ros.spin import reliability_policy
 
@@ -34,8 +34,9 @@ EXTRA = (
 
 
 class DemoCameraNode(Node):
-    def __init__(self, source=None, **node_kwargs):
-        """`source` (a sequence of demo_sources.Frame) may be passed in; else the `source` parameter names it."""
+    def __init__(self, source=None, ood_frames=None, ood_fraction: float = 0.0, **node_kwargs):
+        """`source` (a sequence of demo_sources.Frame) may be passed in; else the `source` parameter names it.
+        `ood_frames` ((N, H, W) uint8), shown at `ood_fraction` of the frames with label_id -1 (WithDigits)."""
         super().__init__(NODE_NAME, **node_kwargs)
         from sensor_msgs.msg import Image
 
@@ -48,6 +49,8 @@ class DemoCameraNode(Node):
             if source is not None
             else open_source(values["source"], self.labels, values["shuffle_seed"], values["mcap_topic"])
         )
+        if ood_frames is not None:
+            self.source = WithDigits(self.source, ood_frames, ood_fraction)
         self.encoding = values["encoding"]
         self.frame_id = values["frame_id"]
         self.loop = values["loop"]

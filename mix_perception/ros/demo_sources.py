@@ -3,9 +3,10 @@ files, or an MCAP recording of sensor_msgs/Image. Each source is a sequence of `
 
 Frame.pixels is (H, W, C) uint8 in RGB order (C = 1 or 3) for the first two sources; an MCAP
 source replays the recorded Image messages themselves (`Frame.message`). label_id is the ground
-truth class (-1 when unknown).
+truth class (-1 when unknown). `WithDigits` interleaves out-of-distribution frames into a source.
 """
 
+import math
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -114,6 +115,28 @@ class McapRecording:
 
     def __getitem__(self, position: int) -> Frame:
         return Frame(None, -1, position, self.messages[position])
+
+
+class WithDigits:
+    """`source` with out-of-distribution frames (`digits`: (N, H, W) uint8, e.g. MNIST) interleaved at `fraction`
+    of the positions, evenly: position p shows a digit when floor((p + 1) f) > floor(p f), the digits in turn,
+    else the source's own frame p. A digit's label_id is -1 (no class of the model), its index its position
+    in `digits`. ValueError unless 0 < fraction < 1 and there is a digit."""
+
+    def __init__(self, source, digits: np.ndarray, fraction: float):
+        if not 0.0 < fraction < 1.0 or len(digits) == 0:
+            raise ValueError(f"the OOD fraction must be in (0, 1) with frames to show, got {fraction!r}")
+        self.source, self.digits, self.fraction = source, digits, float(fraction)
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, position: int) -> Frame:
+        shown = math.floor(position * self.fraction)
+        if math.floor((position + 1) * self.fraction) > shown:
+            digit = shown % len(self.digits)
+            return Frame(self.digits[digit][:, :, None], -1, digit)
+        return self.source[position]
 
 
 def open_source(source: str, labels, shuffle_seed: int = 0, mcap_topic: str = ""):

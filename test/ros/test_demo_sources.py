@@ -74,3 +74,29 @@ def test_mcap_recording_replays_images(tmp_path):
     assert isinstance(source, McapRecording) and len(source) == 2
     assert bytes(source[1].message.data) == bytes(images[1].data)
     assert source[1].label_id == -1
+
+
+def test_digits_are_interleaved_at_the_fraction_with_no_class():
+    from mix_perception.ros.demo_sources import WithDigits
+
+    digits = np.stack([np.full((28, 28), 200 + d, np.uint8) for d in range(3)])
+    source = WithDigits(FashionMnistTest(shuffle_seed=0), digits, 0.1)
+    assert len(source) == 5000
+    frames = [source[p] for p in range(1000)]
+    shown = [f for f in frames if f.label_id == -1]
+    assert len(shown) == 100 and all(f.pixels.shape == (28, 28, 1) for f in shown)
+    positions = [p for p, f in enumerate(frames) if f.label_id == -1]
+    assert positions[:3] == [9, 19, 29]  # evenly spread: one in ten
+    assert [f.index for f in shown[:4]] == [0, 1, 2, 0] and shown[1].pixels[0, 0, 0] == 201
+    assert frames[0].label_id == FashionMnistTest(shuffle_seed=0)[0].label_id
+    with pytest.raises(ValueError, match="fraction"):
+        WithDigits(FashionMnistTest(shuffle_seed=0), digits, 1.0)
+
+
+def test_run_demo_ood_needs_the_demo_camera(capsys):
+    from mix_perception import cli
+
+    assert cli.main(["run", "--demo-ood", "0.1", "--duration", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mix-perception run: error: --demo-ood needs --demo and a fraction in (0, 1), got 0.1"
+    )

@@ -13,7 +13,8 @@ Roles of the calibration split (ordered by image hash, so any slice is a pseudo-
 - the other frames are the Learn-then-Test calibration (core.risk_control): the rule they test was
   fixed without them, as the guarantee requires;
 - all 2,000 are the reference set of the stream-shift test's p-values.
-The test split and the second half of MNIST are looked at only for the final report. Per-frame
+The acceptance part is experiments/risk_calibration.py (what `calibrate --goal risk` runs); the test split
+and the second half of MNIST are looked at only for the final report. Per-frame
 quantities are computed once and cached (--cache, numbers only); the reports take ~3 minutes.
 
     .venv/bin/python -P docs/results/safety/explore.py --threads 1
@@ -29,7 +30,7 @@ from scipy.stats import rankdata
 
 from mix_perception.core import ood, risk_control, stream_shift
 from mix_perception.core.models import load_model
-from mix_perception.experiments import data, ood_data
+from mix_perception.experiments import data, ood_data, risk_calibration
 from mix_perception.ros.inference import Certification, FrameClassifier
 
 ALPHA, TEMPERATURE, REQUIRED_RADIUS = 0.65, 12.0, 0.1
@@ -76,17 +77,11 @@ def forward(classifier: FrameClassifier, x: torch.Tensor, batch: int = 500) -> d
 
 
 def acceptance_scores(f: dict) -> dict:
-    """Candidate acceptance scores (higher = more trusted), -inf where not certified at REQUIRED_RADIUS."""
-    top2 = np.sort(f["probs"], axis=1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
-    candidates = {
-        "radius": f["radius"],
-        "top_probability": top2[:, 1],
-        "margin": margin,
-        "margin_if_g_agrees": np.where(f["g_pred"] == f["pred"], margin, -np.inf),
-        "radius_if_g_agrees": np.where(f["g_pred"] == f["pred"], f["radius"], -np.inf),
-    }
-    return {name: np.where(f["certified"], s, -np.inf) for name, s in candidates.items()}
+    """Candidate acceptance scores (higher = more trusted), -inf where not certified at REQUIRED_RADIUS:
+    experiments.risk_calibration.acceptance_scores on the cached per-frame numbers."""
+    g_logits, h_features = torch.from_numpy(f["g_logits"]), torch.from_numpy(f["h_features"])
+    outputs = risk_calibration.FrameOutputs(f["pred"], f["probs"], f["radius"], g_logits, h_features)
+    return risk_calibration.acceptance_scores(outputs, REQUIRED_RADIUS)
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
@@ -114,26 +109,17 @@ def ood_scores(f: dict, maha_h: ood.Mahalanobis, maha_g: ood.Mahalanobis, bank: 
 
 def report_acceptance(cal: dict, test: dict) -> tuple[str, float, float]:
     """Choose the score on the selection frames, run LTT on the rest, report on the test split."""
-    sel_wrong, ltt_wrong, test_wrong = cal["wrong"][:SELECTION], cal["wrong"][SELECTION:], test["wrong"]
+    test_wrong = test["wrong"]
     print(
         f"\n== acceptance (epsilon {EPSILON}, delta {DELTA}); certified at {REQUIRED_RADIUS}: "
         f"calibration {cal['f']['certified'].mean():.4f}, test {test['f']['certified'].mean():.4f}"
     )
-    print("selection frames: coverage at which the empirical risk first exceeds epsilon / 2, per score")
-    best = None
-    for name, scores in cal["accept"].items():
-        s = scores[:SELECTION]
-        order = np.argsort(-s, kind="stable")
-        risk = np.cumsum(sel_wrong[order]) / np.arange(1, SELECTION + 1)
-        ok = np.flatnonzero((risk <= EPSILON / 2) & np.isfinite(s[order]))
-        coverage = (ok[-1] + 1) / SELECTION if ok.size else 0.0
+    print("selection frames: largest coverage with empirical risk <= epsilon / 2, per score")
+    calibration = risk_calibration.calibrate_acceptance(cal["accept"], cal["wrong"], SELECTION, EPSILON, DELTA)
+    for name, coverage in calibration.selection_coverage.items():
         print(f"  {name:20s} {coverage:.3f}")
-        if best is None or coverage > best[1]:
-            best = (name, coverage)
-    name, coverage = best
-    start = max(0.05, coverage / 2)
+    name, start, guarantee = calibration.score, calibration.grid_start, calibration.guarantee
     grid = risk_control.quantile_grid(cal["accept"][name][:SELECTION], start)
-    guarantee = risk_control.learn_then_test(cal["accept"][name][SELECTION:], ltt_wrong, grid, EPSILON, DELTA)
     print(f"chosen score: {name}; grid: {len(grid)} thresholds from selection coverage {start:.3f} to 1")
     print(f"LTT on {guarantee.n} calibration frames: {guarantee}")
     if guarantee.refused:

@@ -1,0 +1,229 @@
+"""Calibrating the safety verdict (issue 18): the acceptance rule by Learn-then-Test, the OOD model, and
+their measurement on held-out frames. The logic of docs/results/safety/explore.py, as a product.
+
+Per frame, the mixer's outputs are computed by ros/inference.py FrameClassifier, the code the node runs
+(plain torch, no ROS), so the numbers are the node's: mixed class and probabilities (float32), published
+radius; h's penultimate features are hooked from the certifier's own forward of h, g's logits come from
+one more forward of g.
+
+Roles of the calibration frames (the shipped split is ordered by image hash, so a prefix is a
+pseudo-random mix): the first `selection` frames choose the acceptance score (largest coverage with
+empirical risk <= epsilon / 2), place the threshold grid (core.risk_control.quantile_grid from half
+that coverage), and are the conformal reference of the OOD flag and of the shift detector's p-values;
+the other frames are the Learn-then-Test calibration (core.risk_control.learn_then_test). Guarantee:
+with probability >= 1 - delta over those frames, P(wrong | certified at the radius and score >= t) <=
+epsilon, for frames exchangeable with them.
+
+OOD model (the file the mixer's `ood_model` parameter names; torch.save of a dict of tensors):
+means (C, D) and precision (D, D) float64 of core.ood.fit_mahalanobis on h's features of frames apart
+from the calibration split (the training split); calibration_scores (n,) float64: Mahalanobis scores of
+the selection frames; energy_calibration_scores (n,) float64: g's energy -logsumexp(g logits) on them.
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from mix_perception.core import ood, risk_control
+
+ACCEPTANCE_SCORES = ("radius", "top_probability", "margin", "margin_if_g_agrees", "radius_if_g_agrees")
+OOD_MODEL_KEYS = ("means", "precision", "calibration_scores", "energy_calibration_scores")
+
+
+class FrameOutputs(NamedTuple):
+    """Per frame, as the node computes it: pred (N,) mixed class; probs (N, C) float64 of the published
+    float32; radius (N,) published l2 radius (0: not certified); g_logits (N, C), h_features (N, D) float64."""
+
+    pred: np.ndarray
+    probs: np.ndarray
+    radius: np.ndarray
+    g_logits: torch.Tensor
+    h_features: torch.Tensor
+
+
+def frame_outputs(classifier, x: torch.Tensor, alpha: float, required_radius: float, batch: int = 500) -> FrameOutputs:
+    """FrameOutputs of frames x (N, C, H, W) in [0, 1] through `classifier` (ros.inference.FrameClassifier)."""
+    robust = classifier.certifier.robust
+    last = [m for m in robust.modules() if isinstance(m, nn.Linear)][-1]
+    captured, frames, g_logits = [], [], []
+    handle = last.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
+    try:
+        for chunk in x.split(batch):
+            chunk = chunk.to(classifier.device)
+            frames += classifier.classify(chunk, alpha, required_radius)
+            with torch.no_grad():
+                g_logits.append(classifier.standard(chunk).double().cpu())
+    finally:
+        handle.remove()
+    return FrameOutputs(
+        pred=np.array([f.class_id for f in frames], dtype=np.int64),
+        probs=np.stack([f.probabilities for f in frames]).astype(np.float64),
+        radius=np.array([f.certified_radius for f in frames], dtype=np.float64),
+        g_logits=torch.cat(g_logits),
+        h_features=torch.cat(captured).flatten(1).double().cpu(),
+    )
+
+
+def subset(outputs: FrameOutputs, index) -> FrameOutputs:
+    """The frames `index` (a slice or an index array) of `outputs`."""
+    return FrameOutputs(*(part[index] for part in outputs))
+
+
+def acceptance_scores(outputs: FrameOutputs, required_radius: float) -> dict[str, np.ndarray]:
+    """Candidate acceptance scores (N,) by name (ACCEPTANCE_SCORES, higher = more trusted), -inf for frames not
+    certified at required_radius: the radius, the mixed top probability, the mixed top-two margin, and the
+    margin / radius where g's class agrees with the mixed class (-inf where it does not)."""
+    top2 = np.sort(outputs.probs, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    agrees = outputs.g_logits.argmax(1).numpy() == outputs.pred
+    candidates = {
+        "radius": outputs.radius,
+        "top_probability": top2[:, 1],
+        "margin": margin,
+        "margin_if_g_agrees": np.where(agrees, margin, -np.inf),
+        "radius_if_g_agrees": np.where(agrees, outputs.radius, -np.inf),
+    }
+    certified = outputs.radius >= required_radius
+    return {name: np.where(certified, s, -np.inf) for name, s in candidates.items()}
+
+
+def risk_coverage(scores: np.ndarray, wrong: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage, risk) of accepting the k highest-scored finite frames, k = 1..K: fraction of all frames
+    accepted, and fraction wrong among them (the risk-coverage curve)."""
+    order = np.argsort(-scores, kind="stable")
+    order = order[np.isfinite(scores[order])]
+    accepted = np.arange(1, order.size + 1)
+    return accepted / scores.size, np.cumsum(wrong[order]) / accepted
+
+
+def selection_coverage(scores: np.ndarray, wrong: np.ndarray, epsilon: float) -> float:
+    """Largest coverage of a top-k acceptance whose empirical risk is <= epsilon / 2 (0 when none is)."""
+    coverage, risk = risk_coverage(scores, wrong)
+    ok = np.flatnonzero(risk <= epsilon / 2)
+    return float(coverage[ok[-1]]) if ok.size else 0.0
+
+
+@dataclass(frozen=True)
+class AcceptanceCalibration:
+    """The chosen score, the selection coverage of each candidate, the grid's start (selection coverage)
+    and the Learn-then-Test outcome (core.risk_control.RiskGuarantee; refused when no threshold is valid)."""
+
+    score: str
+    selection_coverage: dict
+    grid_start: float
+    guarantee: risk_control.RiskGuarantee
+
+
+def calibrate_acceptance(scores: dict, wrong: np.ndarray, selection: int, epsilon: float, delta: float):
+    """Choose the score on the first `selection` frames, place the grid there, run Learn-then-Test on the
+    rest (scores: {name: (n,)}, wrong: (n,) bool). Returns AcceptanceCalibration."""
+    epsilon, delta = risk_control.check_level("epsilon", epsilon), risk_control.check_level("delta", delta)
+    if not 0 < selection < len(wrong):
+        raise ValueError(f"selection must be in 1..{len(wrong) - 1} (calibration frames {len(wrong)}), got {selection}")
+    coverage = {name: selection_coverage(s[:selection], wrong[:selection], epsilon) for name, s in scores.items()}
+    name = max(coverage, key=coverage.get)  # first of the best: ACCEPTANCE_SCORES order breaks ties
+    start = max(0.05, coverage[name] / 2)
+    if not np.isfinite(scores[name][:selection]).any():
+        raise ValueError(f"no selection frame is certified: no {name} threshold can be placed")
+    grid = risk_control.quantile_grid(scores[name][:selection], start)
+    guarantee = risk_control.learn_then_test(scores[name][selection:], wrong[selection:], grid, epsilon, delta)
+    return AcceptanceCalibration(name, coverage, start, guarantee)
+
+
+def fit_ood_model(fit_features: torch.Tensor, fit_labels: torch.Tensor, reference: FrameOutputs) -> dict:
+    """The OOD model file's content (module docstring): Mahalanobis fitted on fit_features (N, D) with
+    fit_labels (N,), reference scores of the `reference` frames (not used in the fit). ValueError when a class
+    has no fit frame (its mean would be undefined)."""
+    counts = torch.bincount(fit_labels, minlength=int(fit_labels.max()) + 1)
+    if (counts == 0).any():
+        raise ValueError(f"classes {(counts == 0).nonzero().flatten().tolist()} have no frame to fit the OOD model on")
+    maha = ood.fit_mahalanobis(fit_features, fit_labels)
+    return {
+        "means": maha.means,
+        "precision": maha.precision,
+        "calibration_scores": maha.score(reference.h_features),
+        "energy_calibration_scores": ood.energy(reference.g_logits),
+    }
+
+
+def save_ood_model(model: dict, path) -> None:
+    torch.save({key: model[key].double().contiguous() for key in OOD_MODEL_KEYS}, path)
+
+
+def load_ood_model(path) -> dict:
+    """The OOD model file at `path` (torch.load, weights_only=True); ValueError when a key is missing."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [key for key in OOD_MODEL_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"{path}: not an OOD model file, missing {', '.join(missing)}")
+    return {key: state[key].double() for key in OOD_MODEL_KEYS}
+
+
+def ood_p_values(model: dict, outputs: FrameOutputs) -> np.ndarray:
+    """Conformal p-values (N,) of the frames' Mahalanobis scores against the model's reference scores."""
+    maha = ood.Mahalanobis(model["means"], model["precision"])
+    return ood.conformal_p_values(model["calibration_scores"], maha.score(outputs.h_features)).numpy()
+
+
+def ood_scores(model: dict, outputs: FrameOutputs) -> np.ndarray:
+    """Mahalanobis scores (N,) of the frames' h features (higher = more unusual)."""
+    return ood.Mahalanobis(model["means"], model["precision"]).score(outputs.h_features).numpy()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The calibrated verdict's rules: acceptance `score` >= `threshold` (frames certified at
+    `required_radius`), and the OOD flag p <= `ood_level` against `ood_model`."""
+
+    score: str
+    threshold: float
+    required_radius: float
+    ood_model: dict
+    ood_level: float
+
+
+def measure(verdict: Verdict, outputs: FrameOutputs, labels: torch.Tensor | None = None) -> dict:
+    """What the verdict does on frames: fractions certified, accepted, OOD-flagged and passed (accepted and
+    not flagged); with labels (N,), also accuracy and the risk (fraction wrong) among accepted and passed
+    frames (None when none is). Frames without labels are out of distribution: every pass is a miss."""
+    score = acceptance_scores(outputs, verdict.required_radius)[verdict.score]
+    accepted = score >= verdict.threshold
+    flagged = ood_p_values(verdict.ood_model, outputs) <= verdict.ood_level
+    passed = accepted & ~flagged
+    out = {
+        "frames": int(len(score)),
+        "certified": float(np.mean(outputs.radius >= verdict.required_radius)),
+        "accepted": float(accepted.mean()),
+        "ood_flagged": float(flagged.mean()),
+        "passed": float(passed.mean()),
+    }
+    if labels is not None:
+        wrong = outputs.pred != labels.numpy()
+        out["accuracy"] = float(1.0 - wrong.mean())
+        for name, mask in (("accepted", accepted), ("passed", passed)):
+            out[f"risk_{name}"] = float(wrong[mask].mean()) if mask.any() else None
+            out[f"wrong_{name}"] = int(wrong[mask].sum())
+    return out
+
+
+def verdict_table(classifier, verdict: Verdict, frame_sets: dict, alphas: dict, batch: int = 500) -> dict:
+    """{set: {model: measure(...)}} of frame sets {name: (x (N, C, H, W), labels (N,) or None)} through the
+    classifier at each alpha of {model: alpha} (g alone: 0, h alone: 1, the mixture: its alpha), with
+    `scores`: {set: (N,) Mahalanobis scores} (the same for every alpha: h's features) and `curve`: the
+    risk-coverage curve of the acceptance score of the first model on each labelled set."""
+    table, scores, curves = {}, {}, {}
+    for name, (x, labels) in frame_sets.items():
+        table[name] = {}
+        for model, alpha in alphas.items():
+            outputs = frame_outputs(classifier, x, alpha, verdict.required_radius, batch)
+            table[name][model] = measure(verdict, outputs, labels)
+            if name not in scores:
+                scores[name] = ood_scores(verdict.ood_model, outputs)
+                if labels is not None:
+                    s = acceptance_scores(outputs, verdict.required_radius)[verdict.score]
+                    coverage, risk = risk_coverage(s, outputs.pred != labels.numpy())
+                    curves[name] = {"model": model, "coverage": coverage.tolist(), "risk": risk.tolist()}
+    return {"table": table, "scores": scores, "curves": curves}
