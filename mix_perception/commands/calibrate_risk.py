@@ -117,7 +117,7 @@ def main(args) -> int:
     except ValueError as error:
         raise CommandError(f"--ood-fit-data {args.ood_fit_data}: {error}") from None
     ood_path = (args.out / "ood_model.pt").resolve()
-    rc.save_ood_model(ood_model, ood_path)
+    ood_model.save(ood_path)
     verdict = rc.Verdict(acceptance.score, acceptance.guarantee.threshold, radius, ood_model, args.ood_level)
     report["calibration"] = rc.measure(verdict, outputs, calib.y)
     if test is not None:

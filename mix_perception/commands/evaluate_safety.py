@@ -44,6 +44,7 @@ def _verdict(args, device, data):
     from mix_perception.core.errors import first_line
     from mix_perception.experiments import risk_calibration as rc
     from mix_perception.ros.inference import Certification, FrameClassifier
+    from mix_perception.ros.mixer_runtime import load_ood_model
 
     if args.safety_params is None:
         raise CommandError("--ood/--corruptions need --safety-params (written by calibrate --goal risk)")
@@ -55,7 +56,7 @@ def _verdict(args, device, data):
         h = from_options.load_one(mixer["robust_model"], mixer.get("robust_arch") or None, args, device)
         certification = Certification(mixer["certification"], float(mixer.get("robust_logit_scale", 1.0)))
         classifier = FrameClassifier(g, h, certification, device, tuple(data.x.shape[1:]))
-        ood_model = rc.load_ood_model(mixer["ood_model"])
+        ood_model = load_ood_model(mixer["ood_model"])
         verdict = rc.Verdict(
             acceptance["score"],
             float(acceptance["threshold"]),

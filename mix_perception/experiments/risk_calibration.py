@@ -14,10 +14,9 @@ the other frames are the Learn-then-Test calibration (core.risk_control.learn_th
 with probability >= 1 - delta over those frames, P(wrong | certified at the radius and score >= t) <=
 epsilon, for frames exchangeable with them.
 
-OOD model (the file the mixer's `ood_model` parameter names; torch.save of a dict of tensors):
-means (C, D) and precision (D, D) float64 of core.ood.fit_mahalanobis on h's features of frames apart
-from the calibration split (the training split); calibration_scores (n,) float64: Mahalanobis scores of
-the selection frames; energy_calibration_scores (n,) float64: g's energy -logsumexp(g logits) on them.
+OOD model (core.ood.OODModel, the file the mixer's `ood_model` parameter names): core.ood.fit_mahalanobis
+on h's features of frames apart from the calibration split (the training split); its reference scores:
+the Mahalanobis scores and g's energies -logsumexp(g logits) of the selection frames.
 """
 
 from dataclasses import dataclass
@@ -28,9 +27,6 @@ import torch
 from torch import nn
 
 from mix_perception.core import ood, risk_control
-
-ACCEPTANCE_SCORES = ("radius", "top_probability", "margin", "margin_if_g_agrees", "radius_if_g_agrees")
-OOD_MODEL_KEYS = ("means", "precision", "calibration_scores", "energy_calibration_scores")
 
 
 class FrameOutputs(NamedTuple):
@@ -133,44 +129,25 @@ def calibrate_acceptance(scores: dict, wrong: np.ndarray, selection: int, epsilo
     return AcceptanceCalibration(name, coverage, start, guarantee)
 
 
-def fit_ood_model(fit_features: torch.Tensor, fit_labels: torch.Tensor, reference: FrameOutputs) -> dict:
-    """The OOD model file's content (module docstring): Mahalanobis fitted on fit_features (N, D) with
-    fit_labels (N,), reference scores of the `reference` frames (not used in the fit). ValueError when a class
-    has no fit frame (its mean would be undefined)."""
+def fit_ood_model(fit_features: torch.Tensor, fit_labels: torch.Tensor, reference: FrameOutputs) -> ood.OODModel:
+    """The OOD model (module docstring): Mahalanobis fitted on fit_features (N, D) with fit_labels (N,),
+    reference scores of the `reference` frames (not used in the fit). ValueError when a class has no fit
+    frame (its mean would be undefined)."""
     counts = torch.bincount(fit_labels, minlength=int(fit_labels.max()) + 1)
     if (counts == 0).any():
         raise ValueError(f"classes {(counts == 0).nonzero().flatten().tolist()} have no frame to fit the OOD model on")
     maha = ood.fit_mahalanobis(fit_features, fit_labels)
-    return {
-        "means": maha.means,
-        "precision": maha.precision,
-        "calibration_scores": maha.score(reference.h_features),
-        "energy_calibration_scores": ood.energy(reference.g_logits),
-    }
+    return ood.OODModel.create(maha, maha.score(reference.h_features), ood.energy(reference.g_logits))
 
 
-def save_ood_model(model: dict, path) -> None:
-    torch.save({key: model[key].double().contiguous() for key in OOD_MODEL_KEYS}, path)
-
-
-def load_ood_model(path) -> dict:
-    """The OOD model file at `path` (torch.load, weights_only=True); ValueError when a key is missing."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [key for key in OOD_MODEL_KEYS if key not in state]
-    if missing:
-        raise ValueError(f"{path}: not an OOD model file, missing {', '.join(missing)}")
-    return {key: state[key].double() for key in OOD_MODEL_KEYS}
-
-
-def ood_p_values(model: dict, outputs: FrameOutputs) -> np.ndarray:
+def ood_p_values(model: ood.OODModel, outputs: FrameOutputs) -> np.ndarray:
     """Conformal p-values (N,) of the frames' Mahalanobis scores against the model's reference scores."""
-    maha = ood.Mahalanobis(model["means"], model["precision"])
-    return ood.conformal_p_values(model["calibration_scores"], maha.score(outputs.h_features)).numpy()
+    return model.score(outputs.h_features)[1].numpy()
 
 
-def ood_scores(model: dict, outputs: FrameOutputs) -> np.ndarray:
+def ood_scores(model: ood.OODModel, outputs: FrameOutputs) -> np.ndarray:
     """Mahalanobis scores (N,) of the frames' h features (higher = more unusual)."""
-    return ood.Mahalanobis(model["means"], model["precision"]).score(outputs.h_features).numpy()
+    return model.score(outputs.h_features)[0].numpy()
 
 
 @dataclass(frozen=True)
@@ -181,7 +158,7 @@ class Verdict:
     score: str
     threshold: float
     required_radius: float
-    ood_model: dict
+    ood_model: ood.OODModel
     ood_level: float
 
 

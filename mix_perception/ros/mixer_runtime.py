@@ -46,11 +46,16 @@ def load_models(values: dict, device):
     return standard, robust
 
 
-def load_ood_model(path: str):
-    """core.ood.OODModel from the `ood_model` file, or None for ""; ValueError (one line) for a bad file."""
+def load_ood_model(spec: str):
+    """core.ood.OODModel from the `ood_model` file ("default:<name>": the embedded default_models/<name>.pt),
+    or None for ""; ValueError (one line) for a bad file."""
+    from mix_perception.core.models import DEFAULT_PREFIX, default_model_path
     from mix_perception.core.ood import OODModel
 
-    return OODModel.load(path) if path else None
+    if not spec:
+        return None
+    embedded = spec.startswith(DEFAULT_PREFIX)
+    return OODModel.load(default_model_path(spec.removeprefix(DEFAULT_PREFIX)) if embedded else spec)
 
 
 def certification_of(values: dict):

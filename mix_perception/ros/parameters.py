@@ -74,8 +74,9 @@ MIXER = (
         "ood_model",
         "",
         "out-of-distribution model of h's features (torch.save of means (C, D), precision (D, D), "
-        "calibration_scores (n,), as mix-perception calibrate writes it): each frame gets a Mahalanobis "
-        'ood_score and its conformal ood_p_value; "" = none (score 0, p-value 1)',
+        "calibration_scores (n,), energy_calibration_scores (m,), as mix-perception calibrate --goal risk writes "
+        "it; default:ood_lipschitz = the embedded one, fitted for default:standard + default:lipschitz): each frame "
+        'gets a Mahalanobis ood_score, its conformal ood_p_value and the shift_p_value of g\'s energy; "" = none',
     ),
     Spec(
         "required_radius",

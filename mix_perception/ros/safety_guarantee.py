@@ -31,9 +31,8 @@ that needs them is set, so a monitor with the rules off starts as fast as before
 import math
 from typing import NamedTuple
 
+from mix_perception.core.names import ACCEPTANCE_SCORES
 from mix_perception.ros.safety_rules import Evidence
-
-ACCEPTANCE_SCORES = ("radius", "top_probability", "margin", "margin_if_g_agrees", "radius_if_g_agrees")
 
 
 def acceptance_score(name: str, frame, required_radius: float) -> float:

@@ -9,25 +9,14 @@ import torch
 import yaml
 
 from mix_perception import cli
+from mix_perception.core import ood
 from mix_perception.experiments import risk_calibration as rc
 from mix_perception.ros import parameters
 
-# The names the verdict's parameters have in the nodes (contract of issue 18 between this branch and the
-# one wiring the nodes); once both are merged, these are in parameters.MIXER and parameters.SAFETY_MONITOR.
-MIXER_NAMES = {spec.name for spec in parameters.MIXER} | {"ood_model"}
-MONITOR_NAMES = {
-    "required_radius",
-    "acceptance.score",
-    "acceptance.threshold",
-    "acceptance.epsilon",
-    "acceptance.delta",
-    "acceptance.calibration_size",
-    "acceptance.coverage",
-    "ood.level",
-    "shift.alarms_per_hour",
-    "shift.rate_hz",
-    "shift.lam",
-}
+# The names the verdict's parameters have in the nodes: calibrate writes the monitor's verdict (and its
+# required radius) in full, and only mixer parameters.
+MIXER_NAMES = {spec.name for spec in parameters.MIXER}
+MONITOR_NAMES = {"required_radius"} | {spec.name for spec in parameters.SAFETY_MONITOR if "." in spec.name}
 ACCEPTANCE_SCORE_NAMES = {"top_probability", "radius", "margin", "margin_if_g_agrees", "radius_if_g_agrees"}
 
 
@@ -86,11 +75,8 @@ def test_calibrate_risk_writes_files_the_nodes_accept(tmp_path, capsys):
     assert run_calibrate(out, "--max-risk", "0.05", "--delta", "0.1", "--radius", "0.05") == 0
     printed = capsys.readouterr().out
     assert "Learn-then-Test on 250 frames" in printed and "test (200 frames)" in printed
-    model = torch.load(out / "ood_model.pt", weights_only=True)
-    assert set(model) == set(rc.OOD_MODEL_KEYS) and all(v.dtype == torch.float64 for v in model.values())
-    classes, width = model["means"].shape
-    assert classes == 10 and model["precision"].shape == (width, width)
-    assert model["calibration_scores"].shape == model["energy_calibration_scores"].shape == (150,)
+    model = ood.OODModel.load(out / "ood_model.pt")  # the mixer's own reader
+    assert model.classes == 10 and model.calibration_scores.shape == model.energy_scores.shape == (150,)
     files = yaml.safe_load((out / "mixer_risk.yaml").read_text())
     mixer, monitor = (files[f"/**/{node}"]["ros__parameters"] for node in ("mixer", "safety_monitor"))
     assert set(parameters.flatten(mixer)) <= MIXER_NAMES
@@ -123,16 +109,6 @@ def test_calibrate_risk_refuses_levels_outside_the_unit_interval(tmp_path, capsy
     assert message in error and len(error.splitlines()) == 1
 
 
-def test_ood_model_file_round_trips_and_rejects_other_files(tmp_path):
-    model = {key: torch.rand(3, 3, dtype=torch.float64) for key in rc.OOD_MODEL_KEYS}
-    rc.save_ood_model(model, tmp_path / "ood.pt")
-    loaded = rc.load_ood_model(tmp_path / "ood.pt")
-    assert all(torch.equal(loaded[key], model[key]) for key in rc.OOD_MODEL_KEYS)
-    torch.save({"means": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="missing precision"):
-        rc.load_ood_model(tmp_path / "other.pt")
-
-
 def test_the_ood_model_needs_every_class_among_its_fit_frames():
     reference = rc.FrameOutputs(None, None, None, torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"classes \[1\] have no frame"):
@@ -144,8 +120,27 @@ def test_the_shipped_ood_model_matches_its_card():
 
     folder = resources.files("mix_perception").joinpath("default_models")
     card = json.loads(folder.joinpath("ood_lipschitz.json").read_text())
-    model = rc.load_ood_model(str(folder.joinpath(card["file"])))
-    assert model["means"].shape == (10, 256) and model["precision"].shape == (256, 256)
-    assert model["calibration_scores"].shape == model["energy_calibration_scores"].shape == (600,)
-    assert torch.allclose(model["precision"], model["precision"].T)
-    assert all(torch.isfinite(value).all() for value in model.values())
+    model = ood.OODModel.load(str(folder.joinpath(card["file"])))  # the mixer's reader: shapes, finite values
+    assert (model.classes, model.feature_width) == (10, 256)
+    assert model.calibration_scores.shape == model.energy_scores.shape == (600,)
+    assert torch.allclose(model.mahalanobis.precision, model.mahalanobis.precision.T)
+
+
+def test_the_calibrated_scores_are_the_ones_the_monitor_computes():
+    """calibrate's vectorized acceptance scores equal the safety monitor's own, frame by frame, on the
+    FrameResults the mixer publishes (one definition of each score, two implementations)."""
+    from types import SimpleNamespace
+
+    from mix_perception.core.models import load_model
+    from mix_perception.experiments.data import load_split
+    from mix_perception.ros.inference import Certification, FrameClassifier
+    from mix_perception.ros.safety_guarantee import acceptance_score
+
+    g, h = load_model("default:standard"), load_model("default:lipschitz")
+    classifier = FrameClassifier(g, h, Certification("lipschitz", 12.0), input_shape=(1, 28, 28))
+    x = load_split("test").images[:40]
+    vectorized = rc.acceptance_scores(rc.frame_outputs(classifier, x, 0.65, 0.1), 0.1)
+    for i, result in enumerate(classifier.classify(x, 0.65, 0.1)):
+        frame = SimpleNamespace(**result._asdict())
+        for name, scores in vectorized.items():
+            assert acceptance_score(name, frame, 0.1) == pytest.approx(scores[i], rel=1e-6), name

@@ -11,7 +11,6 @@ from mix_perception import cli
 from mix_perception.core import ood
 from mix_perception.core.models import load_model
 from mix_perception.experiments import data, ood_data, parameter_file
-from mix_perception.experiments import risk_calibration as rc
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +22,7 @@ def safety_params(tmp_path_factory) -> str:
         features, _ = ood.penultimate_features(load_model("default:lipschitz").double(), split.images[:1000].double())
         g_logits = load_model("default:standard")(split.images[:100])
     maha = ood.fit_mahalanobis(features[100:], split.labels[100:1000])
-    model = {
-        "means": maha.means,
-        "precision": maha.precision,
-        "calibration_scores": maha.score(features[:100]),
-        "energy_calibration_scores": ood.energy(g_logits),
-    }
-    rc.save_ood_model(model, folder / "ood.pt")
+    ood.OODModel.create(maha, maha.score(features[:100]), ood.energy(g_logits)).save(folder / "ood.pt")
     extra = {"robust_logit_scale": 12.0, "ood_model": str(folder / "ood.pt")}
     params = parameter_file.node_parameters(0.65, "default:standard", "default:lipschitz", "lipschitz", extra=extra)
     acceptance = {"score": "top_probability", "threshold": 0.9, "epsilon": 0.05, "delta": 0.1}
