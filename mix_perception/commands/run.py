@@ -197,7 +197,8 @@ def format_report(report: dict) -> str:
         f"mixer frames        received {report['mixer']['received']}, dropped {report['mixer']['dropped']},"
         f" rejected {report['mixer']['rejected']}, failed {report['mixer']['failed']}",
         f"safety statuses     {report['statuses']} ({report['unsafe']} unsafe)",
-        f"wrong among safe    {report['safe_wrong']} of {report['safe_with_truth']} safe frames with ground truth",
+        f"wrong among safe    {report['safe_wrong']} of {report['safe_with_truth']} safe frames with ground truth"
+        f" ({report['safe_without_truth']} safe frames of no known class)",
     ]
     if len(report["frames_by_source"]) > 1:
         lines[1:1] = [f"  from {source:<31} {count}" for source, count in sorted(report["frames_by_source"].items())]

@@ -4,7 +4,8 @@ Subscribes /mixer/classification, /safety_monitor/status and /demo_camera/ground
 frame = time its classification arrived here - its header stamp (same clock when the camera runs in
 this process or on this machine). Accuracy matches classifications to ground truth by header stamp, and
 the monitor's verdicts to both (a SafetyStatus carries its frame's stamp): `safe_wrong` of `safe_with_truth`
-is the error rate among the frames the monitor passed, the rate its acceptance rule bounds.
+is the error rate among the frames the monitor passed, the rate its acceptance rule bounds;
+`safe_without_truth` counts passed frames of no known class (e.g. the --demo-ood digits).
 """
 
 import threading
@@ -45,6 +46,7 @@ class SummaryNode(Node):
         self.verdicts: dict[int, bool] = {}  # stamp -> safe, until its outcome arrives
         self.safe_with_truth = 0
         self.safe_wrong = 0
+        self.safe_without_truth = 0
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(GroundTruth, "/demo_camera/ground_truth", self._on_truth, reliable)
         self.create_subscription(MixedClassification, "/mixer/classification", self._on_classification, reliable)
@@ -71,19 +73,22 @@ class SummaryNode(Node):
             if label >= 0:
                 self.with_truth += 1
                 self.correct += int(label == msg.class_id)
-                self._match(self.outcomes, self.verdicts, stamp_key(msg.header.stamp), label == msg.class_id)
+            correct = label == msg.class_id if label >= 0 else None
+            self._match(self.outcomes, self.verdicts, stamp_key(msg.header.stamp), correct)
 
-    def _match(self, mine: dict, theirs: dict, key: int, value: bool) -> None:
-        """Pair a frame's outcome with its verdict, whichever arrives first (under the lock)."""
-        other = theirs.pop(key, None)
-        if other is None:
+    def _match(self, mine: dict, theirs: dict, key: int, value) -> None:
+        """Pair a frame's outcome (correct: bool, or None without ground truth) with its verdict (safe),
+        whichever arrives first (under the lock)."""
+        if key not in theirs:
             mine[key] = value
             if len(mine) > TRUTH_MEMORY:
                 mine.pop(next(iter(mine)))
             return
+        other = theirs.pop(key)
         correct, safe = (value, other) if mine is self.outcomes else (other, value)
-        self.safe_with_truth += int(safe)
-        self.safe_wrong += int(safe and not correct)
+        self.safe_with_truth += int(safe and correct is not None)
+        self.safe_wrong += int(safe and correct is False)
+        self.safe_without_truth += int(safe and correct is None)
 
     def _on_status(self, msg) -> None:
         with self.lock:
@@ -117,5 +122,6 @@ class SummaryNode(Node):
                 "flags_by_reason": dict(self.flags),
                 "safe_with_truth": self.safe_with_truth,
                 "safe_wrong": self.safe_wrong,
+                "safe_without_truth": self.safe_without_truth,
                 "mixer": dict(mixer_counters),
             }
