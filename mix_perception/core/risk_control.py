@@ -33,7 +33,6 @@ numpy and scipy, and the rule is scipy.stats.binom plus a loop.
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom
 
 
 def check_level(name: str, value: float) -> float:
@@ -48,6 +47,8 @@ def binomial_p_value(wrong: int, accepted: int, epsilon: float) -> float:
     """Exact p-value of H: R > epsilon, from `wrong` errors among `accepted` frames: binom.cdf(wrong, accepted, eps)."""
     if accepted == 0:
         return 1.0
+    from scipy.stats import binom  # here, not at the top: the safety monitor loads this module, and scipy.stats ~1 s
+
     return float(binom.cdf(wrong, accepted, check_level("epsilon", epsilon)))
 
 

@@ -23,15 +23,14 @@ A / ln(1 + lam/2)): the frames the restarted detector needs to alarm again when 
 shift is flagged `hold` frames per alarm, and each false alarm flags a clean camera for `hold` frames.
 Without an OOD model the mixer publishes p-value 1, the bet is 1 - lam < 1 and the detector's statistic
 stays 0: it never alarms.
-
-core.risk_control and core.stream_shift load scipy.stats (~1 s): they are imported only when a rule
-that needs them is set, so a monitor with the rules off starts as fast as before.
 """
 
 import math
 from typing import NamedTuple
 
 from mix_perception.core.names import ACCEPTANCE_SCORES
+from mix_perception.core.risk_control import check_level
+from mix_perception.core.stream_shift import ShiftDetector, threshold_for_rate
 from mix_perception.ros.safety_rules import Evidence
 
 
@@ -80,8 +79,6 @@ class ShiftWatch:
     """One camera's ShiftDetector and its distribution_shift flag; `alarms` counts the detector's alarms."""
 
     def __init__(self, shift: Shift):
-        from mix_perception.core.stream_shift import ShiftDetector
-
         self.detector = ShiftDetector(shift.threshold, shift.lam)
         self.hold = shift.hold
         self.left = 0
@@ -141,7 +138,6 @@ def acceptance_from(values: dict) -> Acceptance | None:
         return None
     if score not in ACCEPTANCE_SCORES:
         raise ValueError(f'acceptance.score must be "" or one of {", ".join(ACCEPTANCE_SCORES)}, got {score!r}')
-    from mix_perception.core.risk_control import check_level
 
     epsilon = check_level("acceptance.epsilon", values["acceptance.epsilon"])
     delta = check_level("acceptance.delta", values["acceptance.delta"])
@@ -160,9 +156,6 @@ def guarantee_from(values: dict) -> Guarantee:
         raise ValueError(f"ood.level must be in [0, 1), got {level}")
     shift = None
     if values["shift.alarms_per_hour"] > 0:
-        from mix_perception.core.risk_control import check_level
-        from mix_perception.core.stream_shift import threshold_for_rate
-
         lam = check_level("shift.lam", values["shift.lam"])
         threshold = threshold_for_rate(values["shift.alarms_per_hour"], values["shift.rate_hz"])
         if threshold <= 1.0:

@@ -64,12 +64,13 @@ def test_the_check_sees_a_toolkit_import():
 
 
 def test_the_monitor_and_the_demo_camera_load_no_torch():
-    """Their modules (and the parameter tables) import no torch: they start in a fraction of a second, so a
-    Ctrl-C during their startup ends them at once."""
+    """Their modules (and the parameter tables, the verdict's statistics) import neither torch nor scipy.stats:
+    they start in a fraction of a second, so a Ctrl-C during their startup ends them at once."""
     script = (
         "import sys\n"
         "import mix_perception.ros.safety_monitor, mix_perception.ros.demo_camera, mix_perception.ros.parameters\n"
-        "print('torch' in sys.modules)\n"
+        "import mix_perception.ros.safety_guarantee\n"
+        "print('torch' in sys.modules or 'scipy.stats' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
