@@ -202,10 +202,8 @@ class MixerNode(LifecycleNode):
 
     # --- parameters -------------------------------------------------------------------------
     def _validate_parameters(self, params) -> SetParametersResult:
-        for parameter in params:
-            spec = SPECS.get(parameter.name)
-            if spec is None:
-                continue
+        for parameter in (p for p in params if p.name in SPECS):
+            spec = SPECS[parameter.name]
             if parameter.name == "alpha":
                 reason = parameters.alpha_problem(parameter.value)
             elif not spec.dynamic and self.active:
