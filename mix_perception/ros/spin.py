@@ -9,11 +9,7 @@ A signal during a node executable's startup ends the startup at once (see stop_r
 
 A node executable then leaves with os._exit: everything was already closed in order (nodes,
 context, which also flushes the ROS log files, then stdio), and the interpreter's own finalization
-with torch loaded takes seconds, longer than a robot stack waits for a node to stop. The orderly close
-has SHUTDOWN_GRACE_S: a DDS teardown that blocks longer (seen in 1 of 10 Ctrl-Cs 2 s after a launch:
-two nodes stuck in rcl_publisher_fini while their participants were still discovering each other) is
-cut short by the same os._exit. The worker thread is already stopped by then (destroy_node does that
-first); what is skipped is DDS's goodbye, which peers replace by the participant's lease expiry.
+with torch loaded takes seconds, longer than a robot stack waits for a node to stop.
 """
 
 import os
@@ -28,8 +24,6 @@ from rclpy.signals import SignalHandlerOptions
 
 from mix_perception.core.errors import first_line
 from mix_perception.ros import stop_request
-
-SHUTDOWN_GRACE_S = 1.0  # the orderly close of a node executable may take this long, then it exits anyway
 
 
 def init(args=None) -> threading.Event:
@@ -90,9 +84,6 @@ def run_node(executable: str, make_node, argv=None) -> None:
         print(f"{executable}: error: {first_line(error)}", file=sys.stderr)
         status = 1
     finally:
-        deadline = threading.Timer(SHUTDOWN_GRACE_S, exit_now, args=(status,))
-        deadline.daemon = True
-        deadline.start()
         shut_down(nodes)
     exit_now(status)
 
