@@ -127,6 +127,23 @@ def test_the_launch_file_imports_no_torch():
         "launch_overrides('cpu', 'true', '[a, b]')\n"
         "print('torch' in sys.modules)\n"
     )
+    assert fresh_interpreter_prints(script) == "False"
+
+
+def test_the_monitor_and_the_demo_camera_load_neither_torch_nor_scipy_stats():
+    """Their modules (and the parameter tables, the verdict's statistics) import neither torch nor scipy.stats:
+    they start in a fraction of a second, so a Ctrl-C during their startup ends them at once."""
+    script = (
+        "import sys\n"
+        "import mix_perception.ros.safety_monitor, mix_perception.ros.demo_camera, mix_perception.ros.parameters\n"
+        "import mix_perception.ros.safety_guarantee\n"
+        "print('torch' in sys.modules or 'scipy.stats' in sys.modules)\n"
+    )
+    assert fresh_interpreter_prints(script) == "False"
+
+
+def fresh_interpreter_prints(script: str) -> str:
+    """What `script` prints, run by a new interpreter of this venv (so nothing this process imported counts)."""
     result = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    return result.stdout.strip()
