@@ -4,8 +4,6 @@ the node module, with rclpy and torch, is imported and run. A Ctrl-C before the 
 spin.run_node takes over (while importing) ends the process here with status 0, no traceback."""
 
 import importlib
-import os
-import sys
 
 from mix_perception.ros import allocator, stop_request
 
@@ -15,9 +13,7 @@ def run_module(module: str) -> None:
     try:
         importlib.import_module(module).main()
     except stop_request.StopRequested:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        stop_request.exit_now(0)
 
 
 def mixer_node() -> None:

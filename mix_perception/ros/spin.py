@@ -12,7 +12,6 @@ context, which also flushes the ROS log files, then stdio), and the interpreter'
 with torch loaded takes seconds, longer than a robot stack waits for a node to stop.
 """
 
-import os
 import sys
 import threading
 import time
@@ -23,13 +22,18 @@ from rclpy.qos import ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
 from mix_perception.core.errors import first_line
-from mix_perception.ros import stop_request
+from mix_perception.ros import exit_deadline, stop_request
+
+# Seconds a node executable's teardown may take before the process ends anyway (exit_deadline): a
+# launch waits 2 s after its Ctrl-C, and the spin loop sees the stop within 0.1 s.
+TEARDOWN_S = 1.5
 
 
 def init(args=None) -> threading.Event:
     """rclpy.init without rclpy's signal handlers; returns the event that SIGINT and SIGTERM set."""
     stop = stop_request.install()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop_request.ros_started()
     return stop
 
 
@@ -69,7 +73,8 @@ def run_node(executable: str, make_node, argv=None) -> None:
     the process exits 0; make_node destroys a node it was still starting.
 
     A node that cannot start (missing or corrupt model, bad parameter, absent device) exits 1 with
-    one line `<executable>: error: <reason>` on stderr. Never returns: the process ends here."""
+    one line `<executable>: error: <reason>` on stderr. The teardown is bounded by TEARDOWN_S
+    (exit_deadline): the process ends with its status even when DDS blocks in it. Never returns."""
     nodes, status = [], 0
     try:
         try:
@@ -84,15 +89,10 @@ def run_node(executable: str, make_node, argv=None) -> None:
         print(f"{executable}: error: {first_line(error)}", file=sys.stderr)
         status = 1
     finally:
+        stop_request.flush_stdio()
+        exit_deadline.arm(TEARDOWN_S, status)
         shut_down(nodes)
-    exit_now(status)
-
-
-def exit_now(status: int) -> None:
-    """Flush stdio and end the process with `status`, without the interpreter's finalization."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    stop_request.exit_now(status)
 
 
 def reliability_policy(name: str) -> ReliabilityPolicy:

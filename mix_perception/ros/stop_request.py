@@ -1,49 +1,83 @@
 """The stop request of a node process: SIGINT and SIGTERM set `STOP`; during startup the first one also
-raises StopRequested, so a Ctrl-C at any moment of startup ends the node at once, with status 0.
+ends the startup at once, so a Ctrl-C at any moment of startup ends the node with status 0.
 
 Standard library only, so the executables install it before rclpy and torch are imported (seconds on
-a busy machine). Why raise during startup, the way Python's own KeyboardInterrupt works: startup is a
-few long steps (importing torch, loading models, proving h's Lipschitz constant), each of which can
-take longer than the 2 s a launch waits; checks between them would still wait for the step in
-progress. The exception is a BaseException, so no `except Exception` on the way (a failed configure,
-a model loader) mistakes it for a startup error, and the entry point (spin.run_node, executables)
-turns it into exit 0 after destroying what exists. It is raised once: `end_startup()` (called by
-run_node before spinning, and before its cleanup) and every later signal only set STOP, so cleanup
-survives a second Ctrl-C, e.g. the one `ros2 launch` forwards. Once spinning, the spin loop ends when
-STOP is set (checked every 0.1 s). A signal is handled between Python bytecodes of the main thread:
-one long C call (a big SVD) delays it until it returns, hence core/lipschitz.py keeps its own short.
+a busy machine). Startup is a few long steps (importing torch, loading models, proving h's Lipschitz
+constant), each of which can take longer than the 2 s a launch waits, so checks between them would
+still wait for the step in progress. The first signal of the startup therefore acts at once, in one of
+two ways:
+- before ROS is initialised (`ros_started()` not yet called: the process is importing): the process
+  ends at once with status 0 (os._exit). Nothing exists to clean up, and raising is not safe there:
+  an exception raised while torch's C++ initialisation runs Python code crosses C++ frames that
+  cannot unwind it, and the process aborts ("terminate called", seen once in 20 launches).
+- once ROS is initialised: StopRequested is raised, the way Python's own KeyboardInterrupt works, so
+  the entry point (spin.run_node, executables) destroys the nodes made so far and exits 0. It is a
+  BaseException, so no `except Exception` on the way (a failed configure, a model loader) mistakes it
+  for a startup error.
+It acts once: `end_startup()` (called by run_node before spinning, and before its cleanup) and every
+later signal only set STOP, so cleanup survives a second Ctrl-C, e.g. the one `ros2 launch` forwards.
+Once spinning, the spin loop ends when STOP is set (checked every 0.1 s). A signal is handled between
+Python bytecodes of the main thread: one long C call (a big SVD) delays it until it returns, hence
+core/lipschitz.py keeps its own short.
 """
 
+import os
 import signal
+import sys
 import threading
 
 STOP = threading.Event()
-_starting = False
+
+# What the first signal of the startup does: None (only set STOP), "exit" or "raise".
+_on_first_signal = None
 
 
 class StopRequested(BaseException):  # noqa: N818 - named like KeyboardInterrupt, which it replaces
-    """SIGINT or SIGTERM arrived while the process was still starting up."""
+    """SIGINT or SIGTERM arrived while the process was still starting up, after ROS was initialised."""
 
 
 def _on_signal(*_) -> None:
-    global _starting
+    global _on_first_signal
     STOP.set()
-    if _starting:
-        _starting = False
+    action, _on_first_signal = _on_first_signal, None
+    if action == "exit":
+        exit_now(0)
+    if action == "raise":
         raise StopRequested
 
 
 def install(during_startup: bool = False) -> threading.Event:
-    """Make SIGINT and SIGTERM set STOP, and with `during_startup` also raise StopRequested at the first
-    one until `end_startup()` (a later install without it keeps that); returns STOP."""
-    global _starting
-    _starting = _starting or (during_startup and not STOP.is_set())
+    """Make SIGINT and SIGTERM set STOP; with `during_startup` the first one also ends the process at once
+    (exit 0) until `ros_started()`, then raises StopRequested until `end_startup()` (a later install
+    without it keeps that). Returns STOP."""
+    global _on_first_signal
+    if during_startup and _on_first_signal is None and not STOP.is_set():
+        _on_first_signal = "exit"
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, _on_signal)
     return STOP
 
 
+def ros_started() -> None:
+    """ROS is initialised: from now on a startup signal raises StopRequested, so what exists is destroyed."""
+    global _on_first_signal
+    if _on_first_signal == "exit":
+        _on_first_signal = "raise"
+
+
 def end_startup() -> None:
     """From now on a signal only sets STOP."""
-    global _starting
-    _starting = False
+    global _on_first_signal
+    _on_first_signal = None
+
+
+def flush_stdio() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def exit_now(status: int) -> None:
+    """Flush stdio and end the process with `status`, without the interpreter's finalization (with torch
+    loaded it takes seconds, longer than a robot stack waits for a node to stop)."""
+    flush_stdio()
+    os._exit(status)
