@@ -111,7 +111,10 @@ def one_run(case: str, run: int, config: Path, node, executor, folder: Path) -> 
             output = (folder / f"{name}.log").read_text()
             if code != 0:
                 problems.append(f"{name} exited {code}")
-            problems += [f"{name} printed {sign!r}" for sign in BAD_SIGNS if sign in output]
+            printed = [sign for sign in BAD_SIGNS if sign in output]
+            problems += [f"{name} printed {sign!r}" for sign in printed]
+            if printed:
+                problems.append(f"the end of its output:\n{output[-1500:]}")
         return not problems, slowest, "; ".join(problems)
     finally:
         for process, log in processes.values():
