@@ -125,7 +125,8 @@ def main(args) -> int:
         report["test"] = rc.measure(verdict, test_outputs, test.y)
     yaml_path = args.yaml or args.out / "mixer_risk.yaml"
     report["parameter_file"] = {"path": str(yaml_path), "ood_model": str(ood_path)}
-    report["parameter_file"]["parameters"] = _write_yaml(args, specs, acceptance, ood_path, yaml_path, radius)
+    pipeline = classifier.fingerprint.for_alpha(args.alpha)
+    report["parameter_file"]["parameters"] = _write_yaml(args, specs, acceptance, ood_path, yaml_path, radius, pipeline)
     write_json(args.out / "risk_calibration.json", report)
     _print(report)
     for path in (ood_path, yaml_path, args.out / "risk_calibration.json"):
@@ -140,8 +141,9 @@ def _node_model(spec: str, arch) -> tuple[str, str]:
     return str(Path(spec).resolve()), arch or ""
 
 
-def _write_yaml(args, specs: dict, acceptance, ood_path: Path, yaml_path: Path, radius: float) -> dict:
-    """Write the parameter file (mixer and safety_monitor sections); returns its content."""
+def _write_yaml(args, specs: dict, acceptance, ood_path: Path, yaml_path: Path, radius: float, pipeline: str) -> dict:
+    """Write the parameter file (mixer and safety_monitor sections); returns its content. `pipeline`: the
+    core.fingerprint of the calibrated pipeline, which the monitor checks every frame against."""
     from mix_perception.experiments import parameter_file
 
     if any(v is not None for v in (args.mean, args.std, args.input_channels, args.num_classes)):
@@ -158,6 +160,8 @@ def _write_yaml(args, specs: dict, acceptance, ood_path: Path, yaml_path: Path, 
         "delta": guarantee.delta,
         "calibration_size": int(guarantee.n),
         "coverage": float(guarantee.coverage),
+        "pipeline": pipeline,
+        "radius": radius,
     }
     shift = {"alarms_per_hour": args.alarms_per_hour, "rate_hz": args.rate_hz, "lam": SHIFT_LAM}
     params.update(parameter_file.monitor_parameters(radius, rule, args.ood_level, shift))

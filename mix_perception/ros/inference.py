@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from mix_perception.core.certify import lipschitz_logit_radius, top_two_margin
+from mix_perception.core.fingerprint import PipelineFingerprint
 from mix_perception.core.lipschitz import lipschitz_constants
 from mix_perception.core.models import for_inference
 from mix_perception.core.names import CERTIFICATION_METHODS
@@ -78,6 +79,14 @@ class Certification:
                 "smoothing.sequential counts votes: set smoothing.mode votes, or smoothing.sequential false"
             )
 
+    @property
+    def key(self) -> str:
+        """What of this decides the published numbers (core.fingerprint): method and logit scale; for the
+        smoothing certifiers also their settings (the seed too: it fixes the noise)."""
+        if self.method in ("none", "lipschitz"):
+            return f"{self.method} {self.logit_scale!r}"
+        return repr(self)
+
 
 class FrameResult(NamedTuple):
     """Everything a MixedClassification carries about one frame (probabilities: float32 (C,))."""
@@ -98,6 +107,7 @@ class FrameResult(NamedTuple):
     ood_score: float
     ood_p_value: float
     shift_p_value: float
+    pipeline: str
 
 
 class RobustOutput(NamedTuple):
@@ -269,6 +279,7 @@ class FrameClassifier:
         if ood is not None:
             check_ood_model(ood, self.robust, input_shape, self.device)
         self.ood = None if ood is None else ood.to(self.device)
+        self.fingerprint = PipelineFingerprint(standard, robust, input_shape or (), certification.key)
 
     @property
     def lipschitz_constant(self) -> float | None:
@@ -308,7 +319,7 @@ class FrameClassifier:
         class_id = mixed.argmax(axis=1)
         certified = (certified_class == class_id) & (radius > 0) & np.isfinite(radius) & (alpha > 0.5)
         published = np.where(certified, float32_at_most(np.where(certified, radius, 0.0)), 0.0)
-        kind = self.certifier.kind
+        kind, pipeline = self.certifier.kind, self.fingerprint.for_alpha(alpha)
         return [
             FrameResult(
                 class_id=int(class_id[i]),
@@ -327,6 +338,7 @@ class FrameClassifier:
                 ood_score=float(ood_score[i]),
                 ood_p_value=float(p_value[i]),
                 shift_p_value=float(shift_p[i]),
+                pipeline=pipeline,
             )
             for i in range(len(class_id))
         ]

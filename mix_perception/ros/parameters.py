@@ -232,6 +232,20 @@ SAFETY_MONITOR = (
         bounds=(0.0, 1.0),
     ),
     Spec(
+        "acceptance.pipeline",
+        "",
+        "fingerprint of the pipeline the threshold was calibrated on (core.fingerprint: g, h, certification, h's "
+        "logit scale, input shape, alpha; the mixer publishes its own with every frame); needed when a score is "
+        "set: frames of another pipeline are refused as not_calibrated",
+    ),
+    Spec(
+        "acceptance.radius",
+        0.0,
+        "the required_radius the threshold was calibrated at; > 0 when a score is set: while required_radius "
+        "differs, frames are refused as not_calibrated",
+        bounds=(0.0, 1000.0),
+    ),
+    Spec(
         "ood.level",
         0.0,
         "flag out_of_distribution when the mixer's ood_p_value <= this (in-distribution frames are flagged with "

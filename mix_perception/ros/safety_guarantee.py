@@ -9,6 +9,10 @@ it accepted. Scores (higher = more trusted; -inf when the frame is not certified
 radius (certified_radius), top_probability (max of the mixed probabilities), margin (top minus runner-up),
 margin_if_g_agrees and radius_if_g_agrees (as margin and radius when g's argmax is the published class,
 else -inf).
+The guarantee is about the pipeline it was calibrated on (acceptance.pipeline, core.fingerprint: g, h,
+certification, h's logit scale, input shape, alpha) at acceptance.radius: a frame of another pipeline
+(another alpha set at runtime, other models) or while required_radius differs is refused as
+`not_calibrated`, since the bound says nothing about it.
 
 Out of distribution: flagged when the mixer's ood_p_value <= ood.level (0 = off). A conformal p-value is
 super-uniform on in-distribution frames, so they are flagged with probability <= ood.level.
@@ -58,6 +62,13 @@ class Acceptance(NamedTuple):
     delta: float
     calibration_size: int
     coverage: float
+    pipeline: str
+    radius: float
+
+    def covers(self, frame, required_radius: float) -> bool:
+        """True when `frame` (MixedClassification's `pipeline`) comes from the calibrated pipeline and the
+        monitor requires the calibrated radius."""
+        return frame.pipeline == self.pipeline and required_radius == self.radius
 
 
 class Shift(NamedTuple):
@@ -107,13 +118,14 @@ class Guarantee(NamedTuple):
         `shifted`: its camera's ShiftWatch flag."""
         rule = self.acceptance
         certified = frame.certified and frame.certified_radius >= required_radius
+        other = rule is not None and not rule.covers(frame, required_radius)
         below = rule is not None and certified and acceptance_score(rule.score, frame, required_radius) < rule.threshold
         outlier = self.ood_level > 0 and frame.ood_p_value <= self.ood_level
-        return Evidence(below, outlier, shifted)
+        return Evidence(other, below, outlier, shifted)
 
     def values(self) -> dict:
         """The guarantee as /diagnostics reports it."""
-        rule = self.acceptance or Acceptance("none", -math.inf, 0.0, 0.0, 0, 1.0)
+        rule = self.acceptance or Acceptance("none", -math.inf, 0.0, 0.0, 0, 1.0, "", 0.0)
         shift = self.shift
         return {
             "acceptance_score": rule.score,
@@ -122,6 +134,8 @@ class Guarantee(NamedTuple):
             "delta": rule.delta,
             "calibration_size": rule.calibration_size,
             "expected_coverage": rule.coverage,
+            "calibrated_pipeline": rule.pipeline,
+            "calibrated_radius": rule.radius,
             "ood_level": self.ood_level,
             "shift_threshold": shift.threshold if shift else 0.0,
             "shift_false_alarms_per_hour": shift.alarms_per_hour if shift else 0.0,
@@ -146,7 +160,13 @@ def acceptance_from(values: dict) -> Acceptance | None:
         raise ValueError(f"acceptance.score {score} needs acceptance.calibration_size > 0, got {size}")
     if not 0.0 < coverage <= 1.0:
         raise ValueError(f"acceptance.score {score} needs acceptance.coverage in (0, 1], got {coverage}")
-    return Acceptance(score, values["acceptance.threshold"], epsilon, delta, size, coverage)
+    pipeline, radius = values["acceptance.pipeline"], values["acceptance.radius"]
+    if not pipeline or radius <= 0:
+        raise ValueError(
+            f"acceptance.score {score} needs acceptance.pipeline and acceptance.radius > 0 (what it was calibrated "
+            "on, written by mix-perception calibrate --goal risk)"
+        )
+    return Acceptance(score, values["acceptance.threshold"], epsilon, delta, size, coverage, pipeline, radius)
 
 
 def guarantee_from(values: dict) -> Guarantee:

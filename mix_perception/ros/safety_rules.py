@@ -16,6 +16,7 @@ ALPHA_NOT_ABOVE_HALF = "alpha_not_above_half"  # alpha <= 1/2: no certificate is
 FRAME_TOO_OLD = "frame_too_old"  # now - header.stamp > max_frame_age
 STALE_STREAM = "stale_stream"  # no frame (classified or rejected) for longer than max_frame_age
 BAD_INPUT = "bad_input"  # the mixer rejected the frame (bad encoding, size, ...)
+NOT_CALIBRATED = "not_calibrated"  # the acceptance rule was calibrated on another pipeline or required_radius
 BELOW_ACCEPTANCE_THRESHOLD = "below_acceptance_threshold"  # certified, but its acceptance score < the threshold
 OUT_OF_DISTRIBUTION = "out_of_distribution"  # the frame's OOD p-value <= ood.level
 DISTRIBUTION_SHIFT = "distribution_shift"  # its camera's shift detector alarmed (within the hold)
@@ -26,6 +27,7 @@ REASONS = (
     FRAME_TOO_OLD,
     STALE_STREAM,
     BAD_INPUT,
+    NOT_CALIBRATED,
     BELOW_ACCEPTANCE_THRESHOLD,
     OUT_OF_DISTRIBUTION,
     DISTRIBUTION_SHIFT,
@@ -45,6 +47,7 @@ class Limits(NamedTuple):
 class Evidence(NamedTuple):
     """What the statistical layer found against a frame (safety_guarantee.Guarantee.evidence)."""
 
+    not_calibrated: bool = False
     below_acceptance_threshold: bool = False
     out_of_distribution: bool = False
     distribution_shift: bool = False
@@ -76,7 +79,7 @@ def judge_frame(
         reasons.append(RADIUS_BELOW_REQUIRED)
     if not age <= limits.max_frame_age:
         reasons.append(FRAME_TOO_OLD)
-    named = (BELOW_ACCEPTANCE_THRESHOLD, OUT_OF_DISTRIBUTION, DISTRIBUTION_SHIFT)
+    named = (NOT_CALIBRATED, BELOW_ACCEPTANCE_THRESHOLD, OUT_OF_DISTRIBUTION, DISTRIBUTION_SHIFT)
     reasons += [reason for reason, found in zip(named, evidence, strict=True) if found]
     return Verdict(not reasons, ERROR if reasons else OK, tuple(reasons))
 

@@ -45,6 +45,19 @@ def test_yaml_lists_every_parameter_with_its_default_or_the_shipped_calibration(
     assert {name: listed[name] for name in calibrated} == {name: written[name] for name in calibrated}
 
 
+def test_the_shipped_acceptance_rule_names_the_pipeline_the_file_configures():
+    """The calibrated threshold applies to the frames of the pipeline it was calibrated on: the fingerprint in
+    the monitor's section is the one the mixer of this file publishes (recomputed from its models)."""
+    from mix_perception.ros.mixer_runtime import build_runtime
+
+    config = yaml.safe_load(CONFIG.read_text())
+    mixer = parameters.defaults(parameters.MIXER) | parameters.flatten(config["/**/mixer"]["ros__parameters"])
+    monitor = parameters.flatten(config["/**/safety_monitor"]["ros__parameters"])
+    runtime = build_runtime(mixer | {"device": "cpu"})
+    assert monitor["acceptance.pipeline"] == runtime.classifier.fingerprint.for_alpha(mixer["alpha"])
+    assert monitor["acceptance.radius"] == monitor["required_radius"]
+
+
 @pytest.mark.parametrize("node", sorted(TABLES))
 def test_every_parameter_has_a_description_and_sane_default(node):
     for spec in TABLES[node]:

@@ -207,3 +207,46 @@ def test_mixer_counts_the_frames_a_publisher_sent_that_never_reached_it(context,
         executor.shutdown()
         camera.destroy_node()
         mixer.destroy_node()
+
+
+def test_mixer_publishes_the_fingerprint_of_its_pipeline_and_a_new_one_after_alpha_changes(context, spin):
+    """What the monitor checks a calibrated acceptance rule against (core.fingerprint): computed here
+    independently from the same models, input shape, certification key and alpha."""
+    import numpy as np
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    from mix_perception.core.fingerprint import PipelineFingerprint
+    from mix_perception.msg import MixedClassification
+    from mix_perception.ros.image_conversion import array_to_image
+
+    g, h = tiny(), tiny()
+    mixer = start_mixer(g, h, context=context, parameter_overrides=[Parameter("certification", value="none")])
+    client = rclpy.create_node("fingerprint_client", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    for node in (mixer, client):
+        executor.add_node(node)
+    try:
+        received = []
+        client.create_subscription(MixedClassification, "mixer/classification", received.append, 10)
+        publisher = client.create_publisher(Image, "image", 10)
+        frame = array_to_image(np.zeros((28, 28), np.uint8), "mono8")
+        scale = mixer.get_parameter("robust_logit_scale").value
+        expected = PipelineFingerprint(g, h, (1, 28, 28), f"none {scale!r}")
+
+        def classified_with(alpha):
+            received.clear()
+            publisher.publish(frame)
+            spin(executor, lambda: received, what="a classification")
+            assert received[0].alpha == alpha
+            return received[0].pipeline
+
+        spin(executor, lambda: publisher.get_subscription_count() > 0, what="the mixer's subscription")
+        before = classified_with(0.65)
+        assert mixer.set_parameters([Parameter("alpha", value=0.8)])[0].successful
+        after = classified_with(0.8)
+        assert (before, after) == (expected.for_alpha(0.65), expected.for_alpha(0.8)) and before != after
+    finally:
+        executor.shutdown()
+        client.destroy_node()
+        mixer.destroy_node()

@@ -56,7 +56,9 @@ def test_consecutive_unsafe_counter():
 # --- the statistical layer (safety_guarantee) ------------------------------------------------------
 
 
-def frame(certified=True, radius=0.3, probabilities=(0.7, 0.2, 0.1), class_id=0, standard_class_id=0, p=0.5):
+def frame(
+    certified=True, radius=0.3, probabilities=(0.7, 0.2, 0.1), class_id=0, standard_class_id=0, p=0.5, pipeline=None
+):
     """A MixedClassification with the fields the statistical layer reads."""
     from mix_perception.msg import MixedClassification
 
@@ -68,6 +70,7 @@ def frame(certified=True, radius=0.3, probabilities=(0.7, 0.2, 0.1), class_id=0,
         standard_class_id=standard_class_id,
         ood_p_value=p,
         alpha=0.8,
+        pipeline=ACCEPTANCE["acceptance_pipeline"] if pipeline is None else pipeline,
     )
 
 
@@ -108,6 +111,8 @@ ACCEPTANCE = {
     "acceptance_delta": 0.1,
     "acceptance_calibration_size": 1000,
     "acceptance_coverage": 0.8,
+    "acceptance_pipeline": "0123456789abcdef",
+    "acceptance_radius": 0.1,
 }
 
 
@@ -119,12 +124,24 @@ def test_the_defaults_check_nothing_beyond_the_certificate():
 
 def test_acceptance_refuses_a_certified_frame_below_the_threshold_only():
     checks = guarantee.guarantee_from(values(**ACCEPTANCE))
-    assert checks.acceptance == guarantee.Acceptance("margin", 0.4, 0.05, 0.1, 1000, 0.8)
+    assert checks.acceptance == guarantee.Acceptance("margin", 0.4, 0.05, 0.1, 1000, 0.8, "0123456789abcdef", 0.1)
     assert checks.evidence(frame(), 0.1, False) == rules.Evidence()  # margin 0.5 >= 0.4
     low = frame(probabilities=(0.5, 0.4, 0.1))
     assert checks.evidence(low, 0.1, False) == rules.Evidence(below_acceptance_threshold=True)
     uncertified = frame(certified=False, radius=0.0, probabilities=(0.5, 0.4, 0.1))
     assert checks.evidence(uncertified, 0.1, False) == rules.Evidence()  # its reason is not_certified
+
+
+def test_acceptance_refuses_frames_of_another_pipeline_or_at_another_required_radius():
+    """The Learn-then-Test bound is about the calibrated pipeline at the calibrated radius: another alpha or
+    other models (another fingerprint), or a monitor requiring another radius, get not_calibrated, even when
+    the frame's score clears the threshold."""
+    checks = guarantee.guarantee_from(values(**ACCEPTANCE))
+    assert checks.evidence(frame(), 0.1, False) == rules.Evidence()
+    assert checks.evidence(frame(pipeline="fedcba9876543210"), 0.1, False) == rules.Evidence(not_calibrated=True)
+    assert checks.evidence(frame(radius=0.3), 0.2, False) == rules.Evidence(not_calibrated=True)
+    verdict = rules.judge_frame(True, 0.3, 0.8, 0.0, LIMITS, checks.evidence(frame(pipeline=""), 0.1, False))
+    assert not verdict.safe and verdict.reasons == (rules.NOT_CALIBRATED,)
 
 
 def test_out_of_distribution_at_a_p_value_at_most_the_level():
@@ -134,10 +151,11 @@ def test_out_of_distribution_at_a_p_value_at_most_the_level():
 
 
 def test_judge_frame_names_the_statistical_reasons_after_the_others():
-    found = rules.Evidence(True, True, True)
+    found = rules.Evidence(True, True, True, True)
     verdict = rules.judge_frame(True, 0.2, 0.75, 0.9, LIMITS, found)
     assert verdict.reasons == (
         rules.FRAME_TOO_OLD,
+        rules.NOT_CALIBRATED,
         rules.BELOW_ACCEPTANCE_THRESHOLD,
         rules.OUT_OF_DISTRIBUTION,
         rules.DISTRIBUTION_SHIFT,
@@ -158,6 +176,8 @@ def test_judge_frame_names_the_statistical_reasons_after_the_others():
             r"acceptance.score margin needs acceptance.calibration_size",
         ),
         ({**ACCEPTANCE, "acceptance_coverage": 0.0}, r"acceptance.score margin needs acceptance.coverage in \(0, 1\]"),
+        ({**ACCEPTANCE, "acceptance_pipeline": ""}, r"acceptance.score margin needs acceptance.pipeline and "),
+        ({**ACCEPTANCE, "acceptance_radius": 0.0}, r"acceptance.score margin needs acceptance.pipeline and "),
         ({**ACCEPTANCE, "acceptance_score": "entropy"}, r"acceptance.score must be \"\" or one of radius, "),
         ({"acceptance_score": "radius"}, r"acceptance.epsilon must be in \(0, 1\), got 0.0"),
         ({"ood_level": 1.0}, r"ood.level must be in \[0, 1\), got 1.0"),

@@ -32,6 +32,8 @@ GUARANTEE = {
     "acceptance.delta": 0.1,
     "acceptance.calibration_size": 1500,
     "acceptance.coverage": 0.7,
+    "acceptance.pipeline": "0123456789abcdef",
+    "acceptance.radius": 0.1,
     "ood.level": 0.05,
     "shift.alarms_per_hour": 1.0,
     "shift.rate_hz": 30.0,
@@ -57,7 +59,15 @@ def monitor(ros, spin):
     spin(executor, lambda: publisher.get_subscription_count() >= 1, 30.0, "the monitor's subscription")
     count = [0]
 
-    def judge(source: str, p_value=0.5, probabilities=(0.8, 0.1, 0.1), standard_class_id=0, radius=0.3, shift_p=0.5):
+    def judge(
+        source: str,
+        p_value=0.5,
+        probabilities=(0.8, 0.1, 0.1),
+        standard_class_id=0,
+        radius=0.3,
+        shift_p=0.5,
+        pipeline="0123456789abcdef",
+    ):
         """Publish one certified frame of `source` (class 0) and return the monitor's status of it."""
         count[0] += 1
         frame_id = f"frame_{count[0]}"
@@ -75,6 +85,7 @@ def monitor(ros, spin):
             ood_score=1.0,
             ood_p_value=p_value,
             shift_p_value=shift_p,
+            pipeline=pipeline,
         )
         msg.header.stamp = node.get_clock().now().to_msg()
         msg.header.frame_id = frame_id
@@ -97,6 +108,13 @@ def test_acceptance_rule_refuses_a_certified_frame_below_its_threshold(monitor):
     assert not low.safe and list(low.reasons) == ["below_acceptance_threshold"] and low.level == SafetyStatus.ERROR
     uncertified = judge("/cam_accept", probabilities=(0.55, 0.35, 0.1), radius=0.0)
     assert list(uncertified.reasons) == ["not_certified"]  # the certificate's reason, not the acceptance one
+
+
+def test_a_frame_of_another_pipeline_is_refused_as_not_calibrated(monitor):
+    """E.g. alpha changed at runtime: the mixer's fingerprint changes, the calibrated threshold no longer applies."""
+    judge, _, _ = monitor
+    other = judge("/cam_accept", pipeline="fedcba9876543210")
+    assert not other.safe and list(other.reasons) == ["not_calibrated"]
 
 
 def test_out_of_distribution_on_a_low_p_value(monitor):
