@@ -11,9 +11,13 @@ estimate, which is a lower bound). Supported layers and their bounds:
 - nn.ReLU, architectures.GroupSort2, nn.Identity, nn.Flatten: 1;
 - nn.MaxPool2d and the L2-norm pools nn.LPPool2d(2, ...) and architectures.L2NormPool2d: sqrt(m),
   m = ceil(kh / sh) * ceil(kw / sw) the most windows one input pixel can belong to (1 when the
-  windows do not overlap);
+  windows do not overlap); nn.AvgPool2d: sqrt(m kh kw) / divisor (`avg_pool_bound`);
+- nn.PixelUnshuffle, nn.PixelShuffle (deel-torchlip's InvertibleDownSampling / UpSampling export to
+  these): 1, they only move pixels;
 - models.Normalized ((x - mean) / std): 1 / min(std); models.RepeatChannels (grey -> C): sqrt(C);
-- nn.Sequential: the product over its children.
+- nn.Sequential (and deel-torchlip's Sequential, whose forward is nn.Sequential's): the product over
+  its children;
+- the deel-torchlip layers that `vanilla_export()` leaves in a model as they are: see `deel_bound`.
 
 Types are matched exactly (a subclass may compute something else, e.g. pad symmetrically). Any other
 module raises ValueError naming it: a model whose constant cannot be bounded is refused.
@@ -24,6 +28,7 @@ the network in exact arithmetic; the float32 forward pass deviates from it by it
 """
 
 import math
+import sys
 
 import torch
 from torch import nn
@@ -32,7 +37,7 @@ from mix_perception.core.architectures import GroupSort2, L2NormPool2d
 from mix_perception.core.models import Normalized, RepeatChannels
 
 RELATIVE_SLACK = 1e-6
-_ONE_LIPSCHITZ = (nn.ReLU, GroupSort2, nn.Identity, nn.Flatten)
+_ONE_LIPSCHITZ = (nn.ReLU, GroupSort2, nn.Identity, nn.Flatten, nn.PixelUnshuffle, nn.PixelShuffle)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -97,9 +102,71 @@ def pool_bound(pool: nn.Module) -> float:
     return math.sqrt(math.ceil(kh / sh) * math.ceil(kw / sw))
 
 
+def avg_pool_bound(pool: nn.AvgPool2d) -> float:
+    """sqrt(m kh kw) / d for nn.AvgPool2d with ceil_mode False, d = divisor_override or kh kw, padding
+    counted in the divisor (count_include_pad, or no padding).
+
+    Each output is (1/d) times the sum of at most kh kw pixels: by Cauchy-Schwarz its square is at most
+    (kh kw / d^2) times the sum of their squares, and a pixel lies in at most m = ceil(kh/sh) ceil(kw/sw)
+    windows, so ||f(x) - f(x')||^2 <= (m kh kw / d^2) ||x - x'||^2 (1 for non-overlapping windows and
+    d = kh kw). Padding zeros only drop terms. Refused: ceil_mode (partial windows are divided by their
+    own, smaller size) and padding left out of the divisor, for the same reason.
+    """
+    (kh, kw), (sh, sw) = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
+    if pool.ceil_mode or (not pool.count_include_pad and _pair(pool.padding) != (0, 0)):
+        raise ValueError(f"cannot bound {pool}: ceil_mode and count_include_pad=False with padding are not supported")
+    divisor = pool.divisor_override or kh * kw
+    return math.sqrt(math.ceil(kh / sh) * math.ceil(kw / sw) * kh * kw) / divisor
+
+
+def deel_bound(module: nn.Module) -> float | None:
+    """Proven bound of a deel-torchlip layer that `vanilla_export()` keeps as it is, or None for other types.
+
+    deel-torchlip is never imported here (the node does not need it): an instance of one of its classes
+    exists only when its module is loaded, so the classes are taken from sys.modules and matched exactly.
+    k is the layer's `_coefficient_lip`, by which its forward multiplies the output:
+    - GroupSort (GroupSort2, FullSort): sorts disjoint groups of channels; sorting is 1-Lipschitz in l2
+      (rearrangement inequality: sum sort(a)_i sort(b)_i >= sum a_i b_i), so |k|;
+    - MaxMin: x -> (relu(x), relu(-x)); per coordinate the squared change is at most (a - b)^2, so |k|;
+    - ScaledL2NormPool2d: |k| pool_bound (an nn.LPPool2d(2));
+    - ScaledAvgPool2d: |k| scalingFactor avg_pool_bound (an nn.AvgPool2d times its scalingFactor);
+    - ScaledAdaptiveAvgPool2d and ScaledAdaptativeL2NormPool2d to (1, 1): the channel's sum / sqrt(HW)
+      and its l2 norm, each 1-Lipschitz: |k|;
+    - InvertibleDownSampling, InvertibleUpSampling (kept when k != 1): their forward is PixelUnshuffle /
+      PixelShuffle's, a permutation, and ignores k: 1;
+    - LPReLU: slope 1 for x >= 0 and clamp(a, -k, k) below: max(1, max |clamp(a, -k, k)|).
+    """
+    deel = sys.modules.get("deel.torchlip")
+    if deel is None:
+        return None
+    kind, k = type(module), abs(float(getattr(module, "_coefficient_lip", 1.0)))
+    if kind in (deel.GroupSort, deel.GroupSort2, deel.FullSort, deel.MaxMin):
+        return k
+    if kind is deel.ScaledL2NormPool2d:
+        return k * pool_bound(module)
+    if kind is deel.ScaledAvgPool2d:
+        return k * float(module.scalingFactor) * avg_pool_bound(module)
+    if kind in (deel.ScaledAdaptiveAvgPool2d, deel.ScaledAdaptativeL2NormPool2d):
+        if _pair(module.output_size) != (1, 1):
+            raise ValueError(f"cannot bound {module}: only output_size (1, 1) is supported")
+        return k
+    if kind in (deel.InvertibleDownSampling, deel.InvertibleUpSampling):
+        return 1.0
+    if kind is deel.LPReLU:
+        slopes = module.weight.detach().double().clamp(-k, k).abs()
+        return max(1.0, float(slopes.max()))
+    return None
+
+
+def _is_sequential(module: nn.Module) -> bool:
+    """nn.Sequential, or deel-torchlip's Sequential (it keeps nn.Sequential's forward), matched exactly."""
+    deel = sys.modules.get("deel.torchlip")
+    return type(module) is nn.Sequential or (deel is not None and type(module) is deel.Sequential)
+
+
 def _steps(module: nn.Module):
     """The model as a flat chain of (module, is_normalization) in the order they run."""
-    if type(module) is nn.Sequential:
+    if _is_sequential(module):
         for child in module:
             yield from _steps(child)
     elif type(module) is Normalized:
@@ -120,10 +187,15 @@ def _step_bound(module: nn.Module, is_normalization: bool, input_shape) -> float
         return linear_bound(module)
     if kind in (nn.MaxPool2d, nn.LPPool2d, L2NormPool2d):
         return pool_bound(module)
+    if kind is nn.AvgPool2d:
+        return avg_pool_bound(module)
     if kind is RepeatChannels:
         return math.sqrt(module.channels)
     if kind in _ONE_LIPSCHITZ:
         return 1.0
+    bound = deel_bound(module)
+    if bound is not None:
+        return bound
     raise ValueError(f"cannot bound the Lipschitz constant of layer type {type(module).__name__} ({module})")
 
 
