@@ -124,7 +124,8 @@ def deel_bound(module: nn.Module) -> float | None:
 
     deel-torchlip is never imported here (the node does not need it): an instance of one of its classes
     exists only when its module is loaded, so the classes are taken from sys.modules and matched exactly.
-    k is the layer's `_coefficient_lip`, by which its forward multiplies the output:
+    k is the layer's `_coefficient_lip`, by which its forward multiplies the output (deel-torchlip 1.0.5, the
+    pinned version, whose forwards test_lipschitz checks against each bound through the unrolled Jacobian):
     - GroupSort (GroupSort2, FullSort): sorts disjoint groups of channels; sorting is 1-Lipschitz in l2
       (rearrangement inequality: sum sort(a)_i sort(b)_i >= sum a_i b_i), so |k|;
     - MaxMin: x -> (relu(x), relu(-x)); per coordinate the squared change is at most (a - b)^2, so |k|;

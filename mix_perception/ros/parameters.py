@@ -280,7 +280,7 @@ DEMO_CAMERA = (
         "source",
         "fashion_mnist_test",
         "fashion_mnist_test (the shipped test split) | a folder of images "
-        "(class = subfolder name when it is a label) | an .mcap recording of sensor_msgs/Image",
+        "(torchvision ImageFolder layout: one subfolder per class) | an .mcap recording of sensor_msgs/Image",
     ),
     Spec("rate", 10.0, "frames per second", bounds=(0.01, 10000.0)),
     Spec(
