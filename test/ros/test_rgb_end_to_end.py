@@ -2,7 +2,8 @@
 h (deel-torchlip, exported with vanilla_export(), saved with its card) trained here, the held-out images
 written as an ImageFolder of 64 x 64 PNGs, replayed by the real demo camera as bgr8 into the real mixer
 (which resizes them to the cards' 3 x 32 x 32 and reads the class names from them), in separate processes
-over DDS. The class is the colour, so a frame whose channel order were lost would be misclassified."""
+over DDS, with an OOD model of h's features. The class is the colour, so a frame whose channel order were
+lost would be misclassified."""
 
 import numpy as np
 import pytest
@@ -55,6 +56,19 @@ def fit(model: nn.Module, loss, x: torch.Tensor, y: torch.Tensor, epochs: int, l
     return model.eval()
 
 
+def save_ood_model(folder, x: torch.Tensor, y: torch.Tensor, seed: int) -> None:
+    """folder/ood.pt: the statistics of the saved h's features on the training images (core.ood), its
+    references on 100 more images (h's scores, g's energies), as `calibrate --goal risk` writes them."""
+    from mix_perception.core import models, ood
+
+    g, h = models.load_model(folder / "g.pt"), models.load_model(folder / "h.pt")
+    reference = model_input(coloured_shapes(100, 64, seed)[0])
+    with torch.no_grad():
+        fitted = ood.fit_mahalanobis(ood.penultimate_features(h, x)[0], y)
+        scores = fitted.score(ood.penultimate_features(h, reference)[0])
+        ood.OODModel.create(fitted, scores, ood.energy(g(reference))).save(folder / "ood.pt")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Paths of g and h (with their cards) and of the held-out ImageFolder."""
@@ -78,6 +92,7 @@ def trained(tmp_path_factory):
     fit(h, torchlip.TauCrossEntropyLoss(tau=5.0), x, y, epochs=4, lr=1e-2)
     cards.save_model(g, folder / "g.pt", (3, 32, 32), CLASSES, mean=mean, std=std)
     cards.save_model(h.vanilla_export(), folder / "h.pt", (3, 32, 32), CLASSES)
+    save_ood_model(folder, x, y, seed=2)
     held_out, truth = coloured_shapes(60, 64, seed=1)
     for index, (image, label) in enumerate(zip(held_out, truth, strict=True)):
         (folder / "frames" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
@@ -97,6 +112,7 @@ def test_a_bgr8_camera_replaying_an_image_folder_is_classified_by_an_rgb_pair_re
             "alpha": 0.75,
             "robust_logit_scale": 4.0,
             "device": "cpu",
+            "ood_model": str(trained / "ood.pt"),
         },
         namespace="/rgb",
     )
@@ -126,3 +142,8 @@ def test_a_bgr8_camera_replaying_an_image_folder_is_classified_by_an_rgb_pair_re
     assert certified and all(r.certificate == MixedClassification.CERTIFICATE_LIPSCHITZ for r in certified)
     assert all(result.label == CLASSES[result.class_id] for result in correct)  # the names of h's card
     assert {len(result.probabilities) for result, _ in pairs} == {3}
+    # h's features of the RGB frames through the OOD model: in distribution, so few small p-values
+    p_values = np.array([result.ood_p_value for result, _ in pairs])
+    assert np.all((p_values > 0) & (p_values <= 1)) and np.mean(p_values <= 0.05) <= 0.2, p_values
+    assert len(set(p_values.tolist())) > 10 and all(result.ood_score > 0 for result, _ in pairs)  # really scored
+    print(f"OOD p-values: median {np.median(p_values):.2f}, {np.mean(p_values <= 0.05):.0%} at or below 0.05")
