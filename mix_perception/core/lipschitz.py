@@ -5,8 +5,9 @@ bound proven for the layer as it runs, with its real padding and stride, compute
 the weights the model holds (not from any training-time parametrization, and never a power-iteration
 estimate, which is a lower bound). Supported layers and their bounds:
 
-- nn.Conv2d (zeros padding, dilation 1, groups 1): exact spectral norm of the circular convolution on
-  the padded grid (see `conv2d_bound`);
+- nn.Conv2d (dilation 1, groups 1): exact spectral norm of the circular convolution on the padded
+  grid (see `conv2d_bound`), for circular / reflect / replicate padding times sqrt(the most copies
+  padding makes of one pixel) unless circular padding is exact (`_padded_conv_bound`);
 - nn.Linear: the largest singular value of the weight;
 - nn.ReLU, architectures.GroupSort2, nn.Identity, nn.Flatten: 1;
 - nn.MaxPool2d and the L2-norm pools nn.LPPool2d(2, ...) and architectures.L2NormPool2d: sqrt(m),
@@ -58,8 +59,10 @@ def conv2d_bound(conv: nn.Conv2d, input_shape) -> float:
     The kernel is real, so the matrix at frequency (-u, -v) is the complex conjugate of the one at
     (u, v), with the same singular values: the half spectrum of rfft2 (n1 x (n2 // 2 + 1)) covers all.
     """
-    if conv.padding_mode != "zeros" or _pair(conv.dilation) != (1, 1) or conv.groups != 1:
-        raise ValueError(f"cannot bound {conv}: only padding_mode='zeros', dilation 1 and groups 1 are supported")
+    if _pair(conv.dilation) != (1, 1) or conv.groups != 1:
+        raise ValueError(f"cannot bound {conv}: only dilation 1 and groups 1 are supported")
+    if conv.padding_mode != "zeros":
+        return _padded_conv_bound(conv, input_shape) * (1.0 + RELATIVE_SLACK)
     kh, kw = _pair(conv.kernel_size)
     if conv.padding == "valid":
         pad_h, pad_w = 0, 0
@@ -68,9 +71,37 @@ def conv2d_bound(conv: nn.Conv2d, input_shape) -> float:
     else:
         pad_h, pad_w = (2 * p for p in _pair(conv.padding))
     n1, n2 = max(input_shape[1] + pad_h, kh), max(input_shape[2] + pad_w, kw)
+    return _circulant_norm(conv, n1, n2) * (1.0 + RELATIVE_SLACK)
+
+
+def _circulant_norm(conv: nn.Conv2d, n1: int, n2: int) -> float:
+    """||C_circ||_2 of conv's kernel on an n1 x n2 grid (at least kernel-sized): see `conv2d_bound`."""
     symbol = torch.fft.rfft2(conv.weight.detach().double().cpu(), s=(n1, n2))  # (out, in, n1, n2 // 2 + 1)
-    norms = torch.linalg.matrix_norm(symbol.permute(2, 3, 0, 1), ord=2)
-    return float(norms.max()) * (1.0 + RELATIVE_SLACK)
+    return float(torch.linalg.matrix_norm(symbol.permute(2, 3, 0, 1), ord=2).max())
+
+
+def _padded_conv_bound(conv: nn.Conv2d, input_shape) -> float:
+    """Bound for padding_mode circular, reflect or replicate (deel-torchlip's padding modes export to these).
+
+    torch pads x with copies of its own pixels, P x, then convolves without padding: conv(x) = V P x, V
+    the unpadded convolution on the padded grid, bounded by the circulant there (`conv2d_bound`). P has
+    one 1 per row, so P^T P = diag(copies of each pixel) and ||P||_2 = sqrt(most copies of one pixel),
+    counted by padding an index grid. Circular padding whose outputs land on distinct positions modulo
+    (H, W) (and a grid at least kernel-sized) is a selection of the circulant on the H x W grid itself:
+    output row i is row (i sh - top) mod H of it, so the bound is that circulant's norm, without sqrt(copies).
+    """
+    (_, h, w), (kh, kw), (sh, sw) = input_shape, _pair(conv.kernel_size), _pair(conv.stride)
+    left, right, top, bottom = conv._reversed_padding_repeated_twice
+    rows, cols = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    if conv.padding_mode == "circular" and h >= kh and w >= kw and (rows - 1) * sh < h and (cols - 1) * sw < w:
+        return _circulant_norm(conv, h, w)
+    index = torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w)
+    try:
+        padded = nn.functional.pad(index, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+    except (RuntimeError, ValueError, NotImplementedError) as error:
+        raise ValueError(f"cannot bound {conv} on inputs {tuple(input_shape)}: {error}") from None
+    copies = int(torch.bincount(padded.flatten().long()).max())
+    return _circulant_norm(conv, max(padded.shape[-2], kh), max(padded.shape[-1], kw)) * math.sqrt(copies)
 
 
 def linear_bound(linear: nn.Linear) -> float:

@@ -79,6 +79,38 @@ def test_conv_bound_covers_the_exact_norm(kernel, padding, stride, size):
             assert bound <= 1.5 * exact, (trial, bound, exact)
 
 
+PADDED_CONVOLUTIONS = [
+    # mode, kernel, padding, stride, input (H, W)
+    ("circular", 3, 1, 1, (6, 5)),
+    ("circular", 3, 2, 1, (6, 5)),
+    ("circular", 3, 1, 2, (7, 6)),
+    ("circular", 5, 2, 1, (4, 4)),  # grid smaller than the kernel: the copies bound
+    ("reflect", 3, 1, 1, (6, 5)),
+    ("reflect", 3, 2, 2, (7, 6)),
+    ("replicate", 3, 1, 1, (6, 5)),
+    ("replicate", 5, 3, 1, (5, 6)),
+    ("replicate", 3, "same", 1, (6, 6)),
+]
+
+
+@pytest.mark.parametrize("mode,kernel,padding,stride,size", PADDED_CONVOLUTIONS)
+def test_padded_conv_bound_covers_the_exact_norm(mode, kernel, padding, stride, size):
+    torch.manual_seed(13)
+    for _ in range(3):
+        conv = double(nn.Conv2d(2, 3, kernel, stride=stride, padding=padding, padding_mode=mode))
+        x = torch.randn(2, *size, dtype=torch.float64)
+        exact, bound = exact_norm(conv, x), lipschitz.conv2d_bound(conv, (2, *size))
+        assert exact <= bound * (1 + 1e-9) and bound <= 3.5 * exact, (bound, exact)  # sound, not vacuous
+
+
+def test_circular_padding_that_keeps_the_size_is_bounded_exactly():
+    """A 'same' circular convolution is the circulant on the H x W grid itself: the bound is its norm."""
+    torch.manual_seed(14)
+    conv = double(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"))
+    exact = exact_norm(conv, torch.randn(3, 6, 5, dtype=torch.float64))
+    assert lipschitz.conv2d_bound(conv, (3, 6, 5)) == pytest.approx(exact * (1 + lipschitz.RELATIVE_SLACK), rel=1e-9)
+
+
 def test_conv_bound_is_exact_for_a_1x1_kernel_and_carries_only_the_slack():
     torch.manual_seed(1)
     conv = double(nn.Conv2d(4, 3, 1))
@@ -223,7 +255,7 @@ def test_soundness_check_catches_a_halved_layer_bound(monkeypatch, name, build):
         (nn.Tanh(), "Tanh"),
         (nn.BatchNorm2d(2), "BatchNorm2d"),
         (nn.Conv2d(2, 2, 3, padding=1, groups=2), "groups"),
-        (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), "padding_mode"),
+        (nn.Conv2d(2, 2, 3, padding=6, padding_mode="reflect"), "Padding size"),
         (nn.Conv2d(2, 2, 3, dilation=2), "dilation"),
         (nn.LPPool2d(3, 2), "L2-norm pool"),
         (nn.LPPool2d(2, 2, ceil_mode=True), "L2-norm pool"),
@@ -294,6 +326,8 @@ def exported(*layers, k_coef_lip: float = 1.0) -> nn.Module:
 # deel layer -> the exact type vanilla_export() leaves, and the input it runs on (C, H, W)
 DEEL_LAYERS = [
     (lambda: torchlip.SpectralConv2d(2, 4, 3, padding=1), nn.Conv2d, (2, 6, 6)),
+    (lambda: torchlip.SpectralConv2d(2, 4, 3, padding=1, padding_mode="circular"), nn.Conv2d, (2, 6, 6)),
+    (lambda: torchlip.SpectralConv2d(2, 4, 3, padding=1, padding_mode="symmetric"), nn.Conv2d, (2, 6, 6)),
     (lambda: torchlip.FrobeniusConv2d(2, 4, 3, padding=1), nn.Conv2d, (2, 6, 6)),
     (lambda: torchlip.GroupSort2(), torchlip.GroupSort2, (4, 3, 3)),
     (lambda: torchlip.GroupSort(4), torchlip.GroupSort, (8, 3, 3)),
