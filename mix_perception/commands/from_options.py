@@ -20,10 +20,13 @@ def setup_torch(args):
 
 
 def load_one(spec: str, arch, args, device):
+    """The model of `spec` (its card's normalization and input shape where the file lacks them, core.cards),
+    with its card as `model_card` (None without one) for `check_models`."""
+    from mix_perception.core.cards import read_card
     from mix_perception.core.models import ModelLoadError, load_model
 
     try:
-        return load_model(
+        model = load_model(
             spec,
             arch=arch,
             num_classes=args.num_classes,
@@ -32,8 +35,24 @@ def load_one(spec: str, arch, args, device):
             device=device,
             input_channels=args.input_channels,
         )
+        model.model_card = read_card(spec)
     except (ModelLoadError, ValueError) as error:
         raise CommandError(str(error)) from None
+    return model
+
+
+def check_card(name: str, card, data) -> None:
+    """CommandError when the model's card names another image size (or, but for grey data, channel count) or
+    other class names than the data."""
+    shape = tuple(data.x.shape[1:])
+    if card.input_shape is not None:
+        channels_differ = card.input_shape[0] != shape[0] and shape[0] != 1
+        if card.input_shape[1:] != shape[1:] or channels_differ:
+            raise CommandError(f"{name} model's card {card.path.name} says input {list(card.input_shape)}, "
+                               f"the data {data.name} is {list(shape)}")  # fmt: skip
+    if card.class_names and data.class_names and list(card.class_names) != list(data.class_names):
+        raise CommandError(f"{name} model's card {card.path.name} names classes {card.class_names}, "
+                           f"the data {data.name} {list(data.class_names)}")  # fmt: skip
 
 
 def load_dataset(spec: str, limit, option: str = "--data"):
@@ -49,14 +68,16 @@ def load_dataset(spec: str, limit, option: str = "--data"):
 
 
 def check_models(models: dict, data, device) -> int:
-    """One forward of two images through each model: logits (2, C) with the same C > max label.
-    Returns C; CommandError naming the model otherwise."""
+    """Each model's card against the data (`check_card`), then one forward of two images through each model:
+    logits (2, C) with the same C > max label. Returns C; CommandError naming the model otherwise."""
     import torch
 
     from mix_perception.core.errors import first_line
 
     classes = set()
     for name, model in models.items():
+        if getattr(model, "model_card", None) is not None:
+            check_card(name, model.model_card, data)
         try:
             with torch.no_grad():
                 out = model(data.x[:2].to(device))

@@ -5,15 +5,20 @@ bound proven for the layer as it runs, with its real padding and stride, compute
 the weights the model holds (not from any training-time parametrization, and never a power-iteration
 estimate, which is a lower bound). Supported layers and their bounds:
 
-- nn.Conv2d (zeros padding, dilation 1, groups 1): exact spectral norm of the circular convolution on
-  the padded grid (see `conv2d_bound`);
+- nn.Conv2d (dilation 1, groups 1): exact spectral norm of the circular convolution on the padded
+  grid (see `conv2d_bound`), for circular / reflect / replicate padding times sqrt(the most copies
+  padding makes of one pixel) unless circular padding is exact (`_padded_conv_bound`);
 - nn.Linear: the largest singular value of the weight;
 - nn.ReLU, architectures.GroupSort2, nn.Identity, nn.Flatten: 1;
 - nn.MaxPool2d and the L2-norm pools nn.LPPool2d(2, ...) and architectures.L2NormPool2d: sqrt(m),
   m = ceil(kh / sh) * ceil(kw / sw) the most windows one input pixel can belong to (1 when the
-  windows do not overlap);
+  windows do not overlap); nn.AvgPool2d: sqrt(m kh kw) / divisor (`avg_pool_bound`);
+- nn.PixelUnshuffle, nn.PixelShuffle (deel-torchlip's InvertibleDownSampling / UpSampling export to
+  these): 1, they only move pixels;
 - models.Normalized ((x - mean) / std): 1 / min(std); models.RepeatChannels (grey -> C): sqrt(C);
-- nn.Sequential: the product over its children.
+- nn.Sequential (and deel-torchlip's Sequential, whose forward is nn.Sequential's): the product over
+  its children;
+- the deel-torchlip layers that `vanilla_export()` leaves in a model as they are: see `deel_bound`.
 
 Types are matched exactly (a subclass may compute something else, e.g. pad symmetrically). Any other
 module raises ValueError naming it: a model whose constant cannot be bounded is refused.
@@ -24,6 +29,7 @@ the network in exact arithmetic; the float32 forward pass deviates from it by it
 """
 
 import math
+import sys
 
 import torch
 from torch import nn
@@ -32,7 +38,7 @@ from mix_perception.core.architectures import GroupSort2, L2NormPool2d
 from mix_perception.core.models import Normalized, RepeatChannels
 
 RELATIVE_SLACK = 1e-6
-_ONE_LIPSCHITZ = (nn.ReLU, GroupSort2, nn.Identity, nn.Flatten)
+_ONE_LIPSCHITZ = (nn.ReLU, GroupSort2, nn.Identity, nn.Flatten, nn.PixelUnshuffle, nn.PixelShuffle)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -53,8 +59,10 @@ def conv2d_bound(conv: nn.Conv2d, input_shape) -> float:
     The kernel is real, so the matrix at frequency (-u, -v) is the complex conjugate of the one at
     (u, v), with the same singular values: the half spectrum of rfft2 (n1 x (n2 // 2 + 1)) covers all.
     """
-    if conv.padding_mode != "zeros" or _pair(conv.dilation) != (1, 1) or conv.groups != 1:
-        raise ValueError(f"cannot bound {conv}: only padding_mode='zeros', dilation 1 and groups 1 are supported")
+    if _pair(conv.dilation) != (1, 1) or conv.groups != 1:
+        raise ValueError(f"cannot bound {conv}: only dilation 1 and groups 1 are supported")
+    if conv.padding_mode != "zeros":
+        return _padded_conv_bound(conv, input_shape) * (1.0 + RELATIVE_SLACK)
     kh, kw = _pair(conv.kernel_size)
     if conv.padding == "valid":
         pad_h, pad_w = 0, 0
@@ -63,9 +71,37 @@ def conv2d_bound(conv: nn.Conv2d, input_shape) -> float:
     else:
         pad_h, pad_w = (2 * p for p in _pair(conv.padding))
     n1, n2 = max(input_shape[1] + pad_h, kh), max(input_shape[2] + pad_w, kw)
+    return _circulant_norm(conv, n1, n2) * (1.0 + RELATIVE_SLACK)
+
+
+def _circulant_norm(conv: nn.Conv2d, n1: int, n2: int) -> float:
+    """||C_circ||_2 of conv's kernel on an n1 x n2 grid (at least kernel-sized): see `conv2d_bound`."""
     symbol = torch.fft.rfft2(conv.weight.detach().double().cpu(), s=(n1, n2))  # (out, in, n1, n2 // 2 + 1)
-    norms = torch.linalg.matrix_norm(symbol.permute(2, 3, 0, 1), ord=2)
-    return float(norms.max()) * (1.0 + RELATIVE_SLACK)
+    return float(torch.linalg.matrix_norm(symbol.permute(2, 3, 0, 1), ord=2).max())
+
+
+def _padded_conv_bound(conv: nn.Conv2d, input_shape) -> float:
+    """Bound for padding_mode circular, reflect or replicate (deel-torchlip's padding modes export to these).
+
+    torch pads x with copies of its own pixels, P x, then convolves without padding: conv(x) = V P x, V
+    the unpadded convolution on the padded grid, bounded by the circulant there (`conv2d_bound`). P has
+    one 1 per row, so P^T P = diag(copies of each pixel) and ||P||_2 = sqrt(most copies of one pixel),
+    counted by padding an index grid. Circular padding whose outputs land on distinct positions modulo
+    (H, W) (and a grid at least kernel-sized) is a selection of the circulant on the H x W grid itself:
+    output row i is row (i sh - top) mod H of it, so the bound is that circulant's norm, without sqrt(copies).
+    """
+    (_, h, w), (kh, kw), (sh, sw) = input_shape, _pair(conv.kernel_size), _pair(conv.stride)
+    left, right, top, bottom = conv._reversed_padding_repeated_twice
+    rows, cols = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    if conv.padding_mode == "circular" and h >= kh and w >= kw and (rows - 1) * sh < h and (cols - 1) * sw < w:
+        return _circulant_norm(conv, h, w)
+    index = torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w)
+    try:
+        padded = nn.functional.pad(index, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+    except (RuntimeError, ValueError, NotImplementedError) as error:
+        raise ValueError(f"cannot bound {conv} on inputs {tuple(input_shape)}: {error}") from None
+    copies = int(torch.bincount(padded.flatten().long()).max())
+    return _circulant_norm(conv, max(padded.shape[-2], kh), max(padded.shape[-1], kw)) * math.sqrt(copies)
 
 
 def linear_bound(linear: nn.Linear) -> float:
@@ -97,9 +133,72 @@ def pool_bound(pool: nn.Module) -> float:
     return math.sqrt(math.ceil(kh / sh) * math.ceil(kw / sw))
 
 
+def avg_pool_bound(pool: nn.AvgPool2d) -> float:
+    """sqrt(m kh kw) / d for nn.AvgPool2d with ceil_mode False, d = divisor_override or kh kw, padding
+    counted in the divisor (count_include_pad, or no padding).
+
+    Each output is (1/d) times the sum of at most kh kw pixels: by Cauchy-Schwarz its square is at most
+    (kh kw / d^2) times the sum of their squares, and a pixel lies in at most m = ceil(kh/sh) ceil(kw/sw)
+    windows, so ||f(x) - f(x')||^2 <= (m kh kw / d^2) ||x - x'||^2 (1 for non-overlapping windows and
+    d = kh kw). Padding zeros only drop terms. Refused: ceil_mode (partial windows are divided by their
+    own, smaller size) and padding left out of the divisor, for the same reason.
+    """
+    (kh, kw), (sh, sw) = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
+    if pool.ceil_mode or (not pool.count_include_pad and _pair(pool.padding) != (0, 0)):
+        raise ValueError(f"cannot bound {pool}: ceil_mode and count_include_pad=False with padding are not supported")
+    divisor = pool.divisor_override or kh * kw
+    return math.sqrt(math.ceil(kh / sh) * math.ceil(kw / sw) * kh * kw) / divisor
+
+
+def deel_bound(module: nn.Module) -> float | None:
+    """Proven bound of a deel-torchlip layer that `vanilla_export()` keeps as it is, or None for other types.
+
+    deel-torchlip is never imported here (the node does not need it): an instance of one of its classes
+    exists only when its module is loaded, so the classes are taken from sys.modules and matched exactly.
+    k is the layer's `_coefficient_lip`, by which its forward multiplies the output (deel-torchlip 1.0.5, the
+    pinned version, whose forwards test_lipschitz checks against each bound through the unrolled Jacobian):
+    - GroupSort (GroupSort2, FullSort): sorts disjoint groups of channels; sorting is 1-Lipschitz in l2
+      (rearrangement inequality: sum sort(a)_i sort(b)_i >= sum a_i b_i), so |k|;
+    - MaxMin: x -> (relu(x), relu(-x)); per coordinate the squared change is at most (a - b)^2, so |k|;
+    - ScaledL2NormPool2d: |k| pool_bound (an nn.LPPool2d(2));
+    - ScaledAvgPool2d: |k| scalingFactor avg_pool_bound (an nn.AvgPool2d times its scalingFactor);
+    - ScaledAdaptiveAvgPool2d and ScaledAdaptativeL2NormPool2d to (1, 1): the channel's sum / sqrt(HW)
+      and its l2 norm, each 1-Lipschitz: |k|;
+    - InvertibleDownSampling, InvertibleUpSampling (kept when k != 1): their forward is PixelUnshuffle /
+      PixelShuffle's, a permutation, and ignores k: 1;
+    - LPReLU: slope 1 for x >= 0 and clamp(a, -k, k) below: max(1, max |clamp(a, -k, k)|).
+    """
+    deel = sys.modules.get("deel.torchlip")
+    if deel is None:
+        return None
+    kind, k = type(module), abs(float(getattr(module, "_coefficient_lip", 1.0)))
+    if kind in (deel.GroupSort, deel.GroupSort2, deel.FullSort, deel.MaxMin):
+        return k
+    if kind is deel.ScaledL2NormPool2d:
+        return k * pool_bound(module)
+    if kind is deel.ScaledAvgPool2d:
+        return k * float(module.scalingFactor) * avg_pool_bound(module)
+    if kind in (deel.ScaledAdaptiveAvgPool2d, deel.ScaledAdaptativeL2NormPool2d):
+        if _pair(module.output_size) != (1, 1):
+            raise ValueError(f"cannot bound {module}: only output_size (1, 1) is supported")
+        return k
+    if kind in (deel.InvertibleDownSampling, deel.InvertibleUpSampling):
+        return 1.0
+    if kind is deel.LPReLU:
+        slopes = module.weight.detach().double().clamp(-k, k).abs()
+        return max(1.0, float(slopes.max()))
+    return None
+
+
+def _is_sequential(module: nn.Module) -> bool:
+    """nn.Sequential, or deel-torchlip's Sequential (it keeps nn.Sequential's forward), matched exactly."""
+    deel = sys.modules.get("deel.torchlip")
+    return type(module) is nn.Sequential or (deel is not None and type(module) is deel.Sequential)
+
+
 def _steps(module: nn.Module):
     """The model as a flat chain of (module, is_normalization) in the order they run."""
-    if type(module) is nn.Sequential:
+    if _is_sequential(module):
         for child in module:
             yield from _steps(child)
     elif type(module) is Normalized:
@@ -120,10 +219,15 @@ def _step_bound(module: nn.Module, is_normalization: bool, input_shape) -> float
         return linear_bound(module)
     if kind in (nn.MaxPool2d, nn.LPPool2d, L2NormPool2d):
         return pool_bound(module)
+    if kind is nn.AvgPool2d:
+        return avg_pool_bound(module)
     if kind is RepeatChannels:
         return math.sqrt(module.channels)
     if kind in _ONE_LIPSCHITZ:
         return 1.0
+    bound = deel_bound(module)
+    if bound is not None:
+        return bound
     raise ValueError(f"cannot bound the Lipschitz constant of layer type {type(module).__name__} ({module})")
 
 

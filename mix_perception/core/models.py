@@ -11,8 +11,14 @@ Checkpoint dict format (what `torch.save` should write; `mix-perception train-de
         "mean": [0.286], "std": [0.353],      # optional: per-channel normalization, applied to [0, 1] input
         "input_channels": 1,                  # optional: channels of the data (1 = grey)
         "input_shape": [1, 28, 28],           # optional: (C, H, W) for a test forward at load time
+        "arch_options": {"channels": 3, ...}, # optional: keyword arguments of our architecture's builder
         ...                                   # other keys (metadata) are ignored
     }
+
+"arch": "mix_perception:layers" with "arch_options": {"layers": [...]} is a plain sequential network
+described layer by layer (core.layer_specs; core.cards.save_model writes it, e.g. for a deel-torchlip
+model after vanilla_export()). The model card beside the file (<name>.json, core.cards) fills in the
+input shape, mean, std and number of classes the checkpoint does not hold (TorchScript files too).
 
 Files are read with `torch.load(weights_only=True)`: a pickle that would construct arbitrary Python
 objects (and so could run code) is refused, never executed.
@@ -153,8 +159,9 @@ def _check_file(path: Path) -> None:
         raise _fail(path, "file is empty")
 
 
-def _build_architecture(path: Path, arch: str, num_classes: int) -> nn.Module:
-    """An untrained network: torchvision classification model `arch`, or ours for "mix_perception:<name>"."""
+def _build_architecture(path: Path, arch: str, num_classes: int, options=None) -> nn.Module:
+    """An untrained network: torchvision classification model `arch`, or ours for "mix_perception:<name>"
+    built with the keyword arguments `options` (the checkpoint's "arch_options")."""
     if arch.startswith(OUR_ARCH_PREFIX):
         name = arch[len(OUR_ARCH_PREFIX) :]
         try:
@@ -162,7 +169,11 @@ def _build_architecture(path: Path, arch: str, num_classes: int) -> nn.Module:
         except ImportError as error:
             raise _fail(path, f"architecture {arch!r} needs mix_perception.core.architectures ({error})") from None
         try:
-            return architectures.build(name, num_classes=num_classes)
+            if name == "layers":  # a plain sequential network described layer by layer (core.layer_specs)
+                from mix_perception.core import layer_specs
+
+                return layer_specs.build(dict(options or {}).get("layers"))
+            return architectures.build(name, num_classes=num_classes, **dict(options or {}))
         except Exception as error:
             raise _fail(path, f"cannot build architecture {arch!r}: {error}") from None
     import torchvision
@@ -288,6 +299,28 @@ def _read_checkpoint(path: Path) -> tuple[Mapping, dict]:
     return meta, state_dict
 
 
+def _settings(path: Path, given: dict, meta: Mapping) -> dict:
+    """num_classes, mean, std, input_shape: each as given, else the checkpoint's own, else the model card's
+    (core.cards: the number of its class names, input.mean, input.std, input.shape); ModelLoadError for a
+    bad card."""
+    from mix_perception.core.cards import read_card
+
+    try:
+        card = read_card(path)
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from None
+    from_card = {} if card is None else {
+        "num_classes": None if card.class_names is None else len(card.class_names),
+        "mean": card.mean,
+        "std": card.std,
+        "input_shape": card.input_shape,
+    }  # fmt: skip
+    settings = {}
+    for key, value in given.items():
+        settings[key] = next((v for v in (value, meta.get(key), from_card.get(key)) if v is not None), None)
+    return settings
+
+
 def load_model(
     path,
     arch: str | None = None,
@@ -324,24 +357,25 @@ def load_model(
     path = Path(os.fspath(path))
     _check_file(path)
 
+    given = {"num_classes": num_classes, "mean": mean, "std": std, "input_shape": input_shape}
     if _is_torchscript_archive(path):
         net = _load_torchscript(path, device)
-        model = _wrap(path, net, mean, std, input_channels).to(device).eval()
-        if input_shape is not None:
-            _check_output(path, model, input_shape, num_classes, device)
+        settings = _settings(path, given, {})
+        model = _wrap(path, net, settings["mean"], settings["std"], input_channels).to(device).eval()
+        if settings["input_shape"] is not None:
+            _check_output(path, model, settings["input_shape"], settings["num_classes"], device)
         return model
 
     meta, state_dict = _read_checkpoint(path)
     arch = arch if arch is not None else meta.get("arch")
     if not isinstance(arch, str) or not arch:
         raise _fail(path, "the architecture is unknown: pass arch= (e.g. 'resnet18' or 'mix_perception:<name>')")
-    num_classes = _num_classes(path, num_classes if num_classes is not None else meta.get("num_classes"), state_dict)
-    mean = mean if mean is not None else meta.get("mean")
-    std = std if std is not None else meta.get("std")
+    settings = _settings(path, given, meta)
+    num_classes = _num_classes(path, settings["num_classes"], state_dict)
+    mean, std, input_shape = settings["mean"], settings["std"], settings["input_shape"]
     input_channels = input_channels if input_channels is not None else meta.get("input_channels")
-    input_shape = input_shape if input_shape is not None else meta.get("input_shape")
 
-    net = _build_architecture(path, arch, num_classes)
+    net = _build_architecture(path, arch, num_classes, meta.get("arch_options"))
     _load_weights(path, net, state_dict, arch)
     model = _wrap(path, net, mean, std, input_channels).to(device).eval()
     if input_shape is not None:

@@ -1,8 +1,10 @@
 """Node `demo_camera` (executable `demo_camera`): publishes images at a fixed rate, as a camera would.
 
 Source (parameter `source`): the shipped Fashion-MNIST test split (default), a folder of image
-files, or an MCAP recording of sensor_msgs/Image (needs the `mcap` package). Every frame is
-stamped with the current time (recorded stamps would make every replayed frame "too old").
+files (torchvision ImageFolder layout: its subfolder is a frame's class), or an MCAP recording of
+sensor_msgs/Image (needs the `mcap` package). Every frame is stamped with the current time (recorded
+stamps would make every replayed frame "too old"). `encoding` "" publishes grey frames as mono8 and
+colour ones as rgb8.
 
 Topics:
 - `image` (sensor_msgs/Image; QoS depth 5, reliability `reliability`, best effort by default like
@@ -17,6 +19,7 @@ import sys
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+from mix_perception.core.names import CLASS_NAMES
 from mix_perception.ros import parameters
 from mix_perception.ros.demo_sources import WithDigits, convert, open_source
 from mix_perception.ros.image_conversion import array_to_image
@@ -43,12 +46,12 @@ class DemoCameraNode(Node):
         from mix_perception.msg import GroundTruth
 
         values = parameters.declare_and_read(self, parameters.DEMO_CAMERA + EXTRA)
-        self.labels = list(values["labels"])
         self.source = (
             source
             if source is not None
-            else open_source(values["source"], self.labels, values["shuffle_seed"], values["mcap_topic"])
+            else open_source(values["source"], values["labels"], values["shuffle_seed"], values["mcap_topic"])
         )
+        self.labels = list(values["labels"]) or list(getattr(self.source, "class_names", CLASS_NAMES))
         if ood_frames is not None:
             self.source = WithDigits(self.source, ood_frames, ood_fraction)
         self.encoding = values["encoding"]
@@ -56,7 +59,7 @@ class DemoCameraNode(Node):
         self.loop = values["loop"]
         self.limit = values["limit"]
         if self.source[0].pixels is not None:
-            convert(self.source[0].pixels, self.encoding)  # fails now, at startup, for a bad encoding
+            convert(self.source[0].pixels, self._encoding(self.source[0]))  # fails now, at startup, for a bad one
         reliability = reliability_policy(values["reliability"])
         self.image_pub = self.create_publisher(Image, "image", QoSProfile(depth=5, reliability=reliability))
         self.truth_pub = self.create_publisher(
@@ -73,6 +76,10 @@ class DemoCameraNode(Node):
         """True once `limit` frames went out, or the source ended without `loop`."""
         return (self.limit and self.published >= self.limit) or (not self.loop and self.position >= len(self.source))
 
+    def _encoding(self, frame) -> str:
+        """The `encoding` parameter, or for "" the frame's own: mono8 for grey pixels, rgb8 for colour."""
+        return self.encoding or ("mono8" if frame.pixels.shape[2] == 1 else "rgb8")
+
     def _tick(self) -> None:
         if self.finished:
             self.timer.cancel()
@@ -82,7 +89,8 @@ class DemoCameraNode(Node):
         if frame.message is not None:
             image = frame.message
         else:
-            image = array_to_image(convert(frame.pixels, self.encoding), self.encoding)
+            encoding = self._encoding(frame)
+            image = array_to_image(convert(frame.pixels, encoding), encoding)
         image.header.stamp = self.get_clock().now().to_msg()
         image.header.frame_id = self.frame_id
         label = self.labels[frame.label_id] if 0 <= frame.label_id < len(self.labels) else ""

@@ -3,7 +3,8 @@ files, or an MCAP recording of sensor_msgs/Image. Each source is a sequence of `
 
 Frame.pixels is (H, W, C) uint8 in RGB order (C = 1 or 3) for the first two sources; an MCAP
 source replays the recorded Image messages themselves (`Frame.message`). label_id is the ground
-truth class (-1 when unknown). `WithDigits` interleaves out-of-distribution frames into a source.
+truth class (-1 when unknown), an index into the source's `class_names`. `WithDigits` interleaves
+out-of-distribution frames into a source.
 """
 
 import math
@@ -13,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mix_perception.core.names import CLASS_NAMES
 from mix_perception.ros.image_conversion import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
@@ -33,6 +35,8 @@ class FashionMnistTest:
     Read from the package's data file (its format: mix_perception.experiments.data), uint8 as stored.
     """
 
+    class_names = CLASS_NAMES
+
     def __init__(self, shuffle_seed: int = 0):
         path = resources.files("mix_perception").joinpath("data", SHIPPED_SPLITS_FILE)
         with resources.as_file(path) as file, np.load(file, allow_pickle=False) as shipped:
@@ -52,23 +56,27 @@ class FashionMnistTest:
 
 
 class ImageFolder:
-    """Image files under `root` in sorted path order; label = index of the parent folder's name in `labels`
-    (or the parent name itself when it is a number), else -1."""
+    """Image files under `root` in sorted path order, in the torchvision ImageFolder layout (one subfolder per
+    class; files in deeper folders belong to their top subfolder). class_names: `labels`, or when empty the
+    sorted subfolder names (torchvision's ImageFolder classes, which `mix-perception train` names too).
+    label_id = index of the file's subfolder in class_names (or the name itself when it is a number), else -1."""
 
-    def __init__(self, root, labels):
+    def __init__(self, root, labels=()):
         self.root = Path(root)
         self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.files:
             raise ValueError(f"{self.root}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-        self.labels = list(labels)
+        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        self.class_names = list(labels) or folders
 
     def __len__(self):
         return len(self.files)
 
     def label_of(self, path: Path) -> int:
-        name = path.parent.name if path.parent != self.root else ""
-        if name in self.labels:
-            return self.labels.index(name)
+        parts = path.relative_to(self.root).parts
+        name = parts[0] if len(parts) > 1 else ""
+        if name in self.class_names:
+            return self.class_names.index(name)
         return int(name) if name.isdigit() else -1
 
     def __getitem__(self, position: int) -> Frame:
@@ -88,6 +96,8 @@ class McapRecording:
 
     Needs the `mcap` Python package. topic "" = the first topic whose schema is sensor_msgs/msg/Image.
     """
+
+    class_names = ()  # recorded frames carry no ground truth
 
     def __init__(self, path, topic: str = ""):
         try:
@@ -127,6 +137,7 @@ class WithDigits:
         if not 0.0 < fraction < 1.0 or len(digits) == 0:
             raise ValueError(f"the OOD fraction must be in (0, 1) with frames to show, got {fraction!r}")
         self.source, self.digits, self.fraction = source, digits, float(fraction)
+        self.class_names = source.class_names
 
     def __len__(self):
         return len(self.source)
@@ -139,8 +150,9 @@ class WithDigits:
         return self.source[position]
 
 
-def open_source(source: str, labels, shuffle_seed: int = 0, mcap_topic: str = ""):
-    """The frame sequence named by the demo camera's `source` parameter; ValueError when unusable."""
+def open_source(source: str, labels=(), shuffle_seed: int = 0, mcap_topic: str = ""):
+    """The frame sequence named by the demo camera's `source` parameter, its `class_names` from `labels` or
+    the source itself; ValueError when unusable."""
     if source == FASHION_MNIST_TEST:
         return FashionMnistTest(shuffle_seed)
     path = Path(source).expanduser()

@@ -1,6 +1,7 @@
 """What the mixer's configure builds from its parameter values: models, certifier, frame converter,
 cameras and the plain values of the image QoS. No ROS here (no rclpy, no message types): the node
-reads its parameters into a dict and hands it to `build_runtime`.
+reads its parameters into a dict and hands it to `build_runtime`. The models' input shape and class
+names come from their cards (core.cards) unless the input.* and labels parameters say otherwise.
 """
 
 from typing import NamedTuple
@@ -17,33 +18,95 @@ DEFAULT_ROBUST = {
 }
 
 
-def input_spec(values: dict) -> InputSpec:
-    """InputSpec from the input.* parameters; raises ValueError for inconsistent ones."""
-    size = list(values["input.size"])
-    channels = values["input.channels"]
-    mean, std = list(values["input.mean"]), list(values["input.std"])
-    if len(size) != 2 or min(size) < 1:
+# What the node falls back to when neither a parameter nor a card says: the embedded models' input.
+FALLBACK_SHAPE = (1, 28, 28)
+
+
+class ModelInput(NamedTuple):
+    """What frames become and what classes are called: channels, (height, width), class names."""
+
+    channels: int
+    size: tuple[int, int]
+    labels: list
+
+
+def _agreed(name: str, cards: dict, read) -> object:
+    """The value `read(card)` of the cards that say one ({role: ModelCard or None}), or None; ValueError
+    naming both when the cards of g and h disagree."""
+    said = {role: (card, read(card)) for role, card in cards.items() if card is not None and read(card) is not None}
+    values = [value for _, value in said.values()]
+    if len(said) == 2 and values[0] != values[1]:
+        (g_card, g_value), (h_card, h_value) = said["standard_model"], said["robust_model"]
+        raise ValueError(
+            f"the models' cards disagree on {name}: standard_model {g_card.path.name} says {g_value}, "
+            f"robust_model {h_card.path.name} says {h_value} (set {name} to choose)"
+        )
+    return values[0] if values else None
+
+
+def _card_channels(card) -> int | None:
+    return card.input_shape[0] if card.input_shape else None
+
+
+def _card_size(card) -> list | None:
+    return list(card.input_shape[1:]) if card.input_shape else None
+
+
+def model_input(values: dict, cards: dict) -> ModelInput:
+    """input.channels, input.size and labels: each as set, else from g's and h's cards ({"standard_model": card,
+    "robust_model": card}, None where a model has none), else the embedded models' (1 x 28 x 28, Fashion-MNIST
+    names). ValueError for a bad value or cards that disagree."""
+    from mix_perception.core.names import CLASS_NAMES
+
+    size, labels = list(values["input.size"]), list(values["labels"])
+    if size and (len(size) != 2 or min(size) < 1):
         raise ValueError(f"input.size must be [height, width] of positive ints, got {size}")
+    channels = values["input.channels"] or _agreed("input.channels", cards, _card_channels)
+    size = size or _agreed("input.size", cards, _card_size)
+    return ModelInput(
+        channels or FALLBACK_SHAPE[0],
+        tuple(size or FALLBACK_SHAPE[1:]),
+        labels or _agreed("labels", cards, lambda card: card.class_names) or list(CLASS_NAMES),
+    )
+
+
+def normalization(values: dict, channels: int) -> tuple[list, list] | None:
+    """(mean, std) of input.mean / input.std (a missing one: 0 / 1), or None when neither is set; ValueError
+    unless each has 1 or `channels` values and std > 0."""
+    mean, std = list(values["input.mean"]) or [0.0], list(values["input.std"]) or [1.0]
+    if not values["input.mean"] and not values["input.std"]:
+        return None
     if len(mean) not in (1, channels) or len(std) not in (1, channels):
         raise ValueError(f"input.mean and input.std need 1 or {channels} values")
     if any(s <= 0 for s in std):
         raise ValueError("input.std must be positive")
-    mean, std = mean * (channels // len(mean)), std * (channels // len(std))
-    identity = all(m == 0.0 for m in mean) and all(s == 1.0 for s in std)
-    return InputSpec(
-        channels, (int(size[0]), int(size[1])), () if identity else tuple(mean), () if identity else tuple(std)
-    )
+    return mean, std
 
 
-def load_models(values: dict, device):
-    """(standard, robust) nn.Modules from the model parameters. Raises ModelLoadError."""
-    from mix_perception.core.models import default_spec, load_model
+def model_specs(values: dict) -> dict:
+    """{"standard_model": spec, "robust_model": spec}, "default" read as the embedded model of the role."""
+    from mix_perception.core.models import default_spec
 
-    standard_path = default_spec(values["standard_model"], "standard")
-    robust_path = default_spec(values["robust_model"], DEFAULT_ROBUST[values["certification"]])
-    standard = load_model(standard_path, arch=values["standard_arch"] or None, device=device)
-    robust = load_model(robust_path, arch=values["robust_arch"] or None, device=device)
-    return standard, robust
+    return {
+        "standard_model": default_spec(values["standard_model"], "standard"),
+        "robust_model": default_spec(values["robust_model"], DEFAULT_ROBUST[values["certification"]]),
+    }
+
+
+def load_models(values: dict, device, normalized: tuple | None):
+    """(standard, robust) nn.Modules from the model parameters, with the `normalization` that replaces their
+    own when given (an embedded model is then loaded from its file). Raises ModelLoadError."""
+    from mix_perception.core.models import DEFAULT_MODELS, DEFAULT_PREFIX, default_model_path, load_model
+
+    mean, std = normalized or (None, None)
+    loaded = []
+    for role, spec in model_specs(values).items():
+        name = spec.removeprefix(DEFAULT_PREFIX)
+        if normalized and spec.startswith(DEFAULT_PREFIX) and name in DEFAULT_MODELS:
+            spec = default_model_path(name)
+        arch = values["standard_arch" if role == "standard_model" else "robust_arch"] or None
+        loaded.append(load_model(spec, arch=arch, device=device, mean=mean, std=std))
+    return tuple(loaded)
 
 
 def load_ood_model(spec: str):
@@ -113,28 +176,42 @@ class Runtime(NamedTuple):
         return settings
 
 
+def model_cards(values: dict) -> dict:
+    """{"standard_model": ModelCard or None, "robust_model": ...} of the model parameters (core.cards)."""
+    from mix_perception.core.cards import read_card
+
+    return {role: read_card(spec) for role, spec in model_specs(values).items()}
+
+
 def build_runtime(values: dict, models=None) -> Runtime:
-    """Validate the configure-time parameters and load the models (`models`: (g, h) given instead).
-    Raises ValueError / ModelLoadError with a one-line reason."""
+    """Validate the configure-time parameters and load the models (`models`: (g, h) given instead, with no
+    cards). Input shape and labels: the parameters, else the models' cards (`model_input`); normalization:
+    input.mean / input.std, inside both models, else each model's own. Raises ValueError / ModelLoadError
+    with a one-line reason."""
     import torch
 
-    from mix_perception.core.models import resolve_device
+    from mix_perception.core.models import Normalized, resolve_device
     from mix_perception.ros.inference import FrameClassifier
 
     if not values["image_topics"] or not all(values["image_topics"]):
         raise ValueError(f"image_topics must list at least one topic, got {values['image_topics']}")
     if values["cpu_threads"] > 0:
         torch.set_num_threads(values["cpu_threads"])
-    spec = input_spec(values)
+    cards = {role: None for role in ("standard_model", "robust_model")} if models else model_cards(values)
+    shape = model_input(values, cards)
+    normalized = normalization(values, shape.channels)
     device = resolve_device(values["device"])
     certification = certification_of(values)
-    standard, robust = models if models is not None else load_models(values, device)
+    if models is None:
+        models = load_models(values, device, normalized)
+    elif normalized:
+        models = tuple(Normalized(model, *normalized) for model in models)
     ood = load_ood_model(values["ood_model"])
-    classifier = FrameClassifier(standard, robust, certification, device, (spec.channels, *spec.size), ood)
+    classifier = FrameClassifier(*models, certification, device, (shape.channels, *shape.size), ood)
     return Runtime(
         classifier,
-        FrameConverter(spec, device),
-        list(values["labels"]),
+        FrameConverter(InputSpec(shape.channels, shape.size), device),
+        shape.labels,
         values["input.max_pixels"],
         list(values["image_topics"]),
         values["image_reliability"],

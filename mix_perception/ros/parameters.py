@@ -11,7 +11,7 @@ same names with the same defaults (a test checks that).
 import math
 from typing import Any, NamedTuple
 
-from mix_perception.core.names import CERTIFICATION_METHODS, CLASS_NAMES
+from mix_perception.core.names import CERTIFICATION_METHODS
 
 # The image subscription's deepest history: DDS keeps up to that many received frames per camera, in
 # memory, until the executor takes them (and the mixer keeps only the newest one).
@@ -20,7 +20,9 @@ MAX_IMAGE_DEPTH = 10
 
 class Spec(NamedTuple):
     """One parameter. `bounds` (low, high) becomes a floating-point or integer range descriptor; `choices`
-    the allowed strings; `dynamic` applies at once; `startup` is read once, when the node starts."""
+    the allowed strings; `dynamic` applies at once; `startup` is read once, when the node starts.
+    `list_of` (a type, e.g. float): a list whose default [] means "not given" (ROS cannot type an empty
+    list, so it is declared with dynamic typing and its items are checked here)."""
 
     name: str
     default: Any
@@ -29,6 +31,7 @@ class Spec(NamedTuple):
     bounds: tuple | None = None
     choices: tuple | None = None
     startup: bool = False
+    list_of: type | None = None
 
 
 MIXER = (
@@ -137,16 +140,34 @@ MIXER = (
         choices=("votes", "probs"),
     ),
     Spec("smoothing.seed", -1, "seed of the noise generator; -1 = fresh entropy", bounds=(-1, 2**62)),
-    Spec("input.size", [28, 28], "model input height, width: frames are resized (bilinear) to it"),
-    Spec("input.channels", 1, "model input channels: 1 (BT.601 luma of colour frames) or 3 (RGB)", bounds=(1, 3)),
+    Spec(
+        "input.size",
+        [],
+        "model input [height, width]: frames are resized (bilinear) to it; [] = from the models' cards "
+        "(<model>.json, input.shape), else 28 x 28",
+        list_of=int,
+    ),
+    Spec(
+        "input.channels",
+        0,
+        "model input channels: 1 (BT.601 luma of colour frames) or 3 (RGB); 0 = from the models' cards, else 1",
+        bounds=(0, 3),
+    ),
     Spec(
         "input.mean",
-        [0.0],
-        "per-channel mean subtracted after scaling pixels to [0, 1] (the embedded models normalize inside: keep 0)",
+        [],
+        "per-channel mean of the normalization (x - mean) / std of [0, 1] pixels that both models get, replacing "
+        "their own (checkpoint or card); [] = each model's own. Certified radii stay in [0, 1] pixel units",
+        list_of=float,
     ),
-    Spec("input.std", [1.0], "per-channel std dividing after the mean (the embedded models: keep 1)"),
+    Spec("input.std", [], "per-channel std of that normalization ([] with a mean: 1)", list_of=float),
     Spec("input.max_pixels", 4096 * 4096, "frames with more pixels are rejected", bounds=(1, 2**31 - 1)),
-    Spec("labels", list(CLASS_NAMES), "class names, index = class id"),
+    Spec(
+        "labels",
+        [],
+        "class names, index = class id; [] = from the models' cards (class_names), else Fashion-MNIST's",
+        list_of=str,
+    ),
     Spec(
         "image_reliability",
         "best_effort",
@@ -273,10 +294,15 @@ DEMO_CAMERA = (
         "source",
         "fashion_mnist_test",
         "fashion_mnist_test (the shipped test split) | a folder of images "
-        "(class = subfolder name when it is a label) | an .mcap recording of sensor_msgs/Image",
+        "(torchvision ImageFolder layout: one subfolder per class) | an .mcap recording of sensor_msgs/Image",
     ),
     Spec("rate", 10.0, "frames per second", bounds=(0.01, 10000.0)),
-    Spec("encoding", "mono8", "encoding of the published images (mono8, rgb8, bgr8, rgba8, bgra8, mono16, 32FC1)"),
+    Spec(
+        "encoding",
+        "",
+        "encoding of the published images (mono8, rgb8, bgr8, rgba8, bgra8, mono16, 32FC1); \"\" = mono8 for grey "
+        "frames, rgb8 for colour ones",
+    ),
     Spec("frame_id", "demo_camera", "header.frame_id of the published images"),
     Spec("loop", True, "start again at the end of the source"),
     Spec("limit", 0, "stop after this many frames; 0 = no limit", bounds=(0, 2**31 - 1)),
@@ -287,7 +313,13 @@ DEMO_CAMERA = (
         bounds=(-1, 2**31 - 1),
     ),
     Spec("mcap_topic", "", "topic to replay from an .mcap source; empty = the first sensor_msgs/msg/Image topic"),
-    Spec("labels", list(CLASS_NAMES), "class names, index = class id (folder sources map subfolders by name)"),
+    Spec(
+        "labels",
+        [],
+        "class names, index = class id (the ground truth's label_id); [] = the source's own: Fashion-MNIST's for "
+        "the shipped split, the sorted subfolder names for a folder (torchvision ImageFolder)",
+        list_of=str,
+    ),
 )
 
 
@@ -298,7 +330,9 @@ def descriptor_for(spec: Spec, reconfigurable: bool = False):
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
     read_only = not spec.dynamic and (spec.startup or not reconfigurable)
-    descriptor = ParameterDescriptor(description=spec.description, read_only=read_only)
+    descriptor = ParameterDescriptor(
+        description=spec.description, read_only=read_only, dynamic_typing=spec.list_of is not None
+    )
     if spec.bounds is not None:
         low, high = spec.bounds
         if isinstance(spec.default, float):
@@ -325,10 +359,26 @@ def alpha_problem(value) -> str | None:
 def problem(spec: Spec, value) -> str | None:
     """Why `value` is not acceptable for `spec` (a choice it does not offer, a non-finite float), or None.
     Types and ranges are checked by rclpy against the descriptor."""
+    if spec.list_of is not None:
+        return _list_problem(spec, value)
     if spec.choices is not None and value not in spec.choices:
         return f"parameter {spec.name} must be one of {', '.join(spec.choices)}, got {value!r}"
     if isinstance(value, float) and not math.isfinite(value):
         return f"parameter {spec.name} must be finite, got {value!r}"
+    return None
+
+
+def _list_problem(spec: Spec, value) -> str | None:
+    """Why `value` is not a list of spec.list_of (ints for floats too; finite numbers), or None. None and []
+    (a parameter file's `[]` reads as not set) are "not given"."""
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else None
+    kinds = (int, float) if spec.list_of is float else (spec.list_of,)
+    if items is None or any(isinstance(v, bool) or not isinstance(v, kinds) for v in items):
+        return f"parameter {spec.name} must be a list of {spec.list_of.__name__}, got {value!r}"
+    if spec.list_of is float and not all(math.isfinite(v) for v in items):
+        return f"parameter {spec.name} must hold finite numbers, got {items}"
     return None
 
 
@@ -354,6 +404,8 @@ def read(node, specs) -> dict:
         reason = problem(spec, value)
         if reason:
             raise ValueError(reason)
+        if spec.list_of is not None and value is None:
+            value = []
         values[spec.name] = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else value
     return values
 

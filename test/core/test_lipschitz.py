@@ -79,6 +79,38 @@ def test_conv_bound_covers_the_exact_norm(kernel, padding, stride, size):
             assert bound <= 1.5 * exact, (trial, bound, exact)
 
 
+PADDED_CONVOLUTIONS = [
+    # mode, kernel, padding, stride, input (H, W)
+    ("circular", 3, 1, 1, (6, 5)),
+    ("circular", 3, 2, 1, (6, 5)),
+    ("circular", 3, 1, 2, (7, 6)),
+    ("circular", 5, 2, 1, (4, 4)),  # grid smaller than the kernel: the copies bound
+    ("reflect", 3, 1, 1, (6, 5)),
+    ("reflect", 3, 2, 2, (7, 6)),
+    ("replicate", 3, 1, 1, (6, 5)),
+    ("replicate", 5, 3, 1, (5, 6)),
+    ("replicate", 3, "same", 1, (6, 6)),
+]
+
+
+@pytest.mark.parametrize("mode,kernel,padding,stride,size", PADDED_CONVOLUTIONS)
+def test_padded_conv_bound_covers_the_exact_norm(mode, kernel, padding, stride, size):
+    torch.manual_seed(13)
+    for _ in range(3):
+        conv = double(nn.Conv2d(2, 3, kernel, stride=stride, padding=padding, padding_mode=mode))
+        x = torch.randn(2, *size, dtype=torch.float64)
+        exact, bound = exact_norm(conv, x), lipschitz.conv2d_bound(conv, (2, *size))
+        assert exact <= bound * (1 + 1e-9) and bound <= 3.5 * exact, (bound, exact)  # sound, not vacuous
+
+
+def test_circular_padding_that_keeps_the_size_is_bounded_exactly():
+    """A 'same' circular convolution is the circulant on the H x W grid itself: the bound is its norm."""
+    torch.manual_seed(14)
+    conv = double(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"))
+    exact = exact_norm(conv, torch.randn(3, 6, 5, dtype=torch.float64))
+    assert lipschitz.conv2d_bound(conv, (3, 6, 5)) == pytest.approx(exact * (1 + lipschitz.RELATIVE_SLACK), rel=1e-9)
+
+
 def test_conv_bound_is_exact_for_a_1x1_kernel_and_carries_only_the_slack():
     torch.manual_seed(1)
     conv = double(nn.Conv2d(4, 3, 1))
@@ -223,7 +255,7 @@ def test_soundness_check_catches_a_halved_layer_bound(monkeypatch, name, build):
         (nn.Tanh(), "Tanh"),
         (nn.BatchNorm2d(2), "BatchNorm2d"),
         (nn.Conv2d(2, 2, 3, padding=1, groups=2), "groups"),
-        (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), "padding_mode"),
+        (nn.Conv2d(2, 2, 3, padding=6, padding_mode="reflect"), "Padding size"),
         (nn.Conv2d(2, 2, 3, dilation=2), "dilation"),
         (nn.LPPool2d(3, 2), "L2-norm pool"),
         (nn.LPPool2d(2, 2, ceil_mode=True), "L2-norm pool"),
@@ -278,3 +310,132 @@ def test_lipschitz_constants_are_the_bound_and_the_margin_constants_in_one_pass(
     constant, margins = lipschitz.lipschitz_constants(model, (1, 8, 8))
     assert constant == lipschitz.lipschitz_bound(model, (1, 8, 8))
     assert torch.equal(margins, lipschitz.margin_lipschitz(model, (1, 8, 8)))
+
+
+# ---------------------------------------------------------------- deel-torchlip models as vanilla_export() leaves them
+
+torchlip = pytest.importorskip("deel.torchlip")
+
+
+def exported(*layers, k_coef_lip: float = 1.0) -> nn.Module:
+    """torchlip.Sequential(*layers).vanilla_export() in float64 eval mode (the user's path)."""
+    torch.manual_seed(9)
+    return double(torchlip.Sequential(*layers, k_coef_lip=k_coef_lip).eval().vanilla_export())
+
+
+# deel layer -> the exact type vanilla_export() leaves, and the input it runs on (C, H, W)
+DEEL_LAYERS = [
+    (lambda: torchlip.SpectralConv2d(2, 4, 3, padding=1), nn.Conv2d, (2, 6, 6)),
+    (lambda: torchlip.SpectralConv2d(2, 4, 3, padding=1, padding_mode="circular"), nn.Conv2d, (2, 6, 6)),
+    (lambda: torchlip.SpectralConv2d(2, 4, 3, padding=1, padding_mode="symmetric"), nn.Conv2d, (2, 6, 6)),
+    (lambda: torchlip.FrobeniusConv2d(2, 4, 3, padding=1), nn.Conv2d, (2, 6, 6)),
+    (lambda: torchlip.GroupSort2(), torchlip.GroupSort2, (4, 3, 3)),
+    (lambda: torchlip.GroupSort(4), torchlip.GroupSort, (8, 3, 3)),
+    (lambda: torchlip.FullSort(), torchlip.FullSort, (6, 2, 2)),
+    (lambda: torchlip.MaxMin(), torchlip.MaxMin, (3, 3, 3)),
+    (lambda: torchlip.ScaledL2NormPool2d(2), nn.LPPool2d, (2, 6, 6)),
+    (lambda: torchlip.ScaledAvgPool2d(2), torchlip.ScaledAvgPool2d, (2, 6, 6)),
+    (lambda: torchlip.ScaledAvgPool2d((2, 3)), torchlip.ScaledAvgPool2d, (2, 6, 6)),
+    (lambda: torchlip.ScaledAdaptiveAvgPool2d((1, 1)), torchlip.ScaledAdaptiveAvgPool2d, (2, 5, 4)),
+    (lambda: torchlip.ScaledAdaptativeL2NormPool2d((1, 1)), torchlip.ScaledAdaptativeL2NormPool2d, (2, 5, 4)),
+    (lambda: torchlip.InvertibleDownSampling(2), nn.PixelUnshuffle, (2, 4, 6)),
+    (lambda: torchlip.InvertibleUpSampling(2), nn.PixelShuffle, (8, 2, 3)),
+    (lambda: torchlip.LPReLU(3, init=-0.7), torchlip.LPReLU, (3, 3, 3)),
+]
+DEEL_LINEAR = [
+    (lambda: torchlip.SpectralLinear(12, 5), nn.Linear),
+    (lambda: torchlip.FrobeniusLinear(12, 5), nn.Linear),
+]
+
+
+@pytest.mark.parametrize("build,kind,shape", DEEL_LAYERS, ids=[kind.__name__ + str(s) for _, kind, s in DEEL_LAYERS])
+def test_each_exported_deel_layer_has_its_exact_type_and_a_bound_above_its_unrolled_matrix(build, kind, shape):
+    model = exported(build())
+    (layer,) = list(model)
+    assert type(model) is nn.Sequential and type(layer) is kind
+    [(_, bound)] = lipschitz.layer_bounds(model, shape)
+    torch.manual_seed(10)
+    norms = [exact_norm(layer, torch.randn(*shape, dtype=torch.float64)) for _ in range(5)]
+    assert max(norms) <= bound * (1 + 1e-9), (norms, bound)
+    assert max(norms) >= bound * 0.5, (norms, bound)  # not vacuous: the bound is attained or nearly
+
+
+@pytest.mark.parametrize("build,kind", DEEL_LINEAR, ids=["SpectralLinear", "FrobeniusLinear"])
+def test_exported_deel_linear_layers_are_plain_linear_layers_bounded_by_their_singular_value(build, kind):
+    model = exported(build())
+    assert type(model[0]) is kind
+    exact = exact_norm(model, torch.randn(12, dtype=torch.float64))
+    assert lipschitz.lipschitz_bound(model, (12,)) == pytest.approx(exact * (1 + lipschitz.RELATIVE_SLACK), rel=1e-9)
+    assert exact <= 1.0 + 1e-3  # deel's constraint, which the proof does not rely on
+
+
+def test_the_k_coefficient_of_deel_layers_scales_their_bound():
+    """torchlip.Sequential(k_coef_lip=k) gives each of its n Lipschitz layers k^(1/n): the bound follows it."""
+    model = exported(torchlip.GroupSort2(), torchlip.ScaledAvgPool2d(2), torchlip.MaxMin(), k_coef_lip=8.0)
+    bounds = [bound for _, bound in lipschitz.layer_bounds(model, (2, 4, 4))]
+    assert bounds == pytest.approx([2.0, 2.0, 2.0], rel=1e-12)
+    inputs = torch.randn(20, 2, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert_bound_is_sound(model, inputs)
+
+
+def deel_cnn(channels: int = 3, classes: int = 4) -> nn.Module:
+    """A deel-torchlip CNN of the kinds a user writes, for channels x 16 x 16 inputs, exported."""
+    return exported(
+        torchlip.SpectralConv2d(channels, 8, 3, padding=1),
+        torchlip.GroupSort2(),
+        torchlip.ScaledL2NormPool2d(2),
+        torchlip.SpectralConv2d(8, 8, 3, padding=1),
+        torchlip.MaxMin(),
+        torchlip.InvertibleDownSampling(2),
+        torchlip.SpectralConv2d(64, 16, 3, padding=1),
+        torchlip.FullSort(),
+        torchlip.ScaledAvgPool2d(2),
+        nn.Flatten(),
+        torchlip.SpectralLinear(16 * 2 * 2, 16),
+        torchlip.GroupSort(4),
+        torchlip.FrobeniusLinear(16, classes),
+    )
+
+
+def test_a_whole_exported_deel_cnn_is_bounded_soundly_and_tightly():
+    model = deel_cnn()
+    assert {type(m).__module__.split(".")[0] for m in model} == {"torch", "deel"}
+    inputs = torch.rand(200, 3, 16, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    ratio = assert_bound_is_sound(model, inputs)
+    bound = lipschitz.lipschitz_bound(model, (3, 16, 16))
+    assert bound < 1.5 and ratio < 10, (bound, ratio)  # deel built it ~1-Lipschitz; the proof confirms it
+    assert lipschitz.margin_lipschitz(model, (3, 16, 16)).shape == (4, 4)
+
+
+def test_deel_layers_it_cannot_bound_are_refused_by_name():
+    householder = exported(torchlip.HouseHolder(4))
+    with pytest.raises(ValueError, match="HouseHolder"):
+        lipschitz.lipschitz_bound(householder, (4, 3, 3))
+    subclass = nn.Sequential(type("MyGroupSort2", (torchlip.GroupSort2,), {})())
+    with pytest.raises(ValueError, match="MyGroupSort2"):
+        lipschitz.lipschitz_bound(subclass, (4, 3, 3))
+    with pytest.raises(ValueError, match="output_size"):
+        pool = torchlip.ScaledAdaptiveAvgPool2d((1, 1))
+        pool.output_size = (2, 2)
+        lipschitz.lipschitz_bound(nn.Sequential(pool), (2, 4, 4))
+
+
+def test_vanilla_model_in_place_keeps_the_deel_sequential_and_is_bounded_the_same():
+    torch.manual_seed(11)
+    conv, linear = torchlip.SpectralConv2d(1, 4, 3, padding=1), torchlip.SpectralLinear(64, 3)
+    model = torchlip.Sequential(conv, torchlip.GroupSort2(), nn.Flatten(), linear).eval()
+    in_place = double(torchlip.vanilla_model(copy.deepcopy(model)))
+    assert type(in_place) is torchlip.Sequential
+    assert lipschitz.lipschitz_bound(in_place, (1, 4, 4)) == pytest.approx(
+        lipschitz.lipschitz_bound(double(model.vanilla_export()), (1, 4, 4)), rel=1e-12
+    )
+
+
+def test_avg_pool_bound_covers_overlapping_windows_and_a_divisor_override():
+    torch.manual_seed(12)
+    for pool in (nn.AvgPool2d(3, stride=1), nn.AvgPool2d(2, divisor_override=1), nn.AvgPool2d(3, 2, padding=1)):
+        bound = lipschitz.avg_pool_bound(pool)
+        exact = exact_norm(pool, torch.randn(2, 7, 7, dtype=torch.float64))  # linear: the same at every input
+        assert exact <= bound * (1 + 1e-12) and exact >= bound * 0.5, (pool, exact, bound)
+    with pytest.raises(ValueError, match="ceil_mode"):
+        lipschitz.avg_pool_bound(nn.AvgPool2d(2, ceil_mode=True))

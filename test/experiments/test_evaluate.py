@@ -302,3 +302,31 @@ def test_deterministic_lipschitz_curves_of_a_lipschitz_h(checkpoints, tmp_path, 
     assert cli.main(refused) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot bound the Lipschitz constant of layer type ResNet" in err and "\n" not in err
+
+
+def test_evaluate_reads_input_and_classes_from_the_cards_and_names_a_mismatch(tmp_path, capsys):
+    """An RGB pair saved with cards (g normalized by its card, h plain) evaluates on RGB data with no input
+    options; data of another size, or with other class names, stops with one line naming the card."""
+    from mix_perception.core import cards
+    from mix_perception.core.architectures import GroupSort2
+
+    torch.manual_seed(0)
+    names = ["red", "green", "blue"]
+    g = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    h = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), GroupSort2(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    cards.save_model(g, tmp_path / "g.pt", (3, 8, 8), names, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    cards.save_model(h, tmp_path / "h.pt", (3, 8, 8), names)
+    rng = np.random.default_rng(0)
+    for name, size, classes in (("rgb", 8, names), ("big", 9, names), ("other", 8, ["a", "b", "c"])):
+        images = rng.integers(0, 256, (6, size, size, 3), dtype=np.uint8)
+        np.savez(tmp_path / f"{name}.npz", images=images, labels=np.arange(6) % 3, class_names=np.array(classes))
+    argv = ["evaluate", "--standard", str(tmp_path / "g.pt"), "--robust", str(tmp_path / "h.pt"), "--attacks", "none",
+            "--certify", "lipschitz", "--lipschitz-model", str(tmp_path / "h.pt"), "--alphas", "0.6,1",
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    assert cli.main([*argv, "--data", str(tmp_path / "rgb.npz"), "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["images"] == 6
+    for name, message in (("big", r"g.json says input [3, 8, 8], the data"), ("other", "g.json names classes")):
+        capsys.readouterr()
+        assert cli.main([*argv, "--data", str(tmp_path / f"{name}.npz"), "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err

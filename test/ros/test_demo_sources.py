@@ -46,6 +46,17 @@ def test_image_folder_labels_from_subfolders(tmp_path):
     assert frames[1].pixels.shape == (5, 6, 1) and frames[0].pixels.shape == (4, 4, 3)
 
 
+def test_image_folder_without_labels_names_classes_as_torchvision_does(tmp_path):
+    """ImageFolder layout: classes = sorted subfolder names; a file in a deeper folder belongs to its top one."""
+    (tmp_path / "square" / "day").mkdir(parents=True)
+    (tmp_path / "circle").mkdir()
+    PILImage.fromarray(np.zeros((4, 4, 3), np.uint8), mode="RGB").save(tmp_path / "square" / "day" / "a.jpg")
+    PILImage.fromarray(np.zeros((4, 4, 3), np.uint8), mode="RGB").save(tmp_path / "circle" / "b.PNG")
+    source = open_source(str(tmp_path))
+    assert source.class_names == ["circle", "square"]  # torchvision.datasets.ImageFolder(...).classes
+    assert [source[i].label_id for i in range(2)] == [0, 1]
+
+
 def test_bad_sources_are_named(tmp_path):
     with pytest.raises(ValueError, match="no image files"):
         open_source(str(tmp_path), CLASS_NAMES)

@@ -1,5 +1,5 @@
 """The mixer and the safety monitor load the node's runtime only: constructing them (with the embedded
-models, also with robust_logit_scale != 1) imports none of the offline toolkit, tqdm, matplotlib or
+models, also with robust_logit_scale != 1) imports none of the offline toolkit, tqdm, matplotlib, deel-torchlip or
 AutoAttack. Checked in a fresh interpreter, against what `import torch, rclpy` alone loads (torch
 itself imports tqdm, through torch.hub: that is torch's, not ours)."""
 
@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # a new interpreter per test
 
-FORBIDDEN = ("mix_perception.experiments", "mix_perception.commands", "tqdm", "matplotlib", "pyautoattack")
+FORBIDDEN = ("mix_perception.experiments", "mix_perception.commands", "tqdm", "matplotlib", "pyautoattack", "deel")
 
 SCRIPT = """
 import json, sys
