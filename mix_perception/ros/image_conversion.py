@@ -221,7 +221,11 @@ class FrameConverter:
         with warnings.catch_warnings():  # a decoded frame is read-only; it is only read: each step makes a new tensor
             warnings.simplefilter("ignore", UserWarning)
             tensor = torch.from_numpy(np.ascontiguousarray(pixels))
-        tensor = tensor.to(self.device).permute(2, 0, 1).unsqueeze(0)
+        return self.convert_tensor(tensor.to(self.device).permute(2, 0, 1).unsqueeze(0), scale, order)
+
+    def convert_tensor(self, tensor, scale: float, order: str):
+        """(N, C, H, W) pixels (x scale: [0, 1]) -> model input (N, spec.channels, H', W'); differentiable
+        (attacks in a frame's pixels go through it)."""
         tensor = tensor[:, :3].float()
         antialias = self._antialias(*tensor.shape[-2:])
         if antialias is not None:
