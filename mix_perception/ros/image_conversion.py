@@ -278,11 +278,16 @@ class FrameConverter:
 
     def frame_bound(self, pixels: np.ndarray, order: str) -> FrameBound:
         """How a radius on the model input of these (H, W, C) pixels becomes one on the frame's own [0, 1]
-        pixels: proven once per (size, channels, dtype, order), cached; float frames add their largest |pixel|."""
+        pixels: proven once per (size, channels, dtype, order), cached; float frames add their largest |pixel|.
+        A kind it cannot bound gets an unbounded FrameBound with the reason (no certificate)."""
         key = (pixels.shape, pixels.dtype.str, order)
         bound = self.bounds.get(key)
         if bound is None:
-            bound = self.bounds[key] = self._checked_bound(pixels.shape, pixels.dtype, order)
+            try:
+                bound = self._checked_bound(pixels.shape, pixels.dtype, order)
+            except Exception as error:  # noqa: BLE001 - a kind of frame that cannot be bounded gets no certificate
+                bound = unbounded(f"cannot bound the conversion of {pixels.shape} {pixels.dtype} frames: {error}")
+            self.bounds[key] = bound
         return bound if isinstance(bound, FrameBound) else bound.for_frame(float(np.abs(pixels).max()))
 
     def _checked_bound(self, shape, dtype: np.dtype, order: str) -> FrameBound | PreprocessingBound:

@@ -290,3 +290,52 @@ def test_a_14x14_frame_and_its_28x28_upsample_through_the_mixer_and_attacks_insi
         )
         assert float(stretched) == pytest.approx(2 * r_model, rel=1e-4)
     assert (changed, broken) == (0, 0)
+
+
+def test_the_mixer_certifies_no_frame_of_an_unbounded_kind_and_says_why_once(spin):
+    """input.size 28x1: a 30x40 frame takes torch's antialiased resize to width 1, which is not the map its
+    bound is proven for: classified, not certified, the reason logged once; a 28x1 frame is certified."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from mix_perception.msg import MixedClassification
+    from mix_perception.ros.image_conversion import array_to_image
+    from mix_perception.ros.mixer_node import start_mixer
+
+    h = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28, 10))
+    with torch.no_grad():
+        h[1].weight.mul_(0.01)
+        h[1].bias.copy_(torch.nn.functional.one_hot(torch.tensor(3), 10) * 20.0)
+    values = (
+        ("certification", "lipschitz"),
+        ("input.size", [28, 1]),
+        ("alpha", 0.8),
+        ("image_reliability", "reliable"),
+    )
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    mixer = start_mixer(h, h, context=context, parameter_overrides=[Parameter(n, value=v) for n, v in values])
+    camera = rclpy.create_node("unbounded_camera", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(mixer)
+    executor.add_node(camera)
+    received = []
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    camera.create_subscription(MixedClassification, "/mixer/classification", received.append, reliable)
+    try:
+        publisher = camera.create_publisher(Image, "image", reliable)
+        spin(executor, lambda: publisher.get_subscription_count() > 0, what="the mixer's subscription")
+        for count, shape in enumerate(((40, 30), (40, 30), (28, 1)), start=1):
+            publisher.publish(array_to_image(np.full(shape, 100, np.uint8), "mono8"))
+            spin(executor, lambda count=count: len(received) == count, what=f"classification {count}")
+        assert [(m.class_id, m.certified) for m in received] == [(3, False), (3, False), (3, True)]
+        assert received[0].certified_radius == 0.0 and received[2].certified_radius > 0.1
+        assert len(mixer.unbounded_logged) == 1 and "30x40" in next(iter(mixer.unbounded_logged))
+    finally:
+        executor.shutdown()
+        camera.destroy_node()
+        mixer.destroy_node()
+        rclpy.shutdown(context=context)
