@@ -14,10 +14,11 @@ values of small matrices, float64 SVD).
 Guarantee. The float32 evaluation of P x + b is off by at most, in l2,
     eps(X) = gamma_K sqrt(H' W') (X rho_h rho_w || |M| 1 ||_2 + ||b||_2),   X = max |x|,
 rho the largest absolute row sum of a resize, gamma_K = K u / (1 - K u), u = 2^-24, K the roundings on
-any path from a pixel to an output (products and sums in any order: taps_h taps_w + 2 for the resize, plus
-the channel steps); the standard bound for sums of products (Higham, Accuracy and Stability of Numerical
-Algorithms, ch. 3). Hence for frames x, x' with ||x' - x||_2 <= r the model inputs differ by at most
-||P||_2 r + eps(X) + eps(X'), and a radius r_model proven around the model input of x gives the frame radius
+any path from a pixel to an output (products and sums in any order: taps_h taps_w + 4 for the resize, with
+each axis' float32 weight taken as rounded once more, plus the channel steps); the standard bound for
+sums of products (Higham, Accuracy and Stability of Numerical Algorithms, ch. 3). Hence for frames x, x'
+with ||x' - x||_2 <= r the model inputs differ by at most ||P||_2 r + eps(X) + eps(X'), and a radius
+r_model proven around the model input of x gives the frame radius
     r = (r_model - eps(X) - eps(X')) / ||P||_2.
 Integer frames: X, X' <= 1. Float frames: X' <= X + r (max |.| <= ||.||_2), so r = (r_model - 2 eps(X)) /
 (||P||_2 + a), a = d eps / dX.
@@ -126,7 +127,7 @@ def preprocessing_bound(operator: LinearPreprocessing, output_pixels: int) -> Pr
             norm *= spectral_norm(axis)
             spread *= float(np.abs(axis).sum(axis=1).max())
             taps *= int(np.count_nonzero(axis, axis=1).max())
-        roundings += taps + 2
+        roundings += taps + 4
     scale = _gamma(roundings) * math.sqrt(output_pixels)
     slope = scale * spread * float(np.linalg.norm(np.abs(operator.channels).sum(axis=1)))
     return PreprocessingBound(norm, slope, scale * float(np.linalg.norm(operator.offset)))
