@@ -11,7 +11,9 @@ scales (--robust-logit-scales) together, for the deterministic certificate of a 
 (--lipschitz-model). The floor is --min-robust (absolute) or --min-robust-ratio (fraction of h alone's
 own number on the same images; default 0.9). A candidate reaches it when a one-sided Clopper-Pearson
 lower bound on its robustness, at level 1 - --floor-delta (default 0.05), does, so that the floor also
-holds on new images; --floor-delta 0 compares the measured number.
+holds on new images; --floor-delta 0 compares the measured number. Radii (--radius) are l2 on the
+model's input, the data's [0, 1] pixels; the mixer publishes radii in each frame's own pixels, the same
+space for 28x28 mono8 frames at input.std 1 (the parameter file's required_radius is read there).
 
 The search runs on the calibration split (disjoint from the test split); the chosen setting is then
 measured on the test split. Writes OUT/mixer_calibrated.yaml (load it with
@@ -111,7 +113,8 @@ def _add_goal_options(parser: argparse.ArgumentParser) -> None:
         "--radius",
         type=arguments.positive_float,
         default=None,
-        help="goal certified: l2 radius (default 0.25); goal risk: the monitor's required_radius (default 0.1)",
+        help="goal certified: l2 radius on the model's input, the data's [0, 1] pixels (default 0.25); goal risk: "
+        "the monitor's required_radius (default 0.1; the mixer's frame pixels = these for 28x28 mono8 frames)",
     )
     parser.add_argument(
         "--certification",

@@ -5,6 +5,9 @@ end-to-end at the mixture (MIX, adaptive), and the per-image worst of them; opti
 the mixture (pyautoattack). Also h's confidence margins (the paper's Table 1) and, with --certify,
 certified accuracy against l2 radius of the mixture with the Gaussian-smoothed h and of h alone at
 equal clean accuracy (Figure 3), or with a Lipschitz h over --robust-logit-scales (h's logits x S).
+Radii and eps are on the model's input, the data's [0, 1] pixels (--mean/--std normalize inside the
+model); the mixer publishes radii in each frame's own pixels, the same space for 28x28 mono8 frames
+at input.std 1.
 Writes OUT/results.json and PNG plots (accuracy_vs_alpha.png, tradeoff.png,
 certified_accuracy_<method>.png). The results.json schema is in docs/evaluation.md. With --ood and/or
 --corruptions it measures the calibrated safety verdict instead (commands/evaluate_safety.py).
@@ -94,7 +97,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="test-time sigmas of h alone for the equal-clean-accuracy comparison (default sigma x 0.8,0.6,0.4,0.2)",
     )
-    group.add_argument("--max-radius", type=positive_float, default=1.0, help="largest radius of the curves")
+    group.add_argument(
+        "--max-radius",
+        type=positive_float,
+        default=1.0,
+        help="largest radius of the curves (radii: l2 on the model's input, the data's [0, 1] pixels)",
+    )
     group.add_argument("--radius-step", type=positive_float, default=0.02, help="radius grid step (default 0.02)")
     evaluate_safety.add_safety_options(parser)
     option_groups.add_run_options(parser, "evaluation")

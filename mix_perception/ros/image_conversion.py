@@ -13,6 +13,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mix_perception.core.preprocessing_bounds import (
+    FrameBound,
+    LinearPreprocessing,
+    PreprocessingBound,
+    preprocessing_bound,
+    unbounded,
+)
+
 MAX_PIXELS_DEFAULT = 4096 * 4096
 
 
@@ -56,6 +64,10 @@ SUPPORTED_ENCODINGS = tuple(ENCODINGS)
 
 # ITU-R BT.601 luma weights for R, G, B.
 LUMA = (0.299, 0.587, 0.114)
+
+# float32 roundings on a pixel's path through FrameConverter after the resize, at most: float64 -> float32 (1),
+# x scale (2: the constant, the product), luma (4: a constant, a product, two sums), (x - mean) / std (4).
+CHANNEL_ROUNDINGS = 11
 
 
 def image_to_array(msg, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
@@ -165,6 +177,15 @@ class InputSpec(NamedTuple):
     std: tuple[float, ...] = ()
 
 
+def resize(tensor, size, antialias: bool):
+    """Bilinear resize of (N, C, H, W) to `size` (H', W'): the one call FrameConverter and its operator make."""
+    import torch
+
+    return torch.nn.functional.interpolate(
+        tensor, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias
+    )
+
+
 class FrameConverter:
     """A frame's pixels -> the model input: float32 tensor (1, spec.channels, H', W') on `device`.
 
@@ -173,6 +194,9 @@ class FrameConverter:
     floats as they are), RGB order, BT.601 luma for one-channel models, (x - mean) / std — and the
     resize weights sum to 1, so the result equals converting first, to float rounding, at a fraction of
     the cost for a large frame. The luma weights and the mean and std tensors are built once.
+
+    The whole map is affine in the frame's [0, 1] pixels: `operator` describes it, `frame_bound` gives the
+    l2 bound (core.preprocessing_bounds) that turns a radius on the model input into one on the frame.
     """
 
     def __init__(self, spec: InputSpec, device="cpu"):
@@ -185,6 +209,7 @@ class FrameConverter:
         if spec.mean:
             self.mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
             self.std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
+        self.bounds: dict[tuple, FrameBound | PreprocessingBound] = {}
 
     def __call__(self, pixels: np.ndarray, order: str):
         """(H, W, C) pixels in channel `order` ("rgb", "bgr", "mono"; a 4th channel is alpha, dropped)."""
@@ -196,21 +221,99 @@ class FrameConverter:
         with warnings.catch_warnings():  # a decoded frame is read-only; it is only read: each step makes a new tensor
             warnings.simplefilter("ignore", UserWarning)
             tensor = torch.from_numpy(np.ascontiguousarray(pixels))
-        tensor = tensor.to(self.device).permute(2, 0, 1).unsqueeze(0)
+        return self.convert_tensor(tensor.to(self.device).permute(2, 0, 1).unsqueeze(0), scale, order)
+
+    def convert_tensor(self, tensor, scale: float, order: str):
+        """(N, C, H, W) pixels (x scale: [0, 1]) -> model input (N, spec.channels, H', W'); differentiable
+        (attacks in a frame's pixels go through it)."""
         tensor = tensor[:, :3].float()
+        antialias = self._antialias(*tensor.shape[-2:])
+        if antialias is not None:
+            tensor = resize(tensor, self.spec.size, antialias)
+        return self._pixel_steps(tensor * scale, order)
+
+    def _antialias(self, height: int, width: int) -> bool | None:
+        """None: a frame of this size is not resized; else whether its resize antialiases (when shrinking)."""
         size = self.spec.size
-        if size is not None and tuple(tensor.shape[-2:]) != tuple(size):
-            shrink = tensor.shape[-2] > size[0] or tensor.shape[-1] > size[1]
-            tensor = torch.nn.functional.interpolate(
-                tensor, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink
-            )
-        tensor = tensor * scale
+        if size is None or (height, width) == tuple(size):
+            return None
+        return height > size[0] or width > size[1]
+
+    def _pixel_steps(self, tensor, order: str):
+        """[0, 1] pixels (N, C, H, W) -> model input: RGB order, spec.channels, (x - mean) / std."""
         if order == "bgr":
             tensor = tensor.flip(1)
         tensor = self._channels(tensor)
         if self.mean is not None:
             tensor = (tensor - self.mean) / self.std
         return tensor
+
+    def operator(self, height: int, width: int, channels: int, order: str) -> LinearPreprocessing:
+        """This converter's affine map of a (height, width, channels) frame in `order`, [0, 1] pixels -> model
+        input: the channel map from unit pixels through `_pixel_steps` (in float64, with the constants that
+        run), each resize axis from unit vectors through `resize` (in float32: the weights that run).
+        ImageError bad_channels as the conversion."""
+        import torch
+
+        basis = torch.eye(channels, dtype=torch.float64, device=self.device).view(channels, channels, 1, 1)[:, :3]
+        zero = self._pixel_steps(torch.zeros_like(basis[:1]), order)
+        channel_map = (self._pixel_steps(basis, order) - zero)[:, :, 0, 0].T
+        antialias = self._antialias(height, width)
+        axes = None if antialias is None else (self._axis(height, 0, antialias), self._axis(width, 1, antialias))
+        offset = zero.flatten().cpu().numpy()
+        return LinearPreprocessing(channel_map.cpu().numpy(), offset, axes, CHANNEL_ROUNDINGS)
+
+    def _axis(self, length: int, dim: int, antialias: bool) -> np.ndarray:
+        """The resize matrix (spec.size[dim], length) of axis `dim` (0: rows, 1: columns): unit vectors along it,
+        2 pixels along the other axis (torch's antialiased resize takes another path for a 1-pixel axis)."""
+        import torch
+
+        unit = torch.eye(length, device=self.device).view(length, 1, length, 1).expand(-1, -1, -1, 2)
+        size = [self.spec.size[dim], 2]
+        if dim == 1:
+            unit, size = unit.transpose(2, 3), size[::-1]
+        out = resize(unit.contiguous(), size, antialias)
+        out = out[:, 0, :, 0] if dim == 0 else out[:, 0, 0, :]
+        return out.T.double().cpu().numpy()
+
+    def frame_bound(self, pixels: np.ndarray, order: str) -> FrameBound:
+        """How a radius on the model input of these (H, W, C) pixels becomes one on the frame's own [0, 1]
+        pixels: proven once per (size, channels, dtype, order), cached; float frames add their largest |pixel|.
+        A kind it cannot bound gets an unbounded FrameBound with the reason (no certificate)."""
+        key = (pixels.shape, pixels.dtype.str, order)
+        bound = self.bounds.get(key)
+        if bound is None:
+            try:
+                bound = self._checked_bound(pixels.shape, pixels.dtype, order)
+            except Exception as error:  # noqa: BLE001 - a kind of frame that cannot be bounded gets no certificate
+                bound = unbounded(f"cannot bound the conversion of {pixels.shape} {pixels.dtype} frames: {error}")
+            self.bounds[key] = bound
+        return bound if isinstance(bound, FrameBound) else bound.for_frame(float(np.abs(pixels).max()))
+
+    def _checked_bound(self, shape, dtype: np.dtype, order: str) -> FrameBound | PreprocessingBound:
+        """The bound of `operator` for frames of this kind, after converting a random one: a conversion the
+        description misses by more than the rounding bound (a step that is not this affine map) is unbounded."""
+        height, width, channels = shape
+        operator = self.operator(height, width, channels, order)
+        size = (height, width) if operator.resize is None else self.spec.size
+        bound = preprocessing_bound(operator, size[0] * size[1])
+        rng = np.random.default_rng(0)
+        if dtype.kind == "u":
+            top = np.iinfo(dtype).max
+            pixels = rng.integers(0, top, shape, endpoint=True).astype(dtype)
+            unit = pixels / top
+        else:
+            pixels = rng.uniform(-1.0, 2.0, shape).astype(dtype)
+            unit = pixels.astype(np.float64)
+        converted = self(pixels, order)[0].double().cpu().numpy()
+        error = float(np.linalg.norm(converted - operator.apply(unit.transpose(2, 0, 1))))
+        allowed = bound.rounding(float(np.abs(unit).max()))
+        if not error <= allowed:
+            return unbounded(
+                f"the conversion of {width}x{height} {dtype} {order} frames is not the affine map its bound is "
+                f"proven for (off by {error:.3g}, rounding allows {allowed:.3g}): their radii are not certified"
+            )
+        return bound.for_frame() if dtype.kind == "u" else bound
 
     def _channels(self, tensor):
         """(1, C, H, W) RGB or grey -> (1, spec.channels, H, W): luma of RGB, or grey repeated."""

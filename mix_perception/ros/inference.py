@@ -16,7 +16,9 @@ Certification (parameter `certification`); g runs once per batch in every case:
   estimation samples) gives Theorem 5 ("smoothing") or Theorem 4 with Lip = sqrt(2/pi)/sigma
   ("smoothing_theorem4") radii, which hold with probability >= 1 - delta.
 A frame is published as certified only when the certifier certified a class (radius > 0), that class
-is the published mixed class, and alpha > 1/2. Otherwise radius 0, no certificate. s (robust_logit_scale)
+is the published mixed class, and alpha > 1/2. Otherwise radius 0, no certificate. Every certifier's
+radius is about the model's input; with each frame's core.preprocessing_bounds.FrameBound (from the
+FrameConverter) the published radius is the one it implies in the frame's own [0, 1] pixels. s (robust_logit_scale)
 sharpens h's logits for "none" and "lipschitz" (whose constant scales with it); the smoothing
 certificates are about h itself, so they need s = 1.
 
@@ -43,6 +45,7 @@ from mix_perception.core.lipschitz import lipschitz_constants
 from mix_perception.core.models import for_inference
 from mix_perception.core.names import CERTIFICATION_METHODS
 from mix_perception.core.ood import OODModel, penultimate_features
+from mix_perception.core.preprocessing_bounds import frame_radii
 from mix_perception.core.sequential import SequentialPlan, certify_sequential
 from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 
@@ -232,6 +235,13 @@ def float32_at_most(values: np.ndarray) -> np.ndarray:
     return np.where(above, np.nextafter(rounded, np.float32(-np.inf)), rounded)
 
 
+def model_radius(required_radius: float, frame_bounds) -> float:
+    """The radius on the model input that `required_radius` in the frames' pixels needs: the largest over the
+    batch's bounded frames (the required radius itself without frame bounds or without a bounded frame)."""
+    needed = [bound.model_radius(required_radius) for bound in frame_bounds or () if not bound.reason]
+    return max(needed, default=required_radius)
+
+
 def check_ood_model(ood: OODModel, robust: nn.Module, input_shape, device) -> None:
     """ValueError (one line) unless `ood` fits h: h ends in an nn.Linear, and one forward of a blank frame of
     input_shape (C, H, W) gives the classes and feature width the OOD model was fitted for."""
@@ -287,10 +297,14 @@ class FrameClassifier:
         return getattr(self.certifier, "constant", None)
 
     @torch.no_grad()
-    def classify(self, x: torch.Tensor, alpha: float, required_radius: float = 0.0) -> list[FrameResult]:
+    def classify(
+        self, x: torch.Tensor, alpha: float, required_radius: float = 0.0, frame_bounds=None
+    ) -> list[FrameResult]:
         """Classify a batch x (N, C, H, W) with mixing weight alpha, a float in [0, 1] (checked once, where
         it enters: the node's alpha parameter); one FrameResult per frame.
-        `required_radius` (l2): where sequential certification stops.
+        `frame_bounds`: one core.preprocessing_bounds.FrameBound per frame, the radii are then in each frame's
+        own pixels; None: on x itself. `required_radius` (l2, in the same space): where sequential
+        certification stops (with frame bounds: at the largest model radius a frame of the batch needs).
 
         p_mix = (1 - alpha) softmax(g(x)) + alpha h(x), with h's probabilities from the certifier. A
         frame is certified only when the certifier certified a class (its radius > 0 and finite), that
@@ -300,7 +314,7 @@ class FrameClassifier:
         start = time.perf_counter()
         standard_logits = self.standard(x)
         standard_probs = torch.softmax(standard_logits, dim=-1)
-        robust = self.certifier(x, alpha, required_radius, features=self.ood is not None)
+        robust = self.certifier(x, alpha, model_radius(required_radius, frame_bounds), features=self.ood is not None)
         probs = (1.0 - alpha) * standard_probs + alpha * robust.robust_probs.to(standard_probs.dtype)
         if self.ood is None:
             ones = torch.ones_like(robust.radius)
@@ -317,6 +331,8 @@ class FrameClassifier:
         certified_class, radius, samples, margin = (packed[:, 2 * classes + i] for i in range(4))
         standard_class, ood_score, p_value, shift_p = (packed[:, -4 + i] for i in range(4))
         class_id = mixed.argmax(axis=1)
+        if frame_bounds is not None:
+            radius = frame_radii(radius, frame_bounds)
         certified = (certified_class == class_id) & (radius > 0) & np.isfinite(radius) & (alpha > 0.5)
         published = np.where(certified, float32_at_most(np.where(certified, radius, 0.0)), 0.0)
         kind, pipeline = self.certifier.kind, self.fingerprint.for_alpha(alpha)

@@ -79,6 +79,7 @@ class MixerNode(LifecycleNode):
         self.slots = FrameSlots()
         self.slots.close()
         self.stats = MixerStats()
+        self.unbounded_logged = set()
 
         parameters.declare(self, parameters.MIXER, reconfigurable=True)
         self.alpha = self.get_parameter("alpha").value
@@ -259,18 +260,19 @@ class MixerNode(LifecycleNode):
         import torch
 
         runtime = self.runtime
-        frames, tensors = [], []
+        frames, tensors, bounds = [], [], []
         for source, frame in batch:
             try:
                 pixels = frame.pixels or frame_pixels(frame.compressed, runtime.max_pixels)
                 tensors.append(runtime.converter(*pixels))
+                bounds.append(self._frame_bound(pixels))
                 frames.append((source, frame))
             except ImageError as error:
                 self._reject(frame.header, source, error)
         if not frames:
             return
         try:
-            results = runtime.classifier.classify(torch.cat(tensors), self.alpha, self.required_radius)
+            results = runtime.classifier.classify(torch.cat(tensors), self.alpha, self.required_radius, bounds)
         except Exception as error:  # a model that fails on a batch must not stop the node
             self.stats.count_failed(len(frames))
             self.get_logger().error(f"inference failed: {error}", throttle_duration_sec=LOG_THROTTLE_S)
@@ -279,6 +281,15 @@ class MixerNode(LifecycleNode):
             return
         for (source, frame), result in zip(frames, results, strict=True):
             self._publish(source, frame, result)
+
+    def _frame_bound(self, pixels):
+        """The frame's preprocessing bound (radii in its own pixels); the reason a kind of frame is not
+        certified is logged once."""
+        bound = self.runtime.converter.frame_bound(*pixels)
+        if bound.reason and bound.reason not in self.unbounded_logged:
+            self.unbounded_logged.add(bound.reason)
+            self.get_logger().warning(bound.reason)
+        return bound
 
     def _publish(self, source: str, frame: Frame, result) -> None:
         """One MixedClassification: the frame's header and source, the FrameResult's fields, the class name."""

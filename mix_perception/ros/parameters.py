@@ -84,8 +84,8 @@ MIXER = (
     Spec(
         "required_radius",
         0.1,
-        "certified l2 radius (pixels in [0, 1]) the control stack requires: sequential smoothing stops as soon "
-        "as it is decided for a frame; keep it equal to the safety monitor's",
+        "certified l2 radius (in each frame's own pixels, scaled to [0, 1]) the control stack requires: "
+        "sequential smoothing stops as soon as it is decided for a frame; keep it equal to the safety monitor's",
         dynamic=True,
         bounds=(0.0, 1000.0),
     ),
@@ -199,7 +199,7 @@ SAFETY_MONITOR = (
     Spec(
         "required_radius",
         0.1,
-        "certified l2 radius (pixels in [0, 1]) the control stack requires",
+        "certified l2 radius (in each frame's own pixels, scaled to [0, 1]) the control stack requires",
         dynamic=True,
         bounds=(0.0, 1000.0),
     ),

@@ -23,7 +23,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from mix_perception.msg import MixedClassification, RejectedFrame, SafetyStatus
 from mix_perception.ros.diagnostics import values_of
-from mix_perception.ros.image_conversion import array_to_image
+from mix_perception.ros.image_conversion import FrameConverter, InputSpec, array_to_image
 from mix_perception.ros.safety_monitor import STATUS_QOS
 
 pytestmark = pytest.mark.slow  # nodes in separate processes over DDS
@@ -438,7 +438,9 @@ def test_lipschitz_certification_is_deterministic_and_matches_the_core(start_nod
     with torch.no_grad():  # the radii the core gives these frames: the node's float32 input, h's float64 logits
         z = h.double()((torch.from_numpy(frames).float() * (1.0 / 255.0)).double().unsqueeze(1))
     radii = lipschitz_logit_radius(z, 0.8, *constants, 4.0)
-    pixels, expected = frames[int(radii.argmax())], float(radii.max())  # a frame the mixture certifies
+    pixels = frames[int(radii.argmax())]  # a frame the mixture certifies; its radius in the frame's pixels:
+    bound = FrameConverter(InputSpec()).frame_bound(pixels[:, :, None], "mono")
+    expected = (float(radii.max()) - bound.offset) / bound.divisor  # divisor 1, offset: float32 rounding
     deadline = time.monotonic() + 30
     while not received and time.monotonic() < deadline:  # best-effort images: publish until one is classified
         images.publish(array_to_image(pixels, "mono8"))
