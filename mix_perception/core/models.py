@@ -11,6 +11,7 @@ Checkpoint dict format (what `torch.save` should write; `mix-perception train-de
         "mean": [0.286], "std": [0.353],      # optional: per-channel normalization, applied to [0, 1] input
         "input_channels": 1,                  # optional: channels of the data (1 = grey)
         "input_shape": [1, 28, 28],           # optional: (C, H, W) for a test forward at load time
+        "arch_options": {"channels": 3, ...}, # optional: keyword arguments of our architecture's builder
         ...                                   # other keys (metadata) are ignored
     }
 
@@ -153,8 +154,9 @@ def _check_file(path: Path) -> None:
         raise _fail(path, "file is empty")
 
 
-def _build_architecture(path: Path, arch: str, num_classes: int) -> nn.Module:
-    """An untrained network: torchvision classification model `arch`, or ours for "mix_perception:<name>"."""
+def _build_architecture(path: Path, arch: str, num_classes: int, options=None) -> nn.Module:
+    """An untrained network: torchvision classification model `arch`, or ours for "mix_perception:<name>"
+    built with the keyword arguments `options` (the checkpoint's "arch_options")."""
     if arch.startswith(OUR_ARCH_PREFIX):
         name = arch[len(OUR_ARCH_PREFIX) :]
         try:
@@ -162,7 +164,7 @@ def _build_architecture(path: Path, arch: str, num_classes: int) -> nn.Module:
         except ImportError as error:
             raise _fail(path, f"architecture {arch!r} needs mix_perception.core.architectures ({error})") from None
         try:
-            return architectures.build(name, num_classes=num_classes)
+            return architectures.build(name, num_classes=num_classes, **dict(options or {}))
         except Exception as error:
             raise _fail(path, f"cannot build architecture {arch!r}: {error}") from None
     import torchvision
@@ -341,7 +343,7 @@ def load_model(
     input_channels = input_channels if input_channels is not None else meta.get("input_channels")
     input_shape = input_shape if input_shape is not None else meta.get("input_shape")
 
-    net = _build_architecture(path, arch, num_classes)
+    net = _build_architecture(path, arch, num_classes, meta.get("arch_options"))
     _load_weights(path, net, state_dict, arch)
     model = _wrap(path, net, mean, std, input_channels).to(device).eval()
     if input_shape is not None:
