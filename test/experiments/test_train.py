@@ -72,8 +72,10 @@ def _bad_inputs(tmp_path):
     (corrupt / "b" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     no_keys = tmp_path / "no_keys.npz"
     np.savez(no_keys, pictures=np.zeros((4, 8, 8), np.uint8))
+    no_keys.with_suffix(".txt").write_text("not data")
     return {
         "missing": (tmp_path / "absent", "no such file"),
+        "not data": (no_keys.with_suffix(".txt"), "expected an image folder"),
         "one class": (one_class, "at least 2"),
         "mixed sizes": (mixed, "--size"),
         "corrupt": (corrupt, "cannot read the image"),
@@ -89,6 +91,24 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         assert status == 2, name
         assert err.count("\n") == 1 and err.startswith("mix-perception train: error:") and reason in err, (name, err)
         assert not out.exists()
+
+
+def _refusal(capsys, argv) -> str:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    return err
+
+
+def test_bad_options_are_refused_before_training(folder, tmp_path, capsys):
+    base = ["train", "--data", str(folder), "--out", str(tmp_path / "m.pt"), "--device", "cpu"]
+    other = shapes.write_npz(tmp_path / "other.npz", per_class=3, size=16)
+    assert "differ from the training classes" in _refusal(capsys, [*base, "--role", "standard", "--val", str(other)])
+    assert "not 'cnn' nor a torchvision" in _refusal(capsys, [*base, "--role", "standard", "--arch", "nonsense"])
+    assert "--channels 3" in _refusal(capsys, [*base, "--role", "standard", "--arch", "resnet18", "--channels", "1"])
+    assert "at least 8 x 8" in _refusal(capsys, [*base, "--role", "lipschitz", "--size", "6", "6"])
+    assert "cuda:99" in _refusal(capsys, [*base, "--role", "standard", "--device", "cuda:99"])
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_mixed_sizes_are_resized_with_size(tmp_path):
