@@ -41,6 +41,7 @@ ARCH = "mix_perception:lipschitz_cnn"
 INPUT_SHAPE = (1, 28, 28)
 RADII = (0.1, 0.25, 0.5, 1.0)
 MAX_WIDTH = 128
+EMBEDDED_NETWORK = Network(ARCH)  # lipschitz_cnn with its defaults: the embedded model's network
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ def train(
     seed: int,
     device: torch.device | str = "cpu",
     num_classes: int = 10,
+    progress: Callable[[str], None] = print,
 ) -> tuple[nn.Module, list[dict]]:
     """Train the deel-torchlip network by `recipe` on images (N, C, H, W) in [0, 1], labels (N,) int64 in
     [0, num_classes), and export it.
@@ -171,7 +173,7 @@ def train(
         return criterion(logits, y), logits
 
     schedule = Schedule(recipe.name, recipe.lr, recipe.epochs, recipe.batch_size)
-    history = fit(model, (images, labels), batch_loss, optimizer, schedule, generator, device)
+    history = fit(model, (images, labels), batch_loss, optimizer, schedule, generator, device, progress)
     return export(model.eval(), network(recipe, input_shape, num_classes), input_shape), history
 
 
@@ -218,10 +220,10 @@ def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device
     }
 
 
-def checkpoint(model: nn.Module, plain_network: Network, input_shape=INPUT_SHAPE) -> dict:
+def checkpoint(model: nn.Module, plain_network: Network = EMBEDDED_NETWORK, input_shape=INPUT_SHAPE) -> dict:
     """The checkpoint dict (core.models format) of an exported Lipschitz model: arch, num_classes, the
     plain network's state_dict (float32, CPU), input_shape, arch_options when there are any; no
-    mean/std (the network sees [0, 1] pixels)."""
+    mean/std (the network sees [0, 1] pixels). Default: the embedded model's shape, 10 classes."""
     state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
     content = {
         "arch": ARCH,

@@ -346,8 +346,8 @@ def checkpoint(
 ) -> dict:
     """The checkpoint dict (core.models format) of a trained Normalized `model`: arch, num_classes,
     state_dict of the bare network (float32, on the CPU), mean, std (the lists the model was trained
-    with), input_shape (C, H, W), then
-    arch_options when the network has any and sigma for a smoothing base model."""
+    with), input_shape (C, H, W), then arch_options when the network has any and sigma for a smoothing
+    base model (in this order: the embedded models' files keep their bytes)."""
     state = {key: value.detach().cpu().clone() for key, value in model.model.state_dict().items()}
     content = {
         "arch": network.arch,
