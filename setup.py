@@ -46,7 +46,7 @@ setup(
     ],
     extras_require={
         "autoattack": ["pyautoattack>=0.2"],
-        "train": ["deel-torchlip>=1.0.5"],  # train-default's Lipschitz model
+        "train": ["deel-torchlip>=1.0.5", "pillow>=10"],  # Lipschitz models; train's image folders
         "mcap": ["mcap>=1.1"],
         "test": ["pytest>=8", "hypothesis>=6"],
     },

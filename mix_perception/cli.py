@@ -11,6 +11,7 @@ COMMANDS = {
     "run": ("mix_perception.commands.run", "run mixer + safety monitor (+ demo camera) in one process"),
     "evaluate": ("mix_perception.commands.evaluate", "alpha sweep: clean / attacked / certified accuracy"),
     "calibrate": ("mix_perception.commands.calibrate", "choose alpha for a stated goal; write node YAML"),
+    "train": ("mix_perception.commands.train", "train g or a certifiable h on your own labelled images"),
     "train-default": ("mix_perception.commands.train_default", "rebuild the embedded default models"),
 }
 

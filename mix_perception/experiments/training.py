@@ -1,9 +1,11 @@
-"""Training and measuring the embedded default models (standard, robust, smoothing).
+"""Training and measuring classifiers g and the base models of smoothed h: the embedded default models
+(standard, robust, smoothing) and those of `mix-perception train`.
 
-All three share one architecture (architectures.fmnist_cnn) and one optimizer recipe: SGD with
-Nesterov momentum 0.9, weight decay 5e-4, batch 128, a one-cycle learning-rate schedule
-(torch.optim.lr_scheduler.OneCycleLR: warm-up over the first 20% of steps to the peak, cosine
-annealing to ~0), random horizontal flips. They differ only in what the network sees:
+All share one optimizer recipe: SGD with Nesterov momentum 0.9, weight decay 5e-4, batch 128, a
+one-cycle learning-rate schedule (torch.optim.lr_scheduler.OneCycleLR: warm-up over the first 20% of
+steps to the peak, cosine annealing to ~0), random horizontal flips where the recipe asks. The
+network is a `Network`: the embedded models' architectures.fmnist_cnn, architectures.plain_cnn sized
+to the data, or a torchvision model by name. They differ only in what the network sees:
 - standard:  clean images;
 - robust:    PGD adversarial examples (Madry et al. 2018): l_inf eps 0.1, 7 steps of 2.5 * eps / 7,
              random start, computed on the current weights (mix_perception.experiments.attacks.pgd), and the
@@ -39,6 +41,33 @@ from mix_perception.experiments.attacks import PGDConfig, pgd
 
 ARCH = "mix_perception:fmnist_cnn"
 MODEL_NAMES = ("standard", "robust", "smoothing")
+
+
+class Network(NamedTuple):
+    """The network to train: `arch` ("mix_perception:<name>" or a torchvision classification model name),
+    `num_classes`, and `options` (keyword arguments of our architecture's builder; written to the
+    checkpoint as "arch_options" when not empty)."""
+
+    arch: str = ARCH
+    num_classes: int = 10
+    options: dict | None = None
+
+    def build(self) -> nn.Module:
+        """A freshly initialised network (torch's global RNG)."""
+        if self.arch.startswith("mix_perception:"):
+            return architectures.build(self.arch, self.num_classes, **(self.options or {}))
+        import torchvision
+
+        return torchvision.models.get_model(self.arch, weights=None, num_classes=self.num_classes)
+
+
+FMNIST_NETWORK = Network()  # the embedded models' fmnist_cnn, 10 classes
+
+
+def plain_network(input_shape, num_classes: int) -> Network:
+    """architectures.plain_cnn for inputs of shape (C, H, W)."""
+    channels, height, width = (int(s) for s in input_shape)
+    return Network("mix_perception:plain_cnn", num_classes, {"channels": channels, "height": height, "width": width})
 
 
 @dataclass(frozen=True)
@@ -122,16 +151,17 @@ def train(
     std: list[float],
     seed: int,
     device: torch.device | str = "cpu",
-    progress: Callable[[str], None] = print,
+    network: Network = FMNIST_NETWORK,
 ) -> tuple[nn.Module, list[dict]]:
-    """Train a new fmnist_cnn by `recipe` on images (N, 1, 28, 28) in [0, 1] and int64 labels (N,).
+    """Train a new `network` (default: the embedded fmnist_cnn) by `recipe` on images (N, C, H, W) in
+    [0, 1] and int64 labels (N,) in [0, network.num_classes).
 
     Returns the Normalized(network, mean, std) wrapper (takes [0, 1] pixels) in eval mode on `device`
     (its `.model` is the bare network whose state_dict goes into the checkpoint), and the history of
     `fit` (training accuracy on the inputs trained on).
     """
     torch.manual_seed(seed)
-    model = Normalized(architectures.build(ARCH), mean, std).to(device)
+    model = Normalized(network.build(), mean, std).to(device)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -145,7 +175,7 @@ def train(
     def batch_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _loss(recipe, model, x, y, generator)
 
-    history = fit(model, (images, labels), batch_loss, optimizer, schedule, generator, device, progress)
+    history = fit(model, (images, labels), batch_loss, optimizer, schedule, generator, device)
     return model.eval(), history
 
 
@@ -311,18 +341,24 @@ def measure(
     return metrics
 
 
-def checkpoint(name: str, model: Normalized, mean: list[float], std: list[float]) -> dict:
-    """The checkpoint dict saved as <name>.pt: arch, num_classes, state_dict of the bare network
-    (float32, on the CPU), mean, std, input_shape, and sigma for the smoothing model."""
+def checkpoint(
+    model: Normalized, network: Network, mean: list[float], std: list[float], input_shape, sigma: float | None = None
+) -> dict:
+    """The checkpoint dict (core.models format) of a trained Normalized `model`: arch, num_classes,
+    state_dict of the bare network (float32, on the CPU), mean, std (the lists the model was trained
+    with), input_shape (C, H, W), then arch_options when the network has any and sigma for a smoothing
+    base model (in this order: the embedded models' files keep their bytes)."""
     state = {key: value.detach().cpu().clone() for key, value in model.model.state_dict().items()}
     content = {
-        "arch": ARCH,
-        "num_classes": 10,
+        "arch": network.arch,
+        "num_classes": network.num_classes,
         "state_dict": state,
         "mean": list(mean),
         "std": list(std),
-        "input_shape": [1, 28, 28],
+        "input_shape": [int(s) for s in input_shape],
     }
-    if name == "smoothing":
-        content["sigma"] = RECIPES["smoothing"].sigma
+    if network.options:
+        content["arch_options"] = dict(network.options)
+    if sigma is not None:
+        content["sigma"] = sigma
     return content

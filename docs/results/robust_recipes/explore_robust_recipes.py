@@ -92,7 +92,8 @@ def train(kind, weight, epochs):
             total += loss.item() * len(index)
         seconds, load = time.time() - start, os.getloadavg()[0]
         print(f"{kind} {weight:g} epoch {epoch + 1}/{epochs} loss {total / n:.4f} {seconds:.0f}s load {load:.1f}")
-    torch.save(training.checkpoint("robust", model.eval(), mean, std), f"{kind}_{weight:g}.pt")
+    content = training.checkpoint(model.eval(), training.FMNIST_NETWORK, mean, std, (1, 28, 28))
+    torch.save(content, f"{kind}_{weight:g}.pt")
     return load_model(f"{kind}_{weight:g}.pt")
 
 

@@ -48,7 +48,7 @@ if __name__ == "__main__":
         mean, std = training.normalization(train_split.images)
         g, history = training.train(recipe, train_split.images, train_split.labels, mean, std, seed=0)
         name = f"standard_{epochs}"
-        torch.save(training.checkpoint("standard", g, mean, std), f"{name}.pt")
+        torch.save(training.checkpoint(g, training.FMNIST_NETWORK, mean, std, (1, 28, 28)), f"{name}.pt")
         g = load_model(f"{name}.pt")
     x, y = data.load_data("calibration", None)[:2]
     with torch.no_grad():
