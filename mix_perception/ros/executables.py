@@ -17,16 +17,16 @@ def run_module(module: str) -> None:
 
 
 def mixer_node() -> None:
-    stop_request.install(during_startup=True)
+    stop_request.install(during_startup=True, exit_within=stop_request.EXIT_WITHIN_S)
     allocator.tune_malloc()
     run_module("mix_perception.ros.mixer_node")
 
 
 def safety_monitor() -> None:
-    stop_request.install(during_startup=True)
+    stop_request.install(during_startup=True, exit_within=stop_request.EXIT_WITHIN_S)
     run_module("mix_perception.ros.safety_monitor")
 
 
 def demo_camera() -> None:
-    stop_request.install(during_startup=True)
+    stop_request.install(during_startup=True, exit_within=stop_request.EXIT_WITHIN_S)
     run_module("mix_perception.ros.demo_camera")

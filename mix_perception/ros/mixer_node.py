@@ -61,14 +61,8 @@ class MixerNode(LifecycleNode):
     `start` (autostart) or a lifecycle transition configures it."""
 
     def __init__(self, standard=None, robust=None, **node_kwargs):
-        super().__init__(NODE_NAME, **node_kwargs)
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        from mix_perception.msg import MixedClassification, RejectedFrame
-
-        self._classification_type, self._rejected_type = MixedClassification, RejectedFrame
-        self.models = (standard, robust) if standard is not None and robust is not None else None
-        # what destroy_node() needs, set before anything can raise (the context destroys half-built nodes)
+        # what destroy_node() needs, set before anything can raise, the base class's __init__ included: the
+        # context destroys a half-built node when a Ctrl-C ends the startup inside it
         self.runtime: Runtime | None = None
         self.configure_error = ""
         self.autostarting = False
@@ -80,6 +74,13 @@ class MixerNode(LifecycleNode):
         self.slots.close()
         self.stats = MixerStats()
         self.unbounded_logged = set()
+        super().__init__(NODE_NAME, **node_kwargs)
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        from mix_perception.msg import MixedClassification, RejectedFrame
+
+        self._classification_type, self._rejected_type = MixedClassification, RejectedFrame
+        self.models = (standard, robust) if standard is not None and robust is not None else None
 
         parameters.declare(self, parameters.MIXER, reconfigurable=True)
         self.alpha = self.get_parameter("alpha").value

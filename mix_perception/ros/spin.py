@@ -24,10 +24,6 @@ from rclpy.signals import SignalHandlerOptions
 from mix_perception.core.errors import first_line
 from mix_perception.ros import exit_deadline, stop_request
 
-# Seconds a node executable's teardown may take before the process ends anyway (exit_deadline): a
-# launch waits 2 s after its Ctrl-C, and the spin loop sees the stop within 0.1 s.
-TEARDOWN_S = 1.5
-
 
 def init(args=None) -> threading.Event:
     """rclpy.init without rclpy's signal handlers; returns the event that SIGINT and SIGTERM set."""
@@ -73,7 +69,7 @@ def run_node(executable: str, make_node, argv=None) -> None:
     the process exits 0; make_node destroys a node it was still starting.
 
     A node that cannot start (missing or corrupt model, bad parameter, absent device) exits 1 with
-    one line `<executable>: error: <reason>` on stderr. The teardown is bounded by TEARDOWN_S
+    one line `<executable>: error: <reason>` on stderr. The teardown is bounded by stop_request.EXIT_WITHIN_S
     (exit_deadline): the process ends with its status even when DDS blocks in it. Never returns."""
     nodes, status = [], 0
     try:
@@ -90,7 +86,7 @@ def run_node(executable: str, make_node, argv=None) -> None:
         status = 1
     finally:
         stop_request.flush_stdio()
-        exit_deadline.arm(TEARDOWN_S, status)
+        exit_deadline.arm(stop_request.EXIT_WITHIN_S, status)
         shut_down(nodes)
     stop_request.exit_now(status)
 

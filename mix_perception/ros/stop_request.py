@@ -26,10 +26,17 @@ import signal
 import sys
 import threading
 
+from mix_perception.ros import exit_deadline
+
 STOP = threading.Event()
+
+# Seconds after the first signal within which a node executable ends (install's `exit_within`): a launch
+# waits 2 s before it escalates.
+EXIT_WITHIN_S = 1.5
 
 # What the first signal of the startup does: None (only set STOP), "exit" or "raise".
 _on_first_signal = None
+_exit_within = None  # seconds, or None: no deadline on the process after the first signal
 
 
 class StopRequested(BaseException):  # noqa: N818 - named like KeyboardInterrupt, which it replaces
@@ -37,7 +44,10 @@ class StopRequested(BaseException):  # noqa: N818 - named like KeyboardInterrupt
 
 
 def _on_signal(*_) -> None:
-    global _on_first_signal
+    global _on_first_signal, _exit_within
+    if _exit_within is not None:  # the first signal: whatever blocks from here, the process ends in time
+        exit_deadline.arm(_exit_within, 0)
+        _exit_within = None
     STOP.set()
     action, _on_first_signal = _on_first_signal, None
     if action == "exit":
@@ -46,13 +56,17 @@ def _on_signal(*_) -> None:
         raise StopRequested
 
 
-def install(during_startup: bool = False) -> threading.Event:
+def install(during_startup: bool = False, exit_within: float | None = None) -> threading.Event:
     """Make SIGINT and SIGTERM set STOP; with `during_startup` the first one also ends the process at once
     (exit 0) until `ros_started()`, then raises StopRequested until `end_startup()` (a later install
-    without it keeps that). Returns STOP."""
-    global _on_first_signal
+    without it keeps that). With `exit_within` (seconds; node executables) the first signal also arms
+    exit_deadline: the process ends with status 0 that long after it, even when a teardown (or the
+    destruction of a half-built node while the startup unwinds) blocks in DDS. Returns STOP."""
+    global _on_first_signal, _exit_within
     if during_startup and _on_first_signal is None and not STOP.is_set():
         _on_first_signal = "exit"
+    if exit_within is not None and not STOP.is_set():
+        _exit_within = exit_within
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, _on_signal)
     return STOP
