@@ -113,7 +113,7 @@ def main(args) -> int:
         )
     fit_outputs = rc.frame_outputs(classifier, fit[0], args.alpha, radius, args.batch_size)
     try:
-        ood_model = rc.fit_ood_model(fit_outputs.h_features, fit[1], rc.subset(outputs, slice(0, args.selection)))
+        ood_model = rc.fit_ood_model(fit_outputs, fit[1], rc.subset(outputs, slice(0, args.selection)), outputs)
     except ValueError as error:
         raise CommandError(f"--ood-fit-data {args.ood_fit_data}: {error}") from None
     ood_path = (args.out / "ood_model.pt").resolve()
@@ -168,7 +168,8 @@ def _write_yaml(args, specs: dict, acceptance, ood_path: Path, yaml_path: Path, 
         f"{guarantee.n} calibration frames (Learn-then-Test; frames exchangeable with them); "
         f"expected coverage {guarantee.coverage:.4f}.",
         f"OOD flag: conformal p <= {args.ood_level:g} of the Mahalanobis score of h's features (ood_model); "
-        f"shift: CUSUM, <= {args.alarms_per_hour:g} false alarms per hour at {args.rate_hz:g} Hz.",
+        f"shift: CUSUMs of g's energy and of the frame statistics, <= {args.alarms_per_hour:g} false alarms per "
+        f"hour at {args.rate_hz:g} Hz together.",
         "Use: mix-perception run --config <this file>   (parameters not listed keep their defaults)",
     ]
     parameter_file.write_parameter_file(yaml_path, params, comments)

@@ -9,14 +9,17 @@ one more forward of g.
 Roles of the calibration frames (the shipped split is ordered by image hash, so a prefix is a
 pseudo-random mix): the first `selection` frames choose the acceptance score (largest coverage with
 empirical risk <= epsilon / 2), place the threshold grid (core.risk_control.quantile_grid from half
-that coverage), and are the conformal reference of the OOD flag and of the shift detector's p-values;
-the other frames are the Learn-then-Test calibration (core.risk_control.learn_then_test). Guarantee:
-with probability >= 1 - delta over those frames, P(wrong | certified at the radius and score >= t) <=
-epsilon, for frames exchangeable with them.
+that coverage), and are the conformal reference of the OOD flag; the other frames are the Learn-then-Test
+calibration (core.risk_control.learn_then_test). All of them are the reference of the shift detectors'
+two p-values (any frames not used in a fit would do; more make the p-values closer to uniform given the
+reference). Guarantee: with probability >= 1 - delta over the Learn-then-Test frames, P(wrong | certified
+at the radius and score >= t) <= epsilon, for frames exchangeable with them.
 
 OOD model (core.ood.OODModel, the file the mixer's `ood_model` parameter names): core.ood.fit_mahalanobis
-on h's features of frames apart from the calibration split (the training split); its reference scores:
-the Mahalanobis scores and g's energies -logsumexp(g logits) of the selection frames.
+on h's features and core.ood.fit_input_statistics on the frame statistics (core.frame_statistics) of
+frames apart from the calibration split (the training split); its reference scores: the Mahalanobis
+scores of the selection frames, g's energies -logsumexp(g logits) and the frame-statistics distances of
+all calibration frames.
 """
 
 from dataclasses import dataclass
@@ -27,24 +30,27 @@ import torch
 from torch import nn
 
 from mix_perception.core import ood, risk_control
+from mix_perception.core.frame_statistics import frame_statistics
 
 
 class FrameOutputs(NamedTuple):
     """Per frame, as the node computes it: pred (N,) mixed class; probs (N, C) float64 of the published
-    float32; radius (N,) published l2 radius (0: not certified); g_logits (N, C), h_features (N, D) float64."""
+    float32; radius (N,) published l2 radius (0: not certified); g_logits (N, C), h_features (N, D) float64;
+    input_statistics (N, K) float64: core.frame_statistics of the model input."""
 
     pred: np.ndarray
     probs: np.ndarray
     radius: np.ndarray
     g_logits: torch.Tensor
     h_features: torch.Tensor
+    input_statistics: torch.Tensor
 
 
 def frame_outputs(classifier, x: torch.Tensor, alpha: float, required_radius: float, batch: int = 500) -> FrameOutputs:
     """FrameOutputs of frames x (N, C, H, W) in [0, 1] through `classifier` (ros.inference.FrameClassifier)."""
     robust = classifier.certifier.robust
     last = [m for m in robust.modules() if isinstance(m, nn.Linear)][-1]
-    captured, frames, g_logits = [], [], []
+    captured, frames, g_logits, statistics = [], [], [], []
     handle = last.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
     try:
         for chunk in x.split(batch):
@@ -52,6 +58,7 @@ def frame_outputs(classifier, x: torch.Tensor, alpha: float, required_radius: fl
             frames += classifier.classify(chunk, alpha, required_radius)
             with torch.no_grad():
                 g_logits.append(classifier.standard(chunk).double().cpu())
+            statistics.append(frame_statistics(chunk).cpu())
     finally:
         handle.remove()
     return FrameOutputs(
@@ -60,6 +67,7 @@ def frame_outputs(classifier, x: torch.Tensor, alpha: float, required_radius: fl
         radius=np.array([f.certified_radius for f in frames], dtype=np.float64),
         g_logits=torch.cat(g_logits),
         h_features=torch.cat(captured).flatten(1).double().cpu(),
+        input_statistics=torch.cat(statistics),
     )
 
 
@@ -129,15 +137,20 @@ def calibrate_acceptance(scores: dict, wrong: np.ndarray, selection: int, epsilo
     return AcceptanceCalibration(name, coverage, start, guarantee)
 
 
-def fit_ood_model(fit_features: torch.Tensor, fit_labels: torch.Tensor, reference: FrameOutputs) -> ood.OODModel:
-    """The OOD model (module docstring): Mahalanobis fitted on fit_features (N, D) with fit_labels (N,),
-    reference scores of the `reference` frames (not used in the fit). ValueError when a class has no fit
-    frame (its mean would be undefined)."""
+def fit_ood_model(
+    fit: FrameOutputs, fit_labels: torch.Tensor, reference: FrameOutputs, shift_reference: FrameOutputs
+) -> ood.OODModel:
+    """The OOD model (module docstring): the Mahalanobis statistics of h's features (with fit_labels (N,)) and
+    of the frame statistics fitted on the `fit` frames; reference scores of the OOD flag from the `reference`
+    frames, of the shift test from the `shift_reference` frames (neither used in the fit). ValueError when a
+    class has no fit frame (its mean would be undefined)."""
     counts = torch.bincount(fit_labels, minlength=int(fit_labels.max()) + 1)
     if (counts == 0).any():
         raise ValueError(f"classes {(counts == 0).nonzero().flatten().tolist()} have no frame to fit the OOD model on")
-    maha = ood.fit_mahalanobis(fit_features, fit_labels)
-    return ood.OODModel.create(maha, maha.score(reference.h_features), ood.energy(reference.g_logits))
+    maha = ood.fit_mahalanobis(fit.h_features, fit_labels)
+    frames = ood.fit_input_statistics(fit.input_statistics)
+    energies, distances = ood.energy(shift_reference.g_logits), frames.score(shift_reference.input_statistics)
+    return ood.OODModel.create(maha, maha.score(reference.h_features), energies, frames, distances)
 
 
 def ood_p_values(model: ood.OODModel, outputs: FrameOutputs) -> np.ndarray:

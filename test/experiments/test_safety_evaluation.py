@@ -9,6 +9,7 @@ import torch
 
 from mix_perception import cli
 from mix_perception.core import ood
+from mix_perception.core.frame_statistics import frame_statistics
 from mix_perception.core.models import load_model
 from mix_perception.experiments import data, ood_data, parameter_file
 
@@ -22,7 +23,10 @@ def safety_params(tmp_path_factory) -> str:
         features, _ = ood.penultimate_features(load_model("default:lipschitz").double(), split.images[:1000].double())
         g_logits = load_model("default:standard")(split.images[:100])
     maha = ood.fit_mahalanobis(features[100:], split.labels[100:1000])
-    ood.OODModel.create(maha, maha.score(features[:100]), ood.energy(g_logits)).save(folder / "ood.pt")
+    pixels = frame_statistics(split.images[:1000])
+    frames = ood.fit_input_statistics(pixels[100:])
+    references = ood.energy(g_logits), frames, frames.score(pixels[:100])
+    ood.OODModel.create(maha, maha.score(features[:100]), *references).save(folder / "ood.pt")
     extra = {"robust_logit_scale": 12.0, "ood_model": str(folder / "ood.pt")}
     params = parameter_file.node_parameters(0.65, "default:standard", "default:lipschitz", "lipschitz", extra=extra)
     acceptance = {"score": "top_probability", "threshold": 0.9, "epsilon": 0.05, "delta": 0.1}
