@@ -169,17 +169,17 @@ class OODModel:
     def score(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, p-values) of features (N, D): Mahalanobis scores (N,) >= 0 and conformal p-values (N,) in (0, 1]."""
         scores = self.mahalanobis.score(features)
-        return scores, conformal_p_values(self.calibration_scores.to(scores.device), scores)
+        return scores, _p_values(self.calibration_scores.to(scores.device), scores)
 
     def shift_p_values(self, standard_logits: torch.Tensor) -> torch.Tensor:
         """Conformal p-values (N,) of g's energy for g's logits (N, C): one of the stream-shift test's inputs."""
-        return conformal_p_values(self.energy_scores.to(standard_logits.device), energy(standard_logits))
+        return _p_values(self.energy_scores.to(standard_logits.device), energy(standard_logits))
 
     def input_shift_p_values(self, x: torch.Tensor) -> torch.Tensor:
         """Conformal p-values (N,) of the Mahalanobis distance of the frames' statistics (core.frame_statistics)
         for model inputs x (N, C, H, W) in [0, 1]: the stream-shift test's other input."""
         distances = self.input_statistics.score(frame_statistics(x))
-        return conformal_p_values(self.input_scores.to(distances.device), distances)
+        return _p_values(self.input_scores.to(distances.device), distances)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors of the file format, in OOD_KEYS order."""
@@ -236,6 +236,10 @@ def energy(logits: torch.Tensor) -> torch.Tensor:
 
 def conformal_p_values(calibration_scores: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """p = (1 + #{calibration >= s}) / (n + 1) for each score s (higher score = more unusual); float64, (0, 1]."""
-    ordered = torch.sort(calibration_scores.double().flatten()).values
+    return _p_values(torch.sort(calibration_scores.double().flatten()).values, scores)
+
+
+def _p_values(ordered: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """conformal_p_values against calibration scores `ordered` already sorted ascending (OODModel keeps them so)."""
     at_least = ordered.numel() - torch.searchsorted(ordered, scores.double().contiguous(), right=False)
     return (1.0 + at_least.double()) / (ordered.numel() + 1.0)

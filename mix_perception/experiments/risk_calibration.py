@@ -31,6 +31,7 @@ from torch import nn
 
 from mix_perception.core import ood, risk_control
 from mix_perception.core.frame_statistics import frame_statistics
+from mix_perception.ros.safety_guarantee import Shift, ShiftWatch
 
 
 class FrameOutputs(NamedTuple):
@@ -166,19 +167,34 @@ def ood_scores(model: ood.OODModel, outputs: FrameOutputs) -> np.ndarray:
 @dataclass(frozen=True)
 class Verdict:
     """The calibrated verdict's rules: acceptance `score` >= `threshold` (frames certified at
-    `required_radius`), and the OOD flag p <= `ood_level` against `ood_model`."""
+    `required_radius`), the OOD flag p <= `ood_level` against `ood_model`, and the monitor's per-camera shift
+    watch (`shift`, ros.safety_guarantee.Shift; None: not measured)."""
 
     score: str
     threshold: float
     required_radius: float
     ood_model: ood.OODModel
     ood_level: float
+    shift: Shift | None = None
+
+
+def shift_flags(verdict: Verdict, outputs: FrameOutputs) -> np.ndarray:
+    """(N,) bool: the distribution_shift flag of a camera whose monitor starts fresh and receives these frames
+    in order (ros.safety_guarantee.ShiftWatch on the p-values of g's energy and of the frame statistics)."""
+    model = verdict.ood_model
+    energy_p = model.shift_p_values(outputs.g_logits).tolist()
+    distances = model.input_statistics.score(outputs.input_statistics)
+    input_p = ood.conformal_p_values(model.input_scores, distances).tolist()
+    watch = ShiftWatch(verdict.shift)
+    return np.array([watch.update(pair) for pair in zip(energy_p, input_p, strict=True)], dtype=bool)
 
 
 def measure(verdict: Verdict, outputs: FrameOutputs, labels: torch.Tensor | None = None) -> dict:
     """What the verdict does on frames: fractions certified, accepted, OOD-flagged and passed (accepted and
     not flagged); with labels (N,), also accuracy and the risk (fraction wrong) among accepted and passed
-    frames (None when none is). Frames without labels are out of distribution: every pass is a miss."""
+    frames (None when none is). Frames without labels are out of distribution: every pass is a miss. With
+    verdict.shift: the fraction of frames a fresh camera fed them in order flags `distribution_shift`, and the
+    first such frame (1-based; None when none is)."""
     score = acceptance_scores(outputs, verdict.required_radius)[verdict.score]
     accepted = score >= verdict.threshold
     flagged = ood_p_values(verdict.ood_model, outputs) <= verdict.ood_level
@@ -190,6 +206,10 @@ def measure(verdict: Verdict, outputs: FrameOutputs, labels: torch.Tensor | None
         "ood_flagged": float(flagged.mean()),
         "passed": float(passed.mean()),
     }
+    if verdict.shift is not None:
+        flags = shift_flags(verdict, outputs)
+        out["shift_flagged"] = float(flags.mean())
+        out["shift_first_flag"] = int(flags.argmax()) + 1 if flags.any() else None
     if labels is not None:
         wrong = outputs.pred != labels.numpy()
         out["accuracy"] = float(1.0 - wrong.mean())

@@ -159,17 +159,22 @@ def acceptance_from(values: dict) -> Acceptance | None:
     return Acceptance(score, values["acceptance.threshold"], epsilon, delta, size, coverage)
 
 
+def shift_from(values: dict) -> Shift | None:
+    """Shift from the shift.* parameters (None when shift.alarms_per_hour is 0); ValueError (one line) for an
+    inconsistent one."""
+    if values["shift.alarms_per_hour"] <= 0:
+        return None
+    lam = check_level("shift.lam", values["shift.lam"])
+    rate = values["shift.alarms_per_hour"] / len(SHIFT_STREAMS)  # the union bound: each detector half
+    threshold = threshold_for_rate(rate, values["shift.rate_hz"])
+    if threshold <= 1.0:
+        raise ValueError("shift.alarms_per_hour must be below twice the frames of an hour, 7200 x shift.rate_hz")
+    return Shift(threshold, lam, values["shift.alarms_per_hour"], values["shift.rate_hz"])
+
+
 def guarantee_from(values: dict) -> Guarantee:
     """Guarantee from the safety monitor's parameters; ValueError (one line) for an inconsistent one."""
     level = values["ood.level"]
     if not 0.0 <= level < 1.0:
         raise ValueError(f"ood.level must be in [0, 1), got {level}")
-    shift = None
-    if values["shift.alarms_per_hour"] > 0:
-        lam = check_level("shift.lam", values["shift.lam"])
-        rate = values["shift.alarms_per_hour"] / len(SHIFT_STREAMS)  # the union bound: each detector half
-        threshold = threshold_for_rate(rate, values["shift.rate_hz"])
-        if threshold <= 1.0:
-            raise ValueError("shift.alarms_per_hour must be below twice the frames of an hour, 7200 x shift.rate_hz")
-        shift = Shift(threshold, lam, values["shift.alarms_per_hour"], values["shift.rate_hz"])
-    return Guarantee(acceptance_from(values), level, shift)
+    return Guarantee(acceptance_from(values), level, shift_from(values))

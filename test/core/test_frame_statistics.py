@@ -31,15 +31,16 @@ def test_statistics_follow_their_formulas():
     x = torch.tensor(np.stack([pixels, pixels.T])[:, None], dtype=torch.float32)
     stats = frame_statistics(x)
     assert stats.shape == (2, len(STATISTICS)) and stats.dtype == torch.float64
-    laplacian = 4 * pixels[1:-1, 1:-1] - pixels[:-2, 1:-1] - pixels[2:, 1:-1] - pixels[1:-1, :-2] - pixels[1:-1, 2:]
+    inner = pixels[1:-1, 1:-1]  # the interior pixels, and their neighbours:
+    right, down, left, up = pixels[1:-1, 2:], pixels[2:, 1:-1], pixels[1:-1, :-2], pixels[:-2, 1:-1]
     expected = [
         6 / 16,  # dark: the exact zeros
         4 / 16,  # near_dark: 3, 1, 8 and 7 grey levels (9 is above 8.5)
         2 / 16,  # bright: the 255s
         pixels.mean(),
         pixels.std(),
-        (np.diff(pixels, axis=1) ** 2).mean() + (np.diff(pixels, axis=0) ** 2).mean(),
-        (laplacian**2).mean(),
+        ((right - inner) ** 2).mean() + ((down - inner) ** 2).mean(),
+        ((4 * inner - right - down - left - up) ** 2).mean(),
     ]
     assert stats[0].tolist() == pytest.approx(expected, rel=1e-5)
     assert stats[1].tolist() == pytest.approx(expected, rel=1e-5)  # all of them are symmetric in the axes
@@ -75,3 +76,8 @@ def test_a_camera_switched_to_jpeg_is_flagged_quickly_and_a_clean_one_is_not(fit
     assert p_jpeg.median() < 0.01 < p_clean.median()
     alarms = stream_shift.run_detector(torch.cat([p_clean, p_jpeg]).numpy(), threshold, lam=0.9)
     assert len(alarms) > 0 and len(clean) <= alarms[0] < len(clean) + 100
+
+
+def test_a_grey_frame_in_three_channels_has_the_statistics_of_its_one_channel():
+    grey = garments(4, 5)
+    assert torch.allclose(frame_statistics(grey.repeat(1, 3, 1, 1)), frame_statistics(grey), atol=1e-6)

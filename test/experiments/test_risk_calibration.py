@@ -1,6 +1,7 @@
 """Calibrating the safety verdict (`calibrate --goal risk`, experiments/risk_calibration.py): the acceptance
 rule of constructed cases, the OOD model file the mixer reads, the parameter file's names, refusals."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -127,6 +128,7 @@ def test_the_shipped_ood_model_matches_its_card():
     assert (model.classes, model.feature_width) == (10, 256)
     assert model.calibration_scores.shape == (600,) and model.energy_scores.shape == model.input_scores.shape == (2000,)
     assert torch.allclose(model.mahalanobis.precision, model.mahalanobis.precision.T)
+    assert hashlib.sha256(folder.joinpath(card["file"]).read_bytes()).hexdigest() == card["sha256"]
 
 
 def test_the_calibrated_scores_are_the_ones_the_monitor_computes():

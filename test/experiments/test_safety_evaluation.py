@@ -55,6 +55,11 @@ def test_evaluate_ood_and_corruptions_report_the_verdict_per_model(safety_params
             assert m["frames"] == 40 and 0 <= m["passed"] <= m["accepted"] <= m["certified"] <= 1
     assert "accuracy" in results["sets"]["test"]["mixture"] and "accuracy" not in results["sets"]["noise.npz"]["h"]
     assert results["sets"]["noise.npz"]["mixture"]["ood_flagged"] > 0.9  # uniform noise is nothing like clothes
+    # a camera of uniform noise is flagged distribution_shift (every p-value 1/101: ~37 frames at lam 0.5), the
+    # clean one is not
+    assert results["sets"]["noise.npz"]["mixture"]["shift_first_flag"] <= 40
+    assert results["sets"]["test"]["mixture"]["shift_flagged"] == 0.0
+    assert results["config"]["shift"]["threshold"] == pytest.approx(2 * 3600 * 30 / 0.1)  # each detector: half the rate
     assert (out / "risk_coverage.png").exists() and (out / "ood_scores.png").exists()
 
 
