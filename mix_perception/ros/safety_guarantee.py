@@ -21,12 +21,15 @@ threshold_for_rate(shift.alarms_per_hour / 2, shift.rate_hz), so each raises <= 
 alarms an hour on a clean camera at rate_hz, and the camera, which alarms when either does, <=
 alarms_per_hour (union bound: the long-run rates add; no independence between the two streams is needed).
 Assumption: on a clean camera each stream's p-values are i.i.d. super-uniform (frames exchangeable with
-the reference frames). A detector restarts after its alarm, so the camera stays flagged
-`distribution_shift` for `hold` frames from an alarm (counting it), hold = ceil(ln A / ln(1 + lam/2)):
-the frames a restarted detector needs to alarm again when every p-value is <= 1/4 (each bet >= 1 + lam/2).
-So a stream whose p-values stay <= 1/4 stays flagged without a gap, a weaker shift is flagged `hold`
-frames per alarm, and each false alarm flags a clean camera for `hold` frames. Without an OOD model the
-mixer publishes p-values 1, each bet is 1 - lam < 1 and the statistics stay 0: no alarm.
+the reference frames; against one fixed reference set only marginally so, see core.stream_shift), which
+for the frame statistics includes the same image path as calibration: [0, 1] pixels, no input.mean/std,
+no JPEG transport, no resizing (a camera that differs there is flagged, by design). A detector restarts
+after its alarm, so the camera stays flagged `distribution_shift` for `hold` frames from an alarm
+(counting it), hold = ceil(ln A / ln(1 + lam/2)): the frames a restarted detector needs to alarm again
+when every p-value is <= 1/4 (each bet >= 1 + lam/2). So a stream whose p-values stay <= 1/4 stays
+flagged without a gap, a weaker shift is flagged `hold` frames per alarm, and each false alarm flags a
+clean camera for `hold` frames. Without an OOD model the mixer publishes p-values 1, each bet is
+1 - lam < 1 and the statistics stay 0: no alarm.
 """
 
 import math
