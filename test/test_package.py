@@ -39,6 +39,7 @@ MIXED_CLASSIFICATION_FIELDS = {
     "ood_score": "float",
     "ood_p_value": "float",
     "shift_p_value": "float",
+    "input_shift_p_value": "float",
     "pipeline": "string",
 }
 SAFETY_STATUS_FIELDS = {

@@ -91,6 +91,7 @@ def main(args) -> int:
     from mix_perception.experiments import risk_calibration as rc
 
     epsilon, delta = _levels(args)
+    shift = _shift(args)
     radius = 0.1 if args.radius is None else args.radius
     device = from_options.setup_torch(args)
     calib = from_options.load_dataset(args.calibration_data, args.limit, "--calibration-data")
@@ -113,12 +114,12 @@ def main(args) -> int:
         )
     fit_outputs = rc.frame_outputs(classifier, fit[0], args.alpha, radius, args.batch_size)
     try:
-        ood_model = rc.fit_ood_model(fit_outputs.h_features, fit[1], rc.subset(outputs, slice(0, args.selection)))
+        ood_model = rc.fit_ood_model(fit_outputs, fit[1], rc.subset(outputs, slice(0, args.selection)), outputs)
     except ValueError as error:
         raise CommandError(f"--ood-fit-data {args.ood_fit_data}: {error}") from None
     ood_path = (args.out / "ood_model.pt").resolve()
     ood_model.save(ood_path)
-    verdict = rc.Verdict(acceptance.score, acceptance.guarantee.threshold, radius, ood_model, args.ood_level)
+    verdict = rc.Verdict(acceptance.score, acceptance.guarantee.threshold, radius, ood_model, args.ood_level, shift)
     report["calibration"] = rc.measure(verdict, outputs, calib.y)
     if test is not None:
         test_outputs = rc.frame_outputs(classifier, test.x, args.alpha, radius, args.batch_size)
@@ -132,6 +133,17 @@ def main(args) -> int:
     for path in (ood_path, yaml_path, args.out / "risk_calibration.json"):
         print(f"wrote {path}")
     return 0
+
+
+def _shift(args):
+    """ros.safety_guarantee.Shift of the monitor this file configures (its detectors, to measure them here)."""
+    from mix_perception.ros.safety_guarantee import shift_from
+
+    values = {"shift.alarms_per_hour": args.alarms_per_hour, "shift.rate_hz": args.rate_hz, "shift.lam": SHIFT_LAM}
+    try:
+        return shift_from(values)
+    except ValueError as error:
+        raise CommandError(f"--alarms-per-hour {args.alarms_per_hour:g}: {error}") from None
 
 
 def _node_model(spec: str, arch) -> tuple[str, str]:
@@ -172,7 +184,8 @@ def _write_yaml(args, specs: dict, acceptance, ood_path: Path, yaml_path: Path, 
         f"{guarantee.n} calibration frames (Learn-then-Test; frames exchangeable with them); "
         f"expected coverage {guarantee.coverage:.4f}.",
         f"OOD flag: conformal p <= {args.ood_level:g} of the Mahalanobis score of h's features (ood_model); "
-        f"shift: CUSUM, <= {args.alarms_per_hour:g} false alarms per hour at {args.rate_hz:g} Hz.",
+        f"shift: CUSUMs of g's energy and of the frame statistics, <= {args.alarms_per_hour:g} false alarms per "
+        f"hour at {args.rate_hz:g} Hz together.",
         "Use: mix-perception run --config <this file>   (parameters not listed keep their defaults)",
     ]
     parameter_file.write_parameter_file(yaml_path, params, comments)
@@ -235,7 +248,8 @@ def _print(report: dict) -> None:
             print(
                 f"{split} ({m['frames']} frames): accuracy {m['accuracy']:.4f}, certified {m['certified']:.4f}, "
                 f"coverage {m['accepted']:.4f} risk {_number(m['risk_accepted'])} ({m['wrong_accepted']} wrong); "
-                f"OOD-flagged {m['ood_flagged']:.4f}; passed {m['passed']:.4f} risk {_number(m['risk_passed'])}"
+                f"OOD-flagged {m['ood_flagged']:.4f}; passed {m['passed']:.4f} risk {_number(m['risk_passed'])}; "
+                f"flagged distribution_shift {m['shift_flagged']:.4f} (frames in order, one camera)"
             )
 
 

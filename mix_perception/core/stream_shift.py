@@ -19,6 +19,11 @@ of bets drifts towards 0 on clean data and would react ever more slowly to a lat
 does not. Assumption: p-values i.i.d. super-uniform. Conformal p-values against one fixed calibration
 set are only marginally uniform (they share the calibration draw); `simulate_false_alarms` measures the
 per-hour rate with that dependence included.
+
+Several streams (the safety monitor watches two per camera): k detectors, detector i at level A_i on its
+own stream, an alarm when any alarms. Each detector's alarms are a renewal process of rate <= 1/A_i, so the
+union's long-run rate is <= sum_i 1/A_i (union bound; the streams may depend on each other): A_i = k A
+keeps the rate of one detector at A, for ln k more nats of evidence per alarm.
 """
 
 import math

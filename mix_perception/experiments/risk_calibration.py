@@ -9,14 +9,17 @@ one more forward of g.
 Roles of the calibration frames (the shipped split is ordered by image hash, so a prefix is a
 pseudo-random mix): the first `selection` frames choose the acceptance score (largest coverage with
 empirical risk <= epsilon / 2), place the threshold grid (core.risk_control.quantile_grid from half
-that coverage), and are the conformal reference of the OOD flag and of the shift detector's p-values;
-the other frames are the Learn-then-Test calibration (core.risk_control.learn_then_test). Guarantee:
-with probability >= 1 - delta over those frames, P(wrong | certified at the radius and score >= t) <=
-epsilon, for frames exchangeable with them.
+that coverage), and are the conformal reference of the OOD flag; the other frames are the Learn-then-Test
+calibration (core.risk_control.learn_then_test). All of them are the reference of the shift detectors'
+two p-values (any frames not used in a fit would do; more make the p-values closer to uniform given the
+reference). Guarantee: with probability >= 1 - delta over the Learn-then-Test frames, P(wrong | certified
+at the radius and score >= t) <= epsilon, for frames exchangeable with them.
 
 OOD model (core.ood.OODModel, the file the mixer's `ood_model` parameter names): core.ood.fit_mahalanobis
-on h's features of frames apart from the calibration split (the training split); its reference scores:
-the Mahalanobis scores and g's energies -logsumexp(g logits) of the selection frames.
+on h's features and core.ood.fit_input_statistics on the frame statistics (core.frame_statistics) of
+frames apart from the calibration split (the training split); its reference scores: the Mahalanobis
+scores of the selection frames, g's energies -logsumexp(g logits) and the frame-statistics distances of
+all calibration frames.
 """
 
 from dataclasses import dataclass
@@ -27,24 +30,28 @@ import torch
 from torch import nn
 
 from mix_perception.core import ood, risk_control
+from mix_perception.core.frame_statistics import frame_statistics
+from mix_perception.ros.safety_guarantee import Shift, ShiftWatch
 
 
 class FrameOutputs(NamedTuple):
     """Per frame, as the node computes it: pred (N,) mixed class; probs (N, C) float64 of the published
-    float32; radius (N,) published l2 radius (0: not certified); g_logits (N, C), h_features (N, D) float64."""
+    float32; radius (N,) published l2 radius (0: not certified); g_logits (N, C), h_features (N, D) float64;
+    input_statistics (N, K) float64: core.frame_statistics of the model input."""
 
     pred: np.ndarray
     probs: np.ndarray
     radius: np.ndarray
     g_logits: torch.Tensor
     h_features: torch.Tensor
+    input_statistics: torch.Tensor
 
 
 def frame_outputs(classifier, x: torch.Tensor, alpha: float, required_radius: float, batch: int = 500) -> FrameOutputs:
     """FrameOutputs of frames x (N, C, H, W) in [0, 1] through `classifier` (ros.inference.FrameClassifier)."""
     robust = classifier.certifier.robust
     last = [m for m in robust.modules() if isinstance(m, nn.Linear)][-1]
-    captured, frames, g_logits = [], [], []
+    captured, frames, g_logits, statistics = [], [], [], []
     handle = last.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
     try:
         for chunk in x.split(batch):
@@ -52,6 +59,7 @@ def frame_outputs(classifier, x: torch.Tensor, alpha: float, required_radius: fl
             frames += classifier.classify(chunk, alpha, required_radius)
             with torch.no_grad():
                 g_logits.append(classifier.standard(chunk).double().cpu())
+            statistics.append(frame_statistics(chunk).cpu())
     finally:
         handle.remove()
     return FrameOutputs(
@@ -60,6 +68,7 @@ def frame_outputs(classifier, x: torch.Tensor, alpha: float, required_radius: fl
         radius=np.array([f.certified_radius for f in frames], dtype=np.float64),
         g_logits=torch.cat(g_logits),
         h_features=torch.cat(captured).flatten(1).double().cpu(),
+        input_statistics=torch.cat(statistics),
     )
 
 
@@ -129,15 +138,20 @@ def calibrate_acceptance(scores: dict, wrong: np.ndarray, selection: int, epsilo
     return AcceptanceCalibration(name, coverage, start, guarantee)
 
 
-def fit_ood_model(fit_features: torch.Tensor, fit_labels: torch.Tensor, reference: FrameOutputs) -> ood.OODModel:
-    """The OOD model (module docstring): Mahalanobis fitted on fit_features (N, D) with fit_labels (N,),
-    reference scores of the `reference` frames (not used in the fit). ValueError when a class has no fit
-    frame (its mean would be undefined)."""
+def fit_ood_model(
+    fit: FrameOutputs, fit_labels: torch.Tensor, reference: FrameOutputs, shift_reference: FrameOutputs
+) -> ood.OODModel:
+    """The OOD model (module docstring): the Mahalanobis statistics of h's features (with fit_labels (N,)) and
+    of the frame statistics fitted on the `fit` frames; reference scores of the OOD flag from the `reference`
+    frames, of the shift test from the `shift_reference` frames (neither used in the fit). ValueError when a
+    class has no fit frame (its mean would be undefined)."""
     counts = torch.bincount(fit_labels, minlength=int(fit_labels.max()) + 1)
     if (counts == 0).any():
         raise ValueError(f"classes {(counts == 0).nonzero().flatten().tolist()} have no frame to fit the OOD model on")
-    maha = ood.fit_mahalanobis(fit_features, fit_labels)
-    return ood.OODModel.create(maha, maha.score(reference.h_features), ood.energy(reference.g_logits))
+    maha = ood.fit_mahalanobis(fit.h_features, fit_labels)
+    frames = ood.fit_input_statistics(fit.input_statistics)
+    energies, distances = ood.energy(shift_reference.g_logits), frames.score(shift_reference.input_statistics)
+    return ood.OODModel.create(maha, maha.score(reference.h_features), energies, frames, distances)
 
 
 def ood_p_values(model: ood.OODModel, outputs: FrameOutputs) -> np.ndarray:
@@ -153,19 +167,34 @@ def ood_scores(model: ood.OODModel, outputs: FrameOutputs) -> np.ndarray:
 @dataclass(frozen=True)
 class Verdict:
     """The calibrated verdict's rules: acceptance `score` >= `threshold` (frames certified at
-    `required_radius`), and the OOD flag p <= `ood_level` against `ood_model`."""
+    `required_radius`), the OOD flag p <= `ood_level` against `ood_model`, and the monitor's per-camera shift
+    watch (`shift`, ros.safety_guarantee.Shift; None: not measured)."""
 
     score: str
     threshold: float
     required_radius: float
     ood_model: ood.OODModel
     ood_level: float
+    shift: Shift | None = None
+
+
+def shift_flags(verdict: Verdict, outputs: FrameOutputs) -> np.ndarray:
+    """(N,) bool: the distribution_shift flag of a camera whose monitor starts fresh and receives these frames
+    in order (ros.safety_guarantee.ShiftWatch on the p-values of g's energy and of the frame statistics)."""
+    model = verdict.ood_model
+    energy_p = model.shift_p_values(outputs.g_logits).tolist()
+    distances = model.input_statistics.score(outputs.input_statistics)
+    input_p = ood.conformal_p_values(model.input_scores, distances).tolist()
+    watch = ShiftWatch(verdict.shift)
+    return np.array([watch.update(pair) for pair in zip(energy_p, input_p, strict=True)], dtype=bool)
 
 
 def measure(verdict: Verdict, outputs: FrameOutputs, labels: torch.Tensor | None = None) -> dict:
     """What the verdict does on frames: fractions certified, accepted, OOD-flagged and passed (accepted and
     not flagged); with labels (N,), also accuracy and the risk (fraction wrong) among accepted and passed
-    frames (None when none is). Frames without labels are out of distribution: every pass is a miss."""
+    frames (None when none is). Frames without labels are out of distribution: every pass is a miss. With
+    verdict.shift: the fraction of frames a fresh camera fed them in order flags `distribution_shift`, and the
+    first such frame (1-based; None when none is)."""
     score = acceptance_scores(outputs, verdict.required_radius)[verdict.score]
     accepted = score >= verdict.threshold
     flagged = ood_p_values(verdict.ood_model, outputs) <= verdict.ood_level
@@ -177,6 +206,10 @@ def measure(verdict: Verdict, outputs: FrameOutputs, labels: torch.Tensor | None
         "ood_flagged": float(flagged.mean()),
         "passed": float(passed.mean()),
     }
+    if verdict.shift is not None:
+        flags = shift_flags(verdict, outputs)
+        out["shift_flagged"] = float(flags.mean())
+        out["shift_first_flag"] = int(flags.argmax()) + 1 if flags.any() else None
     if labels is not None:
         wrong = outputs.pred != labels.numpy()
         out["accuracy"] = float(1.0 - wrong.mean())

@@ -26,8 +26,9 @@ Out-of-distribution score (mixer parameter `ood_model`, core.ood.OODModel): the 
 penultimate features (the input of its last nn.Linear) and its conformal p-value, per frame. The
 features come from the forward of h the certifier runs anyway ("none"; "lipschitz": its float64 copy
 of h); the smoothing certifiers run h only on noisy copies, so for them h's base network runs once
-more, on the clean batch. With the model also the conformal p-value of g's energy, which the monitor's
-stream-shift test watches. Without a model: score 0, p-values 1 ("no evidence against in-distribution").
+more, on the clean batch. With the model also the two conformal p-values the monitor's stream-shift test
+watches: of g's energy, and of the distance of the frame's low-level statistics (core.frame_statistics, on
+the model input x). Without a model: score 0, p-values 1 ("no evidence against in-distribution").
 """
 
 import copy
@@ -110,6 +111,7 @@ class FrameResult(NamedTuple):
     ood_score: float
     ood_p_value: float
     shift_p_value: float
+    input_shift_p_value: float
     pipeline: str
 
 
@@ -318,18 +320,19 @@ class FrameClassifier:
         probs = (1.0 - alpha) * standard_probs + alpha * robust.robust_probs.to(standard_probs.dtype)
         if self.ood is None:
             ones = torch.ones_like(robust.radius)
-            ood_score, p_value, shift_p = torch.zeros_like(robust.radius), ones, ones
+            ood_score, p_value, shift_p, input_p = torch.zeros_like(robust.radius), ones, ones, ones
         else:
             (ood_score, p_value), shift_p = self.ood.score(robust.features), self.ood.shift_p_values(standard_logits)
+            input_p = self.ood.input_shift_p_values(x)
         columns = (robust.certified_class, robust.radius, robust.samples, top_two_margin(robust.robust_probs))
-        columns += (standard_probs.argmax(dim=-1), ood_score, p_value, shift_p)
+        columns += (standard_probs.argmax(dim=-1), ood_score, p_value, shift_p, input_p)
         parts = [probs, robust.robust_probs, *(c.unsqueeze(1) for c in columns)]
         packed = torch.cat([part.double() for part in parts], 1).cpu().numpy()  # float64 keeps the radius exact
         inference_ms = (time.perf_counter() - start) * 1000.0
         classes = probs.shape[1]
         mixed, robust_probs = packed[:, :classes], packed[:, classes : 2 * classes]
         certified_class, radius, samples, margin = (packed[:, 2 * classes + i] for i in range(4))
-        standard_class, ood_score, p_value, shift_p = (packed[:, -4 + i] for i in range(4))
+        standard_class, ood_score, p_value, shift_p, input_p = (packed[:, -5 + i] for i in range(5))
         class_id = mixed.argmax(axis=1)
         if frame_bounds is not None:
             radius = frame_radii(radius, frame_bounds)
@@ -354,6 +357,7 @@ class FrameClassifier:
                 ood_score=float(ood_score[i]),
                 ood_p_value=float(p_value[i]),
                 shift_p_value=float(shift_p[i]),
+                input_shift_p_value=float(input_p[i]),
                 pipeline=pipeline,
             )
             for i in range(len(class_id))

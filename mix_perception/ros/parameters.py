@@ -76,10 +76,10 @@ MIXER = (
     Spec(
         "ood_model",
         "",
-        "out-of-distribution model of h's features (torch.save of means (C, D), precision (D, D), "
-        "calibration_scores (n,), energy_calibration_scores (m,), as mix-perception calibrate --goal risk writes "
-        "it; default:ood_lipschitz = the embedded one, fitted for default:standard + default:lipschitz): each frame "
-        'gets a Mahalanobis ood_score, its conformal ood_p_value and the shift_p_value of g\'s energy; "" = none',
+        "out-of-distribution model of h's features and of the frame statistics (core/ood.py; as mix-perception "
+        "calibrate --goal risk writes it; default:ood_lipschitz = the embedded one, fitted for default:standard + "
+        "default:lipschitz): each frame gets a Mahalanobis ood_score, its conformal ood_p_value, and the "
+        'shift_p_value (g\'s energy) and input_shift_p_value (frame statistics) of the shift test; "" = none',
     ),
     Spec(
         "required_radius",
@@ -276,7 +276,8 @@ SAFETY_MONITOR = (
     Spec(
         "shift.alarms_per_hour",
         0.0,
-        "per-camera test of the shift_p_values (g's energy) against the calibration data: at most this many false "
+        "per-camera test of the shift_p_value and input_shift_p_value streams (half the rate each) against the "
+        "calibration data: at most this many false "
         "distribution_shift alarms an hour on a clean camera at shift.rate_hz; 0 = off",
         bounds=(0.0, 1e6),
     ),

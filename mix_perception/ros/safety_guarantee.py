@@ -17,25 +17,35 @@ certification, h's logit scale, input shape, alpha) at acceptance.radius: a fram
 Out of distribution: flagged when the mixer's ood_p_value <= ood.level (0 = off). A conformal p-value is
 super-uniform on in-distribution frames, so they are flagged with probability <= ood.level.
 
-Stream shift: one core.stream_shift.ShiftDetector per camera, fed with every classified frame's
-shift_p_value (the conformal p-value of g's energy: the robust h barely reacts to noise or blur, g
-does), alarm level A = threshold_for_rate(shift.alarms_per_hour, shift.rate_hz): a clean camera at
-rate_hz raises <= alarms_per_hour false alarms an hour. The detector restarts after an alarm, so the
-camera stays flagged `distribution_shift` for `hold` frames from an alarm (counting it), hold = ceil(ln
-A / ln(1 + lam/2)): the frames the restarted detector needs to alarm again when every p-value is <= 1/4
-(each bet >= 1 + lam/2). So a stream whose p-values stay <= 1/4 stays flagged without a gap, a weaker
-shift is flagged `hold` frames per alarm, and each false alarm flags a clean camera for `hold` frames.
-Without an OOD model the mixer publishes p-value 1, the bet is 1 - lam < 1 and the detector's statistic
-stays 0: it never alarms.
+Stream shift: per camera, two core.stream_shift.ShiftDetectors (SHIFT_STREAMS), one fed with every
+classified frame's shift_p_value (the conformal p-value of g's energy: the robust h barely reacts to
+noise or blur, g does), one with its input_shift_p_value (the conformal p-value of the frame's low-level
+statistics, core.frame_statistics: what no model score sees, e.g. JPEG artefacts). Each alarms at A =
+threshold_for_rate(shift.alarms_per_hour / 2, shift.rate_hz), so each raises <= alarms_per_hour / 2 false
+alarms an hour on a clean camera at rate_hz, and the camera, which alarms when either does, <=
+alarms_per_hour (union bound: the long-run rates add; no independence between the two streams is needed).
+Assumption: on a clean camera each stream's p-values are i.i.d. super-uniform (frames exchangeable with
+the reference frames; against one fixed reference set only marginally so, see core.stream_shift), which
+for the frame statistics includes the same image path as calibration: [0, 1] pixels, no input.mean/std,
+no JPEG transport, no resizing (a camera that differs there is flagged, by design). A detector restarts
+after its alarm, so the camera stays flagged `distribution_shift` for `hold` frames from an alarm
+(counting it), hold = ceil(ln A / ln(1 + lam/2)): the frames a restarted detector needs to alarm again
+when every p-value is <= 1/4 (each bet >= 1 + lam/2). So a stream whose p-values stay <= 1/4 stays
+flagged without a gap, a weaker shift is flagged `hold` frames per alarm, and each false alarm flags a
+clean camera for `hold` frames. Without an OOD model the mixer publishes p-values 1, each bet is
+1 - lam < 1 and the statistics stay 0: no alarm.
 """
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from mix_perception.core.names import ACCEPTANCE_SCORES
 from mix_perception.core.risk_control import check_level
 from mix_perception.core.stream_shift import ShiftDetector, threshold_for_rate
 from mix_perception.ros.safety_rules import Evidence
+
+SHIFT_STREAMS = ("energy", "input")  # the p-values a camera's detectors watch: shift_p_value, input_shift_p_value
 
 
 def acceptance_score(name: str, frame, required_radius: float) -> float:
@@ -72,8 +82,8 @@ class Acceptance(NamedTuple):
 
 
 class Shift(NamedTuple):
-    """Alarm level `threshold` (A, > 1) and bet `lam` of the per-camera detectors; the false-alarm rate
-    they guarantee (alarms_per_hour at rate_hz frames per second)."""
+    """Alarm level `threshold` (A, > 1) and bet `lam` of each of a camera's detectors (one per SHIFT_STREAMS);
+    the false-alarm rate they guarantee together (alarms_per_hour at rate_hz frames per second)."""
 
     threshold: float
     lam: float
@@ -87,19 +97,22 @@ class Shift(NamedTuple):
 
 
 class ShiftWatch:
-    """One camera's ShiftDetector and its distribution_shift flag; `alarms` counts the detector's alarms."""
+    """One camera's ShiftDetectors (one per SHIFT_STREAMS) and its distribution_shift flag; `alarms` counts
+    each detector's alarms ({stream: count})."""
 
     def __init__(self, shift: Shift):
-        self.detector = ShiftDetector(shift.threshold, shift.lam)
+        self.detectors = {stream: ShiftDetector(shift.threshold, shift.lam) for stream in SHIFT_STREAMS}
         self.hold = shift.hold
         self.left = 0
-        self.alarms = 0
+        self.alarms = dict.fromkeys(SHIFT_STREAMS, 0)
 
-    def update(self, p_value: float) -> bool:
-        """Feed one frame's p-value; True while the camera is flagged (this frame included)."""
-        if self.detector.update(p_value):
-            self.alarms += 1
-            self.left = self.hold
+    def update(self, p_values: Sequence[float]) -> bool:
+        """Feed one frame's p-values (one per SHIFT_STREAMS, in that order); True while the camera is flagged
+        (this frame included)."""
+        for stream, p_value in zip(SHIFT_STREAMS, p_values, strict=True):
+            if self.detectors[stream].update(p_value):
+                self.alarms[stream] += 1
+                self.left = self.hold
         flagged = self.left > 0
         self.left = max(self.left - 1, 0)
         return flagged
@@ -169,16 +182,22 @@ def acceptance_from(values: dict) -> Acceptance | None:
     return Acceptance(score, values["acceptance.threshold"], epsilon, delta, size, coverage, pipeline, radius)
 
 
+def shift_from(values: dict) -> Shift | None:
+    """Shift from the shift.* parameters (None when shift.alarms_per_hour is 0); ValueError (one line) for an
+    inconsistent one."""
+    if values["shift.alarms_per_hour"] <= 0:
+        return None
+    lam = check_level("shift.lam", values["shift.lam"])
+    rate = values["shift.alarms_per_hour"] / len(SHIFT_STREAMS)  # the union bound: each detector half
+    threshold = threshold_for_rate(rate, values["shift.rate_hz"])
+    if threshold <= 1.0:
+        raise ValueError("shift.alarms_per_hour must be below twice the frames of an hour, 7200 x shift.rate_hz")
+    return Shift(threshold, lam, values["shift.alarms_per_hour"], values["shift.rate_hz"])
+
+
 def guarantee_from(values: dict) -> Guarantee:
     """Guarantee from the safety monitor's parameters; ValueError (one line) for an inconsistent one."""
     level = values["ood.level"]
     if not 0.0 <= level < 1.0:
         raise ValueError(f"ood.level must be in [0, 1), got {level}")
-    shift = None
-    if values["shift.alarms_per_hour"] > 0:
-        lam = check_level("shift.lam", values["shift.lam"])
-        threshold = threshold_for_rate(values["shift.alarms_per_hour"], values["shift.rate_hz"])
-        if threshold <= 1.0:
-            raise ValueError("shift.alarms_per_hour must be below the frames of an hour, 3600 x shift.rate_hz")
-        shift = Shift(threshold, lam, values["shift.alarms_per_hour"], values["shift.rate_hz"])
-    return Guarantee(acceptance_from(values), level, shift)
+    return Guarantee(acceptance_from(values), level, shift_from(values))

@@ -34,7 +34,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 
 from mix_perception.ros import diagnostics, parameters, safety_rules
-from mix_perception.ros.safety_guarantee import ShiftWatch, guarantee_from
+from mix_perception.ros.safety_guarantee import SHIFT_STREAMS, ShiftWatch, guarantee_from
 
 NODE_NAME = "safety_monitor"
 STATUS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -114,7 +114,8 @@ class SafetyMonitorNode(Node):
     def _on_classification(self, msg) -> None:
         camera = self._arrived(msg.source)
         with self.lock:
-            shifted = camera.shift.update(msg.shift_p_value) if camera.shift else False
+            p_values = (msg.shift_p_value, msg.input_shift_p_value)  # safety_guarantee.SHIFT_STREAMS
+            shifted = camera.shift.update(p_values) if camera.shift else False
         evidence = self.guarantee.evidence(msg, self.limits.required_radius, shifted)
         verdict = safety_rules.judge_frame(
             msg.certified, msg.certified_radius, msg.alpha, self._age(msg.header.stamp), self.limits, evidence
@@ -172,7 +173,7 @@ class SafetyMonitorNode(Node):
                     "required_radius": self.limits.required_radius,
                     "max_frame_age_s": self.limits.max_frame_age,
                     **self.guarantee.values(),
-                    "shift_alarms": camera.shift.alarms if camera.shift else 0,
+                    **{f"shift_alarms_{s}": camera.shift.alarms[s] if camera.shift else 0 for s in SHIFT_STREAMS},
                 }
                 values.update({f"reason_{reason}": count for reason, count in sorted(camera.by_reason.items())})
                 message = {0: "safe", 1: "warning", 2: "unsafe", 3: "stale"}[camera.last_level]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mix_perception.core import ood
+from mix_perception.core.frame_statistics import frame_statistics
 
 
 def test_conformal_p_value_formula_counts_ties():
@@ -66,13 +67,22 @@ def test_energy_is_higher_for_less_confident_logits():
     assert energy[1] > energy[0] - 9.0  # flat logits: -log(3 e); peaked: about -10
 
 
+def input_statistics():
+    """The Gaussian of the frame statistics of 300 random frames (1, 8, 8), and 30 frames' distances."""
+    frames = torch.rand(330, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    statistics = ood.fit_input_statistics(frame_statistics(frames[:300]))
+    return statistics, statistics.score(frame_statistics(frames[300:]))
+
+
 def ood_file(tmp_path, name="ood.pt", **changes):
-    """An OOD model file of the mixer's format (3 classes, 6 features, 50 calibration scores and 40 energies),
-    with `changes`."""
+    """An OOD model file of the mixer's format (3 classes, 6 features, 50 calibration scores, 40 energies,
+    30 frame-statistics distances), with `changes`."""
     features, labels, _ = clusters(torch.Generator().manual_seed(3))
     stats = ood.fit_mahalanobis(features[::2], labels[::2])
     state = {"means": stats.means, "precision": stats.precision, "calibration_scores": stats.score(features[1:100:2])}
     state["energy_calibration_scores"] = ood.energy(features[1:80:2, :3])
+    frames, distances = input_statistics()
+    state |= {"input_means": frames.means, "input_precision": frames.precision, "input_calibration_scores": distances}
     torch.save({key: value for key, value in (state | changes).items() if value is not None}, tmp_path / name)
     return tmp_path / name
 
@@ -90,21 +100,32 @@ def test_ood_model_file_round_trips_and_scores_like_its_parts(tmp_path):
     logits = torch.randn(4, 3)
     assert torch.equal(again.shift_p_values(logits), ood.conformal_p_values(model.energy_scores, ood.energy(logits)))
     assert model.energy_scores.numel() == 40
+    frames = torch.rand(5, 1, 8, 8)
+    distances = model.input_statistics.score(frame_statistics(frames))
+    assert torch.equal(again.input_shift_p_values(frames), ood.conformal_p_values(model.input_scores, distances))
+    assert model.input_scores.numel() == 30 and torch.equal(again.input_scores, model.input_scores)
     model.check(3, 6)
 
 
 def test_a_bad_ood_model_file_is_refused_with_one_line(tmp_path):
     cases = {
         "missing.pt": (None, "No such file"),
-        "no_scores.pt": (
-            {"calibration_scores": None},
-            "expected a dict of tensors means, precision, calibration_scores, energy_calibration_scores",
+        "no_scores.pt": ({"calibration_scores": None}, "lacks the tensors calibration_scores: rebuild it"),
+        "before_frame_statistics.pt": (
+            {"input_means": None, "input_precision": None, "input_calibration_scores": None},
+            "lacks the tensors input_means, input_precision, input_calibration_scores: rebuild it with "
+            "mix-perception calibrate --goal risk",
+        ),
+        "statistics.pt": ({"input_means": torch.zeros(1, 5, dtype=torch.float64)}, r"frame statistics \(dark, "),
+        "few_distances.pt": (
+            {"input_calibration_scores": torch.ones(18, dtype=torch.float64)},
+            "needs >= 19 input_calibration_scores, got 18",
         ),
         "few_energies.pt": (
             {"energy_calibration_scores": torch.ones(3, dtype=torch.float64)},
             "needs >= 19 energy_calibration_scores, got 3",
         ),
-        "shapes.pt": ({"precision": torch.eye(5, dtype=torch.float64)}, r"precision \(D, D\), got \(3, 6\), \(5, 5\)"),
+        "shapes.pt": ({"precision": torch.eye(5, dtype=torch.float64)}, r"\(D, D\), got \(3, 6\), \(5, 5\)"),
         "nan.pt": ({"means": torch.full((3, 6), float("nan"), dtype=torch.float64)}, "must be finite"),
         "few.pt": ({"calibration_scores": torch.ones(5, dtype=torch.float64)}, "needs >= 19 calibration_scores, got 5"),
     }

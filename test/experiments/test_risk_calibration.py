@@ -1,6 +1,7 @@
 """Calibrating the safety verdict (`calibrate --goal risk`, experiments/risk_calibration.py): the acceptance
 rule of constructed cases, the OOD model file the mixer reads, the parameter file's names, refusals."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -53,6 +54,7 @@ def test_acceptance_scores_are_minus_infinity_unless_certified():
         radius=np.array([0.2, 0.05, 0.3]),
         g_logits=torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float64),
         h_features=torch.zeros(3, 4, dtype=torch.float64),
+        input_statistics=torch.zeros(3, 7, dtype=torch.float64),
     )
     scores = rc.acceptance_scores(outputs, 0.1)
     assert set(scores) == ACCEPTANCE_SCORE_NAMES
@@ -76,7 +78,8 @@ def test_calibrate_risk_writes_files_the_nodes_accept(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Learn-then-Test on 250 frames" in printed and "test (200 frames)" in printed
     model = ood.OODModel.load(out / "ood_model.pt")  # the mixer's own reader
-    assert model.classes == 10 and model.calibration_scores.shape == model.energy_scores.shape == (150,)
+    assert model.classes == 10 and model.calibration_scores.shape == (150,)  # the selection frames
+    assert model.energy_scores.shape == model.input_scores.shape == (400,)  # all calibration frames
     files = yaml.safe_load((out / "mixer_risk.yaml").read_text())
     mixer, monitor = (files[f"/**/{node}"]["ros__parameters"] for node in ("mixer", "safety_monitor"))
     assert set(parameters.flatten(mixer)) <= MIXER_NAMES
@@ -110,9 +113,10 @@ def test_calibrate_risk_refuses_levels_outside_the_unit_interval(tmp_path, capsy
 
 
 def test_the_ood_model_needs_every_class_among_its_fit_frames():
-    reference = rc.FrameOutputs(None, None, None, torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.float64))
+    fit = rc.FrameOutputs(None, None, None, torch.zeros(6, 3), torch.rand(6, 4), torch.rand(6, 7))
+    reference = rc.FrameOutputs(None, None, None, torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, 7))
     with pytest.raises(ValueError, match=r"classes \[1\] have no frame"):
-        rc.fit_ood_model(torch.rand(6, 4), torch.tensor([0, 0, 2, 2, 0, 2]), reference)
+        rc.fit_ood_model(fit, torch.tensor([0, 0, 2, 2, 0, 2]), reference, reference)
 
 
 def test_the_shipped_ood_model_matches_its_card():
@@ -122,8 +126,9 @@ def test_the_shipped_ood_model_matches_its_card():
     card = json.loads(folder.joinpath("ood_lipschitz.json").read_text())
     model = ood.OODModel.load(str(folder.joinpath(card["file"])))  # the mixer's reader: shapes, finite values
     assert (model.classes, model.feature_width) == (10, 256)
-    assert model.calibration_scores.shape == model.energy_scores.shape == (600,)
+    assert model.calibration_scores.shape == (600,) and model.energy_scores.shape == model.input_scores.shape == (2000,)
     assert torch.allclose(model.mahalanobis.precision, model.mahalanobis.precision.T)
+    assert hashlib.sha256(folder.joinpath(card["file"]).read_bytes()).hexdigest() == card["sha256"]
 
 
 def test_the_calibrated_scores_are_the_ones_the_monitor_computes():

@@ -9,6 +9,7 @@ import torch
 
 from mix_perception import cli
 from mix_perception.core import ood
+from mix_perception.core.frame_statistics import frame_statistics
 from mix_perception.core.models import load_model
 from mix_perception.experiments import data, ood_data, parameter_file
 
@@ -22,7 +23,10 @@ def safety_params(tmp_path_factory) -> str:
         features, _ = ood.penultimate_features(load_model("default:lipschitz").double(), split.images[:1000].double())
         g_logits = load_model("default:standard")(split.images[:100])
     maha = ood.fit_mahalanobis(features[100:], split.labels[100:1000])
-    ood.OODModel.create(maha, maha.score(features[:100]), ood.energy(g_logits)).save(folder / "ood.pt")
+    pixels = frame_statistics(split.images[:1000])
+    frames = ood.fit_input_statistics(pixels[100:])
+    references = ood.energy(g_logits), frames, frames.score(pixels[:100])
+    ood.OODModel.create(maha, maha.score(features[:100]), *references).save(folder / "ood.pt")
     extra = {"robust_logit_scale": 12.0, "ood_model": str(folder / "ood.pt")}
     params = parameter_file.node_parameters(0.65, "default:standard", "default:lipschitz", "lipschitz", extra=extra)
     acceptance = {"score": "top_probability", "threshold": 0.9, "epsilon": 0.05, "delta": 0.1}
@@ -51,6 +55,11 @@ def test_evaluate_ood_and_corruptions_report_the_verdict_per_model(safety_params
             assert m["frames"] == 40 and 0 <= m["passed"] <= m["accepted"] <= m["certified"] <= 1
     assert "accuracy" in results["sets"]["test"]["mixture"] and "accuracy" not in results["sets"]["noise.npz"]["h"]
     assert results["sets"]["noise.npz"]["mixture"]["ood_flagged"] > 0.9  # uniform noise is nothing like clothes
+    # a camera of uniform noise is flagged distribution_shift (every p-value 1/101: ~37 frames at lam 0.5), the
+    # clean one is not
+    assert results["sets"]["noise.npz"]["mixture"]["shift_first_flag"] <= 40
+    assert results["sets"]["test"]["mixture"]["shift_flagged"] == 0.0
+    assert results["config"]["shift"]["threshold"] == pytest.approx(2 * 3600 * 30 / 0.1)  # each detector: half the rate
     assert (out / "risk_coverage.png").exists() and (out / "ood_scores.png").exists()
 
 

@@ -170,9 +170,10 @@ def test_sequential_needs_votes():
 
 
 def fitted_ood(model: nn.Module, generator_seed: int = 0, standard: nn.Module | None = None):
-    """An OODModel of `model`'s penultimate features, fitted on 60 random frames, 40 more as calibration
-    (also of `standard`'s energy: g's, or `model`'s when none is given)."""
-    from mix_perception.core.ood import OODModel, energy, fit_mahalanobis, penultimate_features
+    """An OODModel of `model`'s penultimate features and of the frame statistics, fitted on 60 random frames,
+    40 more as calibration (also of `standard`'s energy: g's, or `model`'s when none is given)."""
+    from mix_perception.core.frame_statistics import frame_statistics
+    from mix_perception.core.ood import OODModel, energy, fit_input_statistics, fit_mahalanobis, penultimate_features
 
     frames = torch.rand(100, 1, 28, 28, generator=torch.Generator().manual_seed(generator_seed))
     with torch.no_grad():
@@ -180,7 +181,9 @@ def fitted_ood(model: nn.Module, generator_seed: int = 0, standard: nn.Module | 
         energies = energy((standard or model)(frames[60:]))
     labels = torch.arange(100) % 10  # every class present
     stats = fit_mahalanobis(features[:60], labels[:60], shrinkage=0.1)
-    return OODModel.create(stats, stats.score(features[60:]), energies)
+    frames_stats = fit_input_statistics(frame_statistics(frames[:60]))
+    distances = frames_stats.score(frame_statistics(frames[60:]))
+    return OODModel.create(stats, stats.score(features[60:]), energies, frames_stats, distances)
 
 
 def mlp(seed: int) -> nn.Module:
@@ -203,18 +206,18 @@ def test_ood_score_and_p_value_are_those_of_the_core_on_hs_features(method, sequ
     with torch.no_grad():
         features, _ = penultimate_features(h.double(), X.double())
         scores, p_values = ood.score(features)
-        shift_p_values = ood.shift_p_values(g(X))
-    for result, score, p, shift_p, standard in zip(
-        results, scores, p_values, shift_p_values, g(X).argmax(1), strict=True
+        shift_p_values, input_p_values = ood.shift_p_values(g(X)), ood.input_shift_p_values(X)
+    for result, score, p, shift_p, input_p, standard in zip(
+        results, scores, p_values, shift_p_values, input_p_values, g(X).argmax(1), strict=True
     ):
         assert result.ood_score == pytest.approx(float(score), rel=1e-5)
         assert result.ood_p_value == float(p) and result.standard_class_id == int(standard)
-        assert result.shift_p_value == float(shift_p)
+        assert result.shift_p_value == float(shift_p) and result.input_shift_p_value == float(input_p)
 
 
 def test_without_an_ood_model_the_score_is_0_and_the_p_value_1():
     for result in FrameClassifier(linear(0), mlp(1), Certification("none")).classify(X, 0.8):
-        assert (result.ood_score, result.ood_p_value, result.shift_p_value) == (0.0, 1.0, 1.0)
+        assert (result.ood_score, result.ood_p_value, result.shift_p_value, result.input_shift_p_value) == (0, 1, 1, 1)
 
 
 def test_an_ood_model_that_does_not_fit_h_is_refused():

@@ -182,7 +182,7 @@ def test_judge_frame_names_the_statistical_reasons_after_the_others():
         ({"acceptance_score": "radius"}, r"acceptance.epsilon must be in \(0, 1\), got 0.0"),
         ({"ood_level": 1.0}, r"ood.level must be in \[0, 1\), got 1.0"),
         ({"shift_alarms_per_hour": 1.0, "shift_lam": 1.0}, r"shift.lam must be in \(0, 1\), got 1.0"),
-        ({"shift_alarms_per_hour": 1e6, "shift_rate_hz": 1.0}, r"shift.alarms_per_hour must be below the frames"),
+        ({"shift_alarms_per_hour": 1e6, "shift_rate_hz": 1.0}, r"shift.alarms_per_hour must be below twice the frames"),
     ],
 )
 def test_a_guarantee_without_what_it_needs_is_refused_with_one_line(changes, message):
@@ -191,19 +191,21 @@ def test_a_guarantee_without_what_it_needs_is_refused_with_one_line(changes, mes
     assert "\n" not in str(refused.value)
 
 
-def test_shift_watch_flags_a_camera_from_its_alarm_for_hold_frames():
+def test_shift_watch_flags_a_camera_from_either_detectors_alarm_for_hold_frames():
     from mix_perception.core.stream_shift import threshold_for_rate
 
     checks = guarantee.guarantee_from(values(shift_alarms_per_hour=1.0, shift_rate_hz=30.0))
     shift = checks.shift
-    assert shift.threshold == threshold_for_rate(1.0, 30.0) and shift.lam == 0.5
-    assert shift.hold == math.ceil(math.log(108000.0) / math.log(1.25)) == 52
+    assert shift.threshold == threshold_for_rate(0.5, 30.0) and shift.lam == 0.5  # each detector: half the rate
+    assert shift.hold == math.ceil(math.log(216000.0) / math.log(1.25)) == 56
     watch = guarantee.ShiftWatch(shift)
-    assert not any(watch.update(0.5) for _ in range(1000))  # p = 1/2: the bet is 1, nothing accumulates
-    low = [watch.update(0.25) for _ in range(3 * shift.hold)]  # each bet exactly 1 + lam/2
+    assert not any(watch.update((0.5, 0.5)) for _ in range(1000))  # p = 1/2: the bet is 1, nothing accumulates
+    low = [watch.update((1.0, 0.25)) for _ in range(3 * shift.hold)]  # input statistics: each bet 1 + lam/2
     first = low.index(True)
-    assert first == shift.hold - 1 and watch.alarms >= 2  # alarms at frames hold-1, 2 hold-1, ...
+    assert first == shift.hold - 1 and watch.alarms["input"] >= 2 and watch.alarms["energy"] == 0
     assert all(low[first:])  # a shift that keeps p <= 1/4 stays flagged without a gap
-    after = [watch.update(1.0) for _ in range(2 * shift.hold)]  # the stream is clean again
+    after = [watch.update((1.0, 1.0)) for _ in range(2 * shift.hold)]  # the stream is clean again
     assert after.index(False) <= shift.hold and not any(after[shift.hold :])
-    assert checks.values()["shift_hold_frames"] == 52 and checks.values()["shift_false_alarms_per_hour"] == 1.0
+    energy_low = [watch.update((0.25, 1.0)) for _ in range(shift.hold)]  # now g's energy alone
+    assert energy_low.index(True) == shift.hold - 1 and watch.alarms["energy"] == 1
+    assert checks.values()["shift_hold_frames"] == 56 and checks.values()["shift_false_alarms_per_hour"] == 1.0

@@ -63,18 +63,18 @@ def monitor(ros, spin):
         source: str,
         p_value=0.5,
         probabilities=(0.8, 0.1, 0.1),
-        standard_class_id=0,
         radius=0.3,
         shift_p=0.5,
+        input_p=0.5,
         pipeline="0123456789abcdef",
     ):
-        """Publish one certified frame of `source` (class 0) and return the monitor's status of it."""
+        """Publish one certified frame of `source` (class 0; g agrees) and return the monitor's status of it."""
         count[0] += 1
         frame_id = f"frame_{count[0]}"
         msg = MixedClassification(
             source=source,
             class_id=0,
-            standard_class_id=standard_class_id,
+            standard_class_id=0,
             probabilities=list(probabilities),
             alpha=0.8,
             certified=radius > 0,
@@ -85,6 +85,7 @@ def monitor(ros, spin):
             ood_score=1.0,
             ood_p_value=p_value,
             shift_p_value=shift_p,
+            input_shift_p_value=input_p,
             pipeline=pipeline,
         )
         msg.header.stamp = node.get_clock().now().to_msg()
@@ -124,18 +125,21 @@ def test_out_of_distribution_on_a_low_p_value(monitor):
     assert judge("/cam_ood", p_value=0.06).safe
 
 
-def test_distribution_shift_flags_only_the_camera_whose_p_values_run_low(monitor):
-    """The detector watches shift_p_value (g's energy), not ood_p_value. A run of p = 0.1 is evidence
-    against the calibration data: each bet is 1 + 0.5 (1 - 0.2) = 1.4, so the detector (A = 3600 x 30 / 1)
-    alarms at the ceil(ln A / ln 1.4) = 35th frame; the other camera stays OK throughout."""
+def test_distribution_shift_flags_only_the_cameras_whose_p_values_run_low(monitor):
+    """Each camera's two detectors watch shift_p_value (g's energy) and input_shift_p_value (frame
+    statistics), not ood_p_value, each at half the rate: A = 3600 x 30 / 0.5. A run of p = 0.1 is evidence
+    against the calibration data: each bet is 1 + 0.5 (1 - 0.2) = 1.4, so a detector alarms at the
+    ceil(ln A / ln 1.4) = 37th frame, whichever stream runs low; the clean camera stays OK throughout."""
     judge, diagnostics, wait = monitor
-    first_alarm = math.ceil(math.log(3600 * 30.0) / math.log(1.4))
-    shifted, clean = [], []
+    first_alarm = math.ceil(math.log(7200 * 30.0) / math.log(1.4))
+    energy, frames, clean = [], [], []
     for frame in range(first_alarm + 5):
-        shifted.append(judge("/cam_shift", shift_p=0.1))
-        clean.append(judge("/cam_clean", p_value=0.01 if frame % 10 == 0 else 0.6, shift_p=0.6))
-    assert all(s.safe for s in shifted[: first_alarm - 1])
-    assert all(list(s.reasons) == ["distribution_shift"] for s in shifted[first_alarm - 1 :])
+        energy.append(judge("/cam_shift", shift_p=0.1))
+        frames.append(judge("/cam_jpeg", input_p=0.1))
+        clean.append(judge("/cam_clean", p_value=0.01 if frame % 10 == 0 else 0.6, shift_p=0.6, input_p=0.6))
+    for shifted in (energy, frames):
+        assert all(s.safe for s in shifted[: first_alarm - 1])
+        assert all(list(s.reasons) == ["distribution_shift"] for s in shifted[first_alarm - 1 :])
     assert all(s.safe or list(s.reasons) == ["out_of_distribution"] for s in clean)  # low OOD p-values: no shift
 
     def camera_status(source):
@@ -145,17 +149,21 @@ def test_distribution_shift_flags_only_the_camera_whose_p_values_run_low(monitor
                     return values_of(status)
         return None
 
-    def reported():
-        values = camera_status("/cam_shift")
+    def reported(source):
+        values = camera_status(source)
         return values if values and values.get("reason_distribution_shift") == "6" else None
 
-    values = wait(reported, "the shift alarms on /diagnostics")
-    assert values["shift_alarms"] == "1" and values["shift_hold_frames"] == "52"
+    values = wait(lambda: reported("/cam_shift"), "the shift alarms on /diagnostics")
+    assert (values["shift_alarms_energy"], values["shift_alarms_input"]) == ("1", "0")
+    assert values["shift_hold_frames"] == "56"
     assert (values["acceptance_score"], values["acceptance_threshold"], values["epsilon"]) == ("margin", "0.4", "0.02")
     assert (values["delta"], values["calibration_size"], values["expected_coverage"]) == ("0.1", "1500", "0.7")
     assert (values["ood_level"], values["shift_false_alarms_per_hour"]) == ("0.05", "1")
-    assert values["shift_threshold"] == "1.08e+05"
-    assert camera_status("/cam_clean")["shift_alarms"] == "0"
+    assert values["shift_threshold"] == "2.16e+05"
+    values = wait(lambda: reported("/cam_jpeg"), "the input-statistics alarm on /diagnostics")
+    assert (values["shift_alarms_energy"], values["shift_alarms_input"]) == ("0", "1")
+    clean_values = camera_status("/cam_clean")
+    assert (clean_values["shift_alarms_energy"], clean_values["shift_alarms_input"]) == ("0", "0")
 
 
 @pytest.mark.parametrize(
@@ -191,8 +199,9 @@ def test_the_monitor_executable_exits_with_one_line_on_a_score_without_statistic
 def ood_files(tmp_path_factory):
     """(a fitted OOD model of the embedded Lipschitz h, a file of the wrong feature width, h, test frames):
     means and precision from 300 calibration-split images, the conformal scores of 200 others."""
+    from mix_perception.core.frame_statistics import frame_statistics
     from mix_perception.core.models import load_default
-    from mix_perception.core.ood import OODModel, energy, fit_mahalanobis, penultimate_features
+    from mix_perception.core.ood import OODModel, energy, fit_input_statistics, fit_mahalanobis, penultimate_features
     from mix_perception.experiments.data import load_split
 
     h, g = load_default("lipschitz").double().eval(), load_default("standard").eval()
@@ -203,10 +212,13 @@ def ood_files(tmp_path_factory):
         features, _ = penultimate_features(h, calibration.images[chosen].double())
         energies = energy(g(calibration.images[chosen[300:]]))
     stats = fit_mahalanobis(features[:300], labels[:300])
+    pixels = frame_statistics(calibration.images[chosen])
+    frames_stats = fit_input_statistics(pixels[:300])
+    references = energies, frames_stats, frames_stats.score(pixels[300:])
     folder = tmp_path_factory.mktemp("ood")
-    OODModel.create(stats, stats.score(features[300:]), energies).save(folder / "ood.pt")
+    OODModel.create(stats, stats.score(features[300:]), *references).save(folder / "ood.pt")
     narrow = fit_mahalanobis(features[:300, :128], labels[:300])
-    OODModel.create(narrow, narrow.score(features[300:, :128]), energies).save(folder / "narrow.pt")
+    OODModel.create(narrow, narrow.score(features[300:, :128]), *references).save(folder / "narrow.pt")
     frames = (load_split("test").images[:3, 0].numpy() * 255).round().astype(np.uint8)
     return folder / "ood.pt", folder / "narrow.pt", (h, g), frames
 
@@ -243,12 +255,13 @@ def test_the_mixer_publishes_the_ood_score_and_p_values_of_core_ood(ros, spin, o
     with torch.no_grad():  # the node's input: float32 pixels / 255, h's float64 copy
         x = (torch.from_numpy(frames).float() * (1.0 / 255.0)).double().unsqueeze(1)
         scores, p_values = model.score(penultimate_features(h, x)[0])
-        shift_p_values = model.shift_p_values(g(x.float()))
+        shift_p_values, input_p_values = model.shift_p_values(g(x.float())), model.input_shift_p_values(x.float())
     for index in range(len(frames)):
         msg = next(m for m in received if m.header.frame_id == f"ood_{index}")
         assert msg.ood_score == pytest.approx(float(scores[index]), rel=1e-5)
         assert msg.ood_p_value == pytest.approx(float(p_values[index]), rel=1e-6)
         assert msg.shift_p_value == pytest.approx(float(shift_p_values[index]), rel=1e-6)
+        assert msg.input_shift_p_value == pytest.approx(float(input_p_values[index]), rel=1e-6)
         assert 0 <= msg.standard_class_id < 10
 
 

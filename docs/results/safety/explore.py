@@ -13,6 +13,8 @@ Roles of the calibration split (ordered by image hash, so any slice is a pseudo-
 - the other frames are the Learn-then-Test calibration (core.risk_control): the rule they test was
   fixed without them, as the guarantee requires;
 - all 2,000 are the reference set of the stream-shift test's p-values.
+The frame statistics (core.frame_statistics) of every set are recomputed on each run (not cached): their
+Gaussian is fitted on the same 20,000 training frames; the distance to it is the shift test's second stream.
 The acceptance part is experiments/risk_calibration.py (what `calibrate --goal risk` runs); the test split
 and the second half of MNIST are looked at only for the final report. Per-frame
 quantities are computed once and cached (--cache, numbers only); the reports take ~3 minutes.
@@ -29,6 +31,7 @@ import torch
 from scipy.stats import rankdata
 
 from mix_perception.core import ood, risk_control, stream_shift
+from mix_perception.core.frame_statistics import frame_statistics
 from mix_perception.core.models import load_model
 from mix_perception.experiments import data, ood_data, risk_calibration
 from mix_perception.ros.inference import Certification, FrameClassifier
@@ -38,7 +41,10 @@ EPSILON, DELTA = 0.01, 0.05
 SELECTION = 600
 TRAIN_FIT, MNIST_FRAMES, CORRUPTED_FRAMES = 20_000, 6_000, 2_000
 OOD_LEVEL = 0.02  # a frame is flagged out_of_distribution when its conformal p-value <= this
-RATE_HZ, ALARMS_PER_HOUR = 30.0, 0.1  # the detector's guaranteed bound: 0.1 false alarms per hour
+RATE_HZ, ALARMS_PER_HOUR = 30.0, 0.1  # the detectors' guaranteed bound: 0.1 false alarms per hour
+SHIFT_LAM = 0.9  # the shipped bet (commands/calibrate_risk.py)
+DEPLOYED = ("energy_g", "frame_statistics")  # the monitor's two streams, each at half the rate
+NOT_FLAG_CANDIDATES = ("knn10_h", "frame_statistics")  # see report_ood
 
 
 def features(model: torch.nn.Module, x: torch.Tensor, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +86,7 @@ def acceptance_scores(f: dict) -> dict:
     """Candidate acceptance scores (higher = more trusted), -inf where not certified at REQUIRED_RADIUS:
     experiments.risk_calibration.acceptance_scores on the cached per-frame numbers."""
     g_logits, h_features = torch.from_numpy(f["g_logits"]), torch.from_numpy(f["h_features"])
-    outputs = risk_calibration.FrameOutputs(f["pred"], f["probs"], f["radius"], g_logits, h_features)
+    outputs = risk_calibration.FrameOutputs(f["pred"], f["probs"], f["radius"], g_logits, h_features, None)
     return risk_calibration.acceptance_scores(outputs, REQUIRED_RADIUS)
 
 
@@ -90,8 +96,10 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     return float((ranks[len(inside) :].sum() - len(outside) * (len(outside) + 1) / 2) / (len(inside) * len(outside)))
 
 
-def ood_scores(f: dict, maha_h: ood.Mahalanobis, maha_g: ood.Mahalanobis, bank: torch.Tensor) -> dict:
-    """Candidate OOD scores from h's and g's features and logits (higher = more unusual)."""
+def ood_scores(f: dict, maha_h: ood.Mahalanobis, maha_g: ood.Mahalanobis, bank: torch.Tensor, stats) -> dict:
+    """Candidate OOD scores from h's and g's features and logits, and the distance of the frame statistics
+    `stats` (N, K) to the Gaussian `stats_model` of the training frames' (higher = more unusual)."""
+    statistics, stats_model = stats
     h_features = torch.from_numpy(f["h_features"])
     normalized = torch.nn.functional.normalize(h_features.float(), dim=1)
     knn = [torch.cdist(chunk, bank).topk(10, largest=False).values[:, -1] for chunk in normalized.split(1000)]
@@ -104,6 +112,7 @@ def ood_scores(f: dict, maha_h: ood.Mahalanobis, maha_g: ood.Mahalanobis, bank: 
         "one_minus_h_top": (1.0 - probs.max(1).values).numpy(),
         "mahalanobis_g": maha_g.score(torch.from_numpy(f["g_features"])).numpy(),
         "energy_g": ood.energy(torch.from_numpy(f["g_logits"])).numpy(),
+        "frame_statistics": stats_model.score(statistics).numpy(),
     }
 
 
@@ -169,10 +178,13 @@ def report_ood(cal, test, mnist, accept_name, threshold) -> str:
         choose = auroc(cal["ood"][name][:SELECTION], mnist["ood"][name][:half])
         final = auroc(test["ood"][name], mnist["ood"][name][half:])
         print(f"  {name:20s} {choose:.4f}                 {final:.4f}")
-        if name != "knn10_h" and (best is None or choose > best[1]):
+        if name not in NOT_FLAG_CANDIDATES and (best is None or choose > best[1]):
             best = (name, choose)
     name = best[0]
-    print("(knn10_h is not a candidate: its per-frame cost grows with its bank of training features, see below)")
+    print(
+        "(not candidates: knn10_h, whose per-frame cost grows with its bank of training features, see below; "
+        "frame_statistics, the shift test's sensor-health signal, which sees an image format, not a class)"
+    )
     reference = torch.from_numpy(cal["ood"][name][:SELECTION])
     p_test = ood.conformal_p_values(reference, torch.from_numpy(test["ood"][name])).numpy()
     p_mnist = ood.conformal_p_values(reference, torch.from_numpy(mnist["ood"][name][half:])).numpy()
@@ -194,17 +206,56 @@ def report_ood(cal, test, mnist, accept_name, threshold) -> str:
 
 def shift_p_values(cal: dict, scores: dict, ood_name: str) -> dict:
     """Per-frame conformal p-values a camera's detector could watch, against all calibration frames: the
-    frame OOD score, the energies of g and h, and the OOD score with g's energy (2 min(p1, p2): Bonferroni)."""
+    frame OOD score, the energies of g and h, the frame statistics' distance, and the OOD score with g's
+    energy (2 min(p1, p2): Bonferroni)."""
     p = {}
-    for name in (ood_name, "energy_g", "energy_h"):
+    for name in (ood_name, "energy_g", "energy_h", "frame_statistics"):
         reference = torch.from_numpy(cal["ood"][name])
         p[name] = ood.conformal_p_values(reference, torch.from_numpy(scores[name])).numpy()
     p[f"{ood_name}+energy_g"] = np.minimum(1.0, 2.0 * np.minimum(p[ood_name], p["energy_g"]))
     return p
 
 
+def first_alarm(streams: list, threshold: float, lam: float, start: int) -> float:
+    """Frames from `start` to the first alarm at or after it of any detector, each on its own p-value stream
+    (1 = the switch frame itself); inf when none alarms."""
+    firsts = []
+    for stream in streams:
+        alarms = stream_shift.run_detector(stream, threshold, lam)
+        after = alarms[alarms >= start]
+        firsts.append(after[0] - start + 1 if after.size else np.inf)
+    return min(firsts)
+
+
+def switch_delays(p_clean: dict, p_bad: dict, sources: tuple, threshold: float, lam: float, rng) -> dict:
+    """{corruption: (median, max)} frames to an alarm of the detectors on `sources` (one each, at `threshold`)
+    after a camera switches from 3,000 clean test frames to 3,000 corrupted ones (frames resampled, so a
+    frame's p-values stay together), over 50 streams."""
+    out = {}
+    for corruption, bad in p_bad.items():
+        delays = []
+        for _ in range(50):
+            clean_index = rng.integers(0, len(p_clean[sources[0]]), 3000)
+            bad_index = rng.integers(0, len(bad[sources[0]]), 3000)
+            streams = [np.concatenate([p_clean[s][clean_index], bad[s][bad_index]]) for s in sources]
+            delays.append(first_alarm(streams, threshold, lam, 3000))
+        out[corruption] = (np.median(delays), np.max(delays))
+    return out
+
+
+def clean_alarms_per_hour(p_clean: dict, sources: tuple, threshold: float, lam: float, rng, hours: int = 5):
+    """Alarms per hour of the detectors on `sources` on clean test frames resampled for `hours` at RATE_HZ."""
+    frames = int(3600 * RATE_HZ)
+    alarms = 0
+    for _ in range(hours):
+        index = rng.integers(0, len(p_clean[sources[0]]), frames)
+        alarms += sum(len(stream_shift.run_detector(p_clean[s][index], threshold, lam)) for s in sources)
+    return alarms / hours
+
+
 def report_shift(cal, test, corrupted, ood_name) -> None:
-    """Delay to an alarm after a camera switches from clean to corrupted frames; false alarms by simulation."""
+    """Delay to an alarm after a camera switches from clean to corrupted frames; false alarms by simulation:
+    each score alone at the full rate, then the monitor's two detectors at half the rate each."""
     threshold = stream_shift.threshold_for_rate(ALARMS_PER_HOUR, RATE_HZ)
     print(
         f"\n== stream shift: CUSUM of bets 1 + lam (1 - 2p), A = {threshold:.0f} (guaranteed <= "
@@ -216,77 +267,97 @@ def report_shift(cal, test, corrupted, ood_name) -> None:
     rng = np.random.default_rng(1)
     for source in p_clean:
         for lam in (0.5, 0.9):
-            line = []
-            for corruption in corrupted:
-                delays = []
-                for _ in range(50):
-                    stream = np.concatenate(
-                        [rng.choice(p_clean[source], 3000), rng.choice(p_bad[corruption][source], 3000)]
-                    )
-                    alarms = stream_shift.run_detector(stream, threshold, lam)
-                    after = alarms[alarms >= 3000]
-                    delays.append(after[0] - 3000 + 1 if after.size else np.inf)
-                line.append(f"{corruption} {np.median(delays):.0f}/{np.max(delays):.0f}")
-            clean = sum(
-                len(stream_shift.run_detector(rng.choice(p_clean[source], 108_000), threshold, lam)) for _ in range(5)
-            )
-            print(
-                f"p of {source}, lam {lam}: "
-                + ", ".join(line)
-                + f"; clean test frames resampled 5 h: {clean / 5:.2f} alarms/h"
-            )
+            delays = switch_delays(p_clean, p_bad, (source,), threshold, lam, rng)
+            line = ", ".join(f"{c} {m:.0f}/{x:.0f}" for c, (m, x) in delays.items())
+            clean = clean_alarms_per_hour(p_clean, (source,), threshold, lam, rng)
+            print(f"p of {source}, lam {lam}: {line}; clean test frames resampled 5 h: {clean:.2f} alarms/h")
+    half = stream_shift.threshold_for_rate(ALARMS_PER_HOUR / len(DEPLOYED), RATE_HZ)
+    print(f"\nthe monitor: one detector on each of {' and '.join(DEPLOYED)}, A = {half:.0f} each (union bound)")
+    delays = switch_delays(p_clean, p_bad, DEPLOYED, half, SHIFT_LAM, rng)
+    print(f"lam {SHIFT_LAM}: " + ", ".join(f"{c} {m:.0f}/{x:.0f}" for c, (m, x) in delays.items()))
+    clean = clean_alarms_per_hour(p_clean, DEPLOYED, half, SHIFT_LAM, rng, hours=10)
+    print(f"clean test frames resampled 10 h: {clean:.2f} alarms/h (both detectors)")
     for lam in (0.5, 0.9):
         simulated = [
-            stream_shift.simulate_false_alarms(len(cal["wrong"]), 5.0, RATE_HZ, threshold, lam, seed)
-            for seed in range(10)
-        ]
+            stream_shift.simulate_false_alarms(len(cal["wrong"]), 5.0, RATE_HZ, half, lam, seed) for seed in range(20)
+        ]  # 20 draws of one detector = 10 draws of the pair (the union's rate is at most the sum)
+        pairs = np.add(simulated[::2], simulated[1::2])
         print(
-            f"simulated clean camera, lam {lam}, {len(cal['wrong'])} calibration frames, 10 draws x 5 h: "
-            f"false alarms per hour mean {np.mean(simulated):.3f}, max {np.max(simulated):.2f}"
+            f"simulated clean camera, two detectors at A = {half:.0f}, lam {lam}, {len(cal['wrong'])} calibration "
+            f"frames, 10 draws x 5 h: false alarms per hour mean {np.mean(pairs):.3f}, max {np.max(pairs):.2f}"
         )
 
 
 def per_call_ms(function, repeats: int = 1000) -> float:
-    start = time.perf_counter()
+    """CPU milliseconds of this process per call (time.process_time: other jobs' load on the machine does not
+    count, as wall time would on shared cores; with 1 torch thread it is the work itself)."""
+    start = time.process_time()
     for _ in range(repeats):
         function()
-    return (time.perf_counter() - start) / repeats * 1e3
+    return (time.process_time() - start) / repeats * 1e3
 
 
-def report_cost(classifier: FrameClassifier, maha: ood.Mahalanobis, bank: torch.Tensor, cal: dict, x) -> None:
-    """Per-frame time (batch 1) of the mixer's classify, and of what the verdict adds on features the forward
-    already has (h's penultimate features hooked, g's logits): the OOD score, two conformal p-values, the
-    energy of g and one detector update."""
+def report_cost(g, h, ood_model: ood.OODModel, bank: torch.Tensor, x: torch.Tensor) -> None:
+    """Per-frame CPU time (batch 1, see per_call_ms) of the mixer's classify without and with the OOD model
+    (ros.inference: the node's code; the two alternate frame by frame), and of its parts on one frame: the OOD
+    score with its p-value, g's energy p-value, the frame statistics' p-value, and two detector updates."""
+    certification = Certification("lipschitz", TEMPERATURE)
+    classifiers = {m: FrameClassifier(g, h, certification, "cpu", (1, 28, 28), ood=m) for m in (None, ood_model)}
     frames = x[:300]
-    for frame in frames[:20]:
-        classifier.classify(frame[None], ALPHA, REQUIRED_RADIUS)
-    mixer = per_call_ms(lambda: [classifier.classify(frame[None], ALPHA, REQUIRED_RADIUS) for frame in frames], 1)
-    mixer /= len(frames)
-    features = torch.from_numpy(cal["f"]["h_features"][:1])
-    logits = torch.from_numpy(cal["f"]["g_logits"][:1])
-    reference, energies = torch.from_numpy(cal["ood"]["mahalanobis_h"]), torch.from_numpy(cal["ood"]["energy_g"])
-    detector = stream_shift.ShiftDetector(stream_shift.threshold_for_rate(ALARMS_PER_HOUR, RATE_HZ), 0.9)
-
-    def verdict_extras():
-        p_ood = ood.conformal_p_values(reference, maha.score(features))
-        p_energy = ood.conformal_p_values(energies, ood.energy(logits))
-        detector.update(float(p_energy))
-        return p_ood
-
+    seconds = dict.fromkeys(classifiers, 0.0)
+    for frame in [*frames[:20], *frames, *frames, *frames]:
+        for model, classifier in classifiers.items():
+            start = time.process_time()
+            classifier.classify(frame[None], ALPHA, REQUIRED_RADIUS)
+            seconds[model] += time.process_time() - start
+    without, with_ood = (seconds[m] / (3 * len(frames) + 20) * 1e3 for m in classifiers)
+    frame = frames[:1]
+    with torch.no_grad():
+        h_features, logits = ood.penultimate_features(h, frame)[0].double(), g(frame)
+    half = stream_shift.threshold_for_rate(ALARMS_PER_HOUR / len(DEPLOYED), RATE_HZ)
+    detectors = [stream_shift.ShiftDetector(half, SHIFT_LAM) for _ in DEPLOYED]
     costs = {
-        "Mahalanobis score": per_call_ms(lambda: maha.score(features)),
-        "all verdict extras": per_call_ms(verdict_extras),
+        "OOD score and p-value": per_call_ms(lambda: ood_model.score(h_features)),
+        "p-value of g's energy": per_call_ms(lambda: ood_model.shift_p_values(logits)),
+        "frame statistics, distance, p-value": per_call_ms(lambda: ood_model.input_shift_p_values(frame)),
+        "two detector updates (the monitor)": per_call_ms(lambda: [d.update(0.5) for d in detectors]),
         "kNN-10 score (20,000 features)": per_call_ms(
-            lambda: torch.cdist(features.float(), bank).topk(10, largest=False), 200
+            lambda: torch.cdist(h_features.float(), bank).topk(10, largest=False), 200
         ),
     }
-    print(f"\n== cost per frame (batch 1, {torch.get_num_threads()} threads): mixer classify {mixer:.3f} ms")
+    print(
+        f"\n== CPU time per frame (batch 1, {torch.get_num_threads()} threads), {3 * len(frames) + 20} frames, "
+        f"alternating: mixer classify {without:.3f} ms without the OOD model, {with_ood:.3f} ms with it "
+        f"({with_ood / without - 1:+.1%})"
+    )
     for name, ms in costs.items():
-        print(f"  {name}: {ms:.3f} ms ({ms / mixer:.1%} of the mixer)")
+        print(f"  {name}: {ms:.3f} ms ({ms / without:.1%} of the mixer without)")
+
+
+def mnist_frames() -> torch.Tensor:
+    """The MNIST_FRAMES digits of the reports: all 10,000 shuffled with seed 0."""
+    mnist_x, _ = ood_data.load_mnist()
+    return mnist_x[torch.randperm(len(mnist_x), generator=torch.Generator().manual_seed(0))][:MNIST_FRAMES]
+
+
+def corrupted_frames(test_x: torch.Tensor) -> dict:
+    """{corruption: the first CORRUPTED_FRAMES test frames under it at severity 3} (one generator, seed 3)."""
+    generator = torch.Generator().manual_seed(3)
+    return {c: ood_data.corrupt(test_x[:CORRUPTED_FRAMES], c, 3, generator) for c in ood_data.CORRUPTIONS}
+
+
+def statistics_of_frames() -> dict:
+    """Frame statistics (N, K) of every set the reports use: train (the first TRAIN_FIT), cal, test, mnist and
+    each corruption; recomputed on every run (seconds)."""
+    test_x = data.load_split("test").images
+    out = {"train": data.load_split("train").images[:TRAIN_FIT], "cal": data.load_split("calibration").images}
+    out |= {"test": test_x, "mnist": mnist_frames(), **corrupted_frames(test_x)}
+    return {name: frame_statistics(x) for name, x in out.items()}
 
 
 def compute(classifier: FrameClassifier, cache: Path) -> dict:
-    """Every per-frame quantity the reports need, computed once and kept in `cache` (.npz, numbers only)."""
+    """Every per-frame quantity of the models the reports need, computed once and kept in `cache` (.npz, numbers
+    only)."""
     if cache.exists():
         with np.load(cache) as stored:
             return {key: stored[key] for key in stored.files}
@@ -295,17 +366,13 @@ def compute(classifier: FrameClassifier, cache: Path) -> dict:
     out["train_h_features"], _ = features(classifier.robust, train.images[:TRAIN_FIT])
     out["train_g_features"], _ = features(classifier.standard, train.images[:TRAIN_FIT])
     out["train_labels"] = train.labels[:TRAIN_FIT].numpy()
-    mnist_x, _ = ood_data.load_mnist()
-    mnist_x = mnist_x[torch.randperm(len(mnist_x), generator=torch.Generator().manual_seed(0))][:MNIST_FRAMES]
+    mnist_x = mnist_frames()
     for name, split in (("cal", data.load_split("calibration")), ("test", data.load_split("test")), ("mnist", None)):
         x = mnist_x if split is None else split.images
         out.update({f"{name}_{key}": value for key, value in forward(classifier, x).items()})
         if split is not None:
             out[f"{name}_wrong"] = out[f"{name}_pred"] != split.labels.numpy()
-    test_x = data.load_split("test").images[:CORRUPTED_FRAMES]
-    generator = torch.Generator().manual_seed(3)
-    for corruption in ood_data.CORRUPTIONS:
-        corrupted = ood_data.corrupt(test_x, corruption, 3, generator)
+    for corruption, corrupted in corrupted_frames(data.load_split("test").images).items():
         out[f"{corruption}_h_features"], out[f"{corruption}_h_logits"] = features(classifier.robust, corrupted)
         out[f"{corruption}_g_features"], out[f"{corruption}_g_logits"] = features(classifier.standard, corrupted)
     np.savez(cache, **out)
@@ -322,6 +389,8 @@ def main() -> None:
     g, h = load_model("default:standard"), load_model("default:lipschitz")
     classifier = FrameClassifier(g, h, Certification("lipschitz", TEMPERATURE), "cpu", input_shape=(1, 28, 28))
     v = compute(classifier, args.cache)
+    statistics = statistics_of_frames()
+    stats_model = ood.fit_input_statistics(statistics["train"])
     labels = torch.from_numpy(v["train_labels"])
     maha = ood.fit_mahalanobis(torch.from_numpy(v["train_h_features"]), labels)
     maha_g = ood.fit_mahalanobis(torch.from_numpy(v["train_g_features"]), labels)
@@ -332,7 +401,7 @@ def main() -> None:
         sets[name] = {
             "f": f,
             "accept": acceptance_scores(f),
-            "ood": ood_scores(f, maha, maha_g, bank),
+            "ood": ood_scores(f, maha, maha_g, bank, (statistics[name], stats_model)),
         }
         sets[name]["wrong"] = f.get("wrong")
     cal, test_set, mnist = sets["cal"], sets["test"], sets["mnist"]
@@ -353,12 +422,15 @@ def main() -> None:
     )
     for corruption in ood_data.CORRUPTIONS:
         f = {key[len(corruption) + 1 :]: v[key] for key in v if key.startswith(corruption + "_")}
-        corrupted[corruption] = ood_scores(f, maha, maha_g, bank)
+        corrupted[corruption] = ood_scores(f, maha, maha_g, bank, (statistics[corruption], stats_model))
         aurocs = ", ".join(f"{n} {auroc(test_set['ood'][n], s):.3f}" for n, s in corrupted[corruption].items())
         accuracy = {m: np.mean(f[f"{m}_logits"].argmax(1) == labels[:CORRUPTED_FRAMES]) for m in "gh"}
         print(f"{corruption}: accuracy g {accuracy['g']:.3f}, h {accuracy['h']:.3f}; AUROC vs test: {aurocs}")
     report_shift(cal, test_set, corrupted, ood_name)
-    report_cost(classifier, maha, bank, cal, data.load_split("test").images)
+    energies, distances = cal["ood"]["energy_g"], cal["ood"]["frame_statistics"]  # all calibration frames
+    references = cal["ood"]["mahalanobis_h"][:SELECTION], energies, stats_model, distances
+    ood_model = ood.OODModel.create(maha, *references)  # as calibrate --goal risk builds it
+    report_cost(g, h, ood_model, bank, data.load_split("test").images)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""Low-level statistics of a frame as the model sees it: the sensor-health signal of the stream-shift test.
+
+Model scores miss some changes of the camera: JPEG artefacts at quality 58 hardly change what g or h
+make of a 28 x 28 Fashion-MNIST frame (docs/results/safety), but they do change the pixels: ringing
+lifts the background, which is exactly 0 in the training frames, to a few grey levels. Per frame
+x (C, H, W), pixels in [0, 1] (the model input; the statistics assume no input normalization):
+
+    dark       fraction of pixels < 0.5/255 (below half an 8-bit grey level: "exactly 0")
+    near_dark  fraction in [0.5/255, 8.5/255) (1-8 grey levels: JPEG ringing, noise, blur on a black background)
+    bright     fraction >= 254.5/255 ("exactly 1": saturation)
+    mean, std  of all pixels
+    gradient   mean over interior pixels of the squared differences to the right and lower neighbours (edges)
+    laplacian  mean over interior pixels of the squared 4-neighbour Laplacian (high-frequency energy)
+
+(interior: not on the border; the three energies are one 3 x 3 convolution per channel, averaged over
+channels.) core.ood.OODModel keeps a Gaussian model of these statistics (one mean, a shared precision:
+the Mahalanobis distance of core.ood with one class) and the distances of in-distribution reference
+frames; the conformal p-value of a frame's distance is the mixer's `input_shift_p_value`. Own code: a few
+batched torch operations; no library computes exactly these.
+"""
+
+import torch
+
+STATISTICS = ("dark", "near_dark", "bright", "mean", "std", "gradient", "laplacian")
+LEVEL = 1.0 / 255.0  # one 8-bit grey level
+EDGES = torch.tensor([0.5 * LEVEL, 8.5 * LEVEL, 1.0 - 0.5 * LEVEL])  # dark | near_dark | ... | bright
+KERNELS = torch.tensor(  # to the right, downwards, the 4-neighbour Laplacian
+    [
+        [[0.0, 0.0, 0.0], [0.0, -1.0, 1.0], [0.0, 0.0, 0.0]],
+        [[0.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 1.0, 0.0]],
+        [[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]],
+    ]
+).unsqueeze(1)
+
+
+def frame_statistics(x: torch.Tensor) -> torch.Tensor:
+    """The STATISTICS of frames x (N, C, H, W) with H, W >= 3: (N, len(STATISTICS)) float64. A few batched torch
+    operations (the mixer calls it on every batch)."""
+    if x.ndim != 4 or min(x.shape[-2:]) < 3:
+        raise ValueError(f"frame statistics need frames (N, C, H, W) with H, W >= 3, got {tuple(x.shape)}")
+    n, channels, height, width = x.shape
+    x = x.float()
+    flat = x.reshape(n, -1)
+    below = (flat.unsqueeze(2) < EDGES.to(x.device)).float().mean(1)  # (N, 3): fractions below each edge
+    std, mean = torch.std_mean(flat, 1, correction=0)
+    planes = x.reshape(n * channels, 1, height, width)
+    energy = torch.conv2d(planes, KERNELS.to(x.device)).square().mean((2, 3)).reshape(n, channels, 3).mean(1)
+    columns = (below[:, 0], below[:, 1] - below[:, 0], 1.0 - below[:, 2], mean, std, energy[:, 0] + energy[:, 1])
+    return torch.stack((*columns, energy[:, 2]), 1).double()
