@@ -13,8 +13,10 @@ glibc's 128 KiB, and a lower mmap threshold sends the forward's temporaries (e.g
 buffers of the Lipschitz h: 1.8 MB a 28x28 frame, 29 MB for 16 frames) to fresh mmaps or trims them
 after every batch; each batch then pays their page faults again. Measured on this 2-core machine
 (FrameClassifier.classify, shipped models, 1 thread): 4 MiB without a trim threshold 4.6 ms a frame
-in batches of 8 against 2.7 ms with these settings, the same as glibc's defaults.
-No-op where the C library is not glibc.
+in batches of 8 against 2.8 ms with these settings (glibc's defaults: 3.1 ms).
+The price: blocks of large frames below 32 MiB stay in the arenas (benchmarks/soak.py: RSS flat, at
+~1.02 GiB instead of ~0.77 GiB; docs/results/benchmarks/many_cameras.md). No-op where the C library is
+not glibc.
 """
 
 import ctypes
