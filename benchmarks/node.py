@@ -88,15 +88,16 @@ def publish_cameras(node, publishers, images, rate: float, seconds: float, tag: 
 
 def measure(node, mixers, publishers, images, args, tag: str) -> tuple:
     """Publish for `args.seconds` while counting the mixers' CPU (and sampling them with py-spy when
-    `args.profile`). Returns (frames per camera, [(pid, CPU seconds by thread, py-spy samples)])."""
-    before = {m.pid: thread_cpu(m.pid) for m in mixers}
+    `args.profile`). Returns (frames per camera, seconds counted, [(pid, CPU seconds by thread, samples)])."""
+    before, start = {m.pid: thread_cpu(m.pid) for m in mixers}, time.monotonic()
     spies = {}
     if args.profile:
         spies = {m.pid: PySpy(m.pid, args.seconds, args.profile / f"{tag}-{m.pid}.txt") for m in mixers}
     count = publish_cameras(node, publishers, images, args.rate, args.seconds, tag)
     time.sleep(2.0)  # the last frames' classifications
     spent = [(m.pid, cpu_between(before[m.pid], thread_cpu(m.pid))) for m in mixers]
-    return count, [(pid, cpu, spies[pid].samples() if spies else {}) for pid, cpu in spent]
+    elapsed = time.monotonic() - start
+    return count, elapsed, [(pid, cpu, spies[pid].samples() if spies else {}) for pid, cpu in spent]
 
 
 def print_cpu(usage, frames: int, seconds: float) -> None:
@@ -139,7 +140,7 @@ def run_phase(node, listener, config, cameras, args, separate: bool, images) -> 
             time.sleep(0.05)
         publish_cameras(node, publishers, images, 5.0, 2.0, f"warmup-{tag}")
         time.sleep(1.0)
-        count, usage = measure(node, mixers, publishers, images, args, tag)
+        count, elapsed, usage = measure(node, mixers, publishers, images, args, tag)
         memory = sum(rss_mib(m.pid) for m in mixers)
     finally:
         for mixer in mixers:
@@ -159,7 +160,7 @@ def run_phase(node, listener, config, cameras, args, separate: bool, images) -> 
     print(f"{cameras} camera(s) at {args.rate:g} Hz, {mode}: {len(rows) / args.seconds:.1f} frames/s classified, "
           f"per camera {min(shares):.1f}-{max(shares):.1f}% classified, all frames' latency p99 {p99:.1f} ms, "
           f"mixer memory {memory:.0f} MiB")  # fmt: skip
-    print_cpu(usage, len(rows), args.seconds)
+    print_cpu(usage, len(rows), elapsed)
     for camera in range(cameras):
         frames = np.asarray([v for k, v in rows.items() if k.split("/")[1] == str(camera)]).reshape(-1, 2)
         if len(frames) == 0:
