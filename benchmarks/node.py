@@ -9,11 +9,16 @@ and certification (default: config/mixer.yaml), `cpu_threads` 1. For each number
 - with `--compare`, one mixer process per camera, each with its own copy of the models.
 Printed, not asserted: per camera, frames published, classified (%), certified at the required
 radius (% of the frames published: a dropped frame is an uncertified frame), latency p50 / p99
-(publish stamp -> classification received, ms); in all, frames classified per second and the
-mixers' memory (VmRSS, summed over the processes).
+(publish stamp -> classification received, ms); in all, frames classified per second, the spread of
+the cameras' classified shares, the mixers' memory (VmRSS, summed over the processes) and CPU: the
+mixer processes' CPU time over the measured seconds (from /proc, so it holds on a busy machine) per
+frame classified, frames classified per second of CPU, and by thread (the main thread runs the
+executor and the image callbacks; the others: the inference worker, DDS). With `--profile` (py-spy,
+requirements/dev.txt) also the per-frame breakdown by stage (cpu_profile.py); "outside the model" is
+everything but FrameClassifier.classify.
 
-    .venv/bin/python benchmarks/node.py [--cameras 1,2,4] [--rate 30] [--seconds 20] [--compare]
-        [--config FILE] [-p name:=value ...]
+    .venv/bin/python benchmarks/node.py [--cameras 1 4 8 16] [--rate 30] [--seconds 20] [--compare]
+        [--profile] [--config FILE] [-p name:=value ...]
 """
 
 import argparse
@@ -23,9 +28,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from cpu_profile import MODEL, PySpy, breakdown, cpu_between, thread_cpu, thread_groups
 from processes import isolate_ros, node_command, rss_mib
 
 
@@ -79,6 +86,39 @@ def publish_cameras(node, publishers, images, rate: float, seconds: float, tag: 
     return count
 
 
+def measure(node, mixers, publishers, images, args, tag: str) -> tuple:
+    """Publish for `args.seconds` while counting the mixers' CPU (and sampling them with py-spy when
+    `args.profile`). Returns (frames per camera, seconds counted, [(pid, CPU seconds by thread, samples)])."""
+    before, start = {m.pid: thread_cpu(m.pid) for m in mixers}, time.monotonic()
+    spies = {}
+    if args.profile:
+        spies = {m.pid: PySpy(m.pid, args.seconds, args.profile / f"{tag}-{m.pid}.txt") for m in mixers}
+    count = publish_cameras(node, publishers, images, args.rate, args.seconds, tag)
+    time.sleep(2.0)  # the last frames' classifications
+    spent = [(m.pid, cpu_between(before[m.pid], thread_cpu(m.pid))) for m in mixers]
+    elapsed = time.monotonic() - start
+    return count, elapsed, [(pid, cpu, spies[pid].samples() if spies else {}) for pid, cpu in spent]
+
+
+def print_cpu(usage, frames: int, seconds: float) -> None:
+    """The mixers' CPU per frame classified, by thread, and by stage when py-spy sampled them."""
+    total = sum(s for _, cpu, _ in usage for _, s in cpu.values())
+    if not frames or not total:
+        return
+    groups, stages = Counter(), Counter()
+    for pid, cpu, samples in usage:
+        groups.update(thread_groups(pid, cpu))
+        stages.update(breakdown(cpu, samples) if samples else {})
+    per_frame = ", ".join(f"{kind} {1000 * s / frames:.2f}" for kind, s in sorted(groups.items()))
+    print(f"  mixer CPU {100 * total / seconds:.0f}% of a core: {1000 * total / frames:.2f} ms per frame classified "
+          f"({frames / total:.0f} frames per CPU-second); by thread, ms per frame: {per_frame}")  # fmt: skip
+    if stages:
+        print(f"  per frame by stage (py-spy shares x thread CPU), ms: outside the model "
+              f"{1000 * (total - stages[MODEL]) / frames:.2f}")  # fmt: skip
+        for stage, s in sorted(stages.items(), key=lambda item: -item[1]):
+            print(f"    {1000 * s / frames:6.2f}  {stage}")
+
+
 def run_phase(node, listener, config, cameras, args, separate: bool, images) -> None:
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
@@ -100,8 +140,7 @@ def run_phase(node, listener, config, cameras, args, separate: bool, images) -> 
             time.sleep(0.05)
         publish_cameras(node, publishers, images, 5.0, 2.0, f"warmup-{tag}")
         time.sleep(1.0)
-        count = publish_cameras(node, publishers, images, args.rate, args.seconds, tag)
-        time.sleep(2.0)
+        count, elapsed, usage = measure(node, mixers, publishers, images, args, tag)
         memory = sum(rss_mib(m.pid) for m in mixers)
     finally:
         for mixer in mixers:
@@ -116,8 +155,12 @@ def run_phase(node, listener, config, cameras, args, separate: bool, images) -> 
     with listener.lock:
         rows = {key: value for key, value in listener.latency.items() if key.startswith(tag + "/")}
     mode = f"{cameras} mixer processes" if separate else "one mixer"
+    shares = [100.0 * sum(1 for k in rows if k.split("/")[1] == str(c)) / count for c in range(cameras)]
+    p99 = np.percentile([v[0] for v in rows.values()], 99) if rows else float("nan")
     print(f"{cameras} camera(s) at {args.rate:g} Hz, {mode}: {len(rows) / args.seconds:.1f} frames/s classified, "
+          f"per camera {min(shares):.1f}-{max(shares):.1f}% classified, all frames' latency p99 {p99:.1f} ms, "
           f"mixer memory {memory:.0f} MiB")  # fmt: skip
+    print_cpu(usage, len(rows), elapsed)
     for camera in range(cameras):
         frames = np.asarray([v for k, v in rows.items() if k.split("/")[1] == str(camera)]).reshape(-1, 2)
         if len(frames) == 0:
@@ -131,15 +174,24 @@ def run_phase(node, listener, config, cameras, args, separate: bool, images) -> 
         )
 
 
+def camera_counts(values: list[str]) -> list[int]:
+    """--cameras 1 4 8 16, or the older comma list 1,2,4."""
+    return [int(count) for value in values for count in value.split(",") if count]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="parameter file (default: config/mixer.yaml)")
-    parser.add_argument("--cameras", default="1", help="comma list of camera counts (default 1)")
+    parser.add_argument("--cameras", nargs="+", default=["1"], help="camera counts, e.g. 1 4 8 16 (default 1)")
     parser.add_argument("--rate", type=float, default=30.0, help="frames per second per camera (30)")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds per phase (20)")
     parser.add_argument("--compare", action="store_true", help="also run one mixer process per camera")
     parser.add_argument(
         "--required-radius", type=float, default=0.1, help="the radius certified frames are counted at (0.1)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, nargs="?", const=Path("py-spy"), default=None,
+        help="sample the mixers with py-spy, raw stacks into this folder (default ./py-spy)",
     )
     parser.add_argument("-p", "--parameter", action="append", default=[], help="mixer parameter override name:=value")
     args = parser.parse_args()
@@ -152,7 +204,9 @@ def main() -> int:
     from mix_perception.experiments.data import load_split
 
     config = args.config or default_config()
-    counts = [int(c) for c in args.cameras.split(",")]
+    counts = camera_counts(args.cameras)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
     print(f"config {config}, overrides {args.parameter or 'none'}; {os.cpu_count()} CPUs, load {load:.1f}")
     rclpy.init()

@@ -10,9 +10,9 @@ startup. One INFO line each when the node is configured, becomes active and beco
 Topics (relative names; remap to the cameras):
 - subscribes every topic of `image_topics` (sensor_msgs/Image; QoS sensor data, keep last `image_depth`,
   reliability `image_reliability`), and `<topic>/compressed` when `subscribe_compressed`;
-- publishes `~/classification` (MixedClassification, reliable, depth 10) per frame: header copied from
-  the image, `source` = the image topic (fully qualified);
-- publishes `~/rejected` (RejectedFrame, reliable, depth 10) per frame it cannot use (header, `source`,
+- publishes `~/classification` (MixedClassification, reliable, depth 10 or two per camera if more) per
+  frame: header copied from the image, `source` = the image topic (fully qualified);
+- publishes `~/rejected` (RejectedFrame, reliable, the same depth) per frame it cannot use (header, `source`,
   `code`, `detail`); no classification is published for it; the safety monitor flags it;
 - publishes `/diagnostics` every `diagnostics_period` seconds, in every state.
 Threads: a raw image is checked in its callback (frames a publisher sent that never arrived are counted
@@ -30,6 +30,7 @@ from functools import partial
 from typing import NamedTuple
 
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
@@ -123,7 +124,10 @@ class MixerNode(LifecycleNode):
             if not self.autostarting:
                 self.get_logger().error(f"configure failed: {self.configure_error}")
             return TransitionCallbackReturn.FAILURE
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        # a batch publishes one message per camera at once: the queue holds two batches, so a reliable
+        # listener that is a batch behind loses none
+        depth = max(10, 2 * len(self.runtime.topics))
+        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
         self.classification_pub = self.create_lifecycle_publisher(self._classification_type, "~/classification", qos)
         self.rejected_pub = self.create_lifecycle_publisher(self._rejected_type, "~/rejected", qos)
         constant = self.runtime.classifier.lipschitz_constant
@@ -145,13 +149,21 @@ class MixerNode(LifecycleNode):
         sensor, reliability = qos_profile_sensor_data, reliability_policy(runtime.image_reliability)
         qos = QoSProfile(depth=runtime.image_depth, reliability=reliability, durability=sensor.durability,
                          history=sensor.history)  # fmt: skip
+        # rclpy's default event handlers (incompatible QoS, incompatible type) are waitables the executor
+        # re-adds to its wait set at every wake-up, two per camera, a cost on every frame. A best-effort,
+        # volatile subscription is compatible with every publisher, so they are left out there (a
+        # publisher of another type then shows as a stale camera, not as a warning).
+        events = SubscriptionEventCallbacks(use_default_callbacks=reliability == ReliabilityPolicy.RELIABLE)
         inputs = [(Image, "", self._on_image)] + (
             [(CompressedImage, "/compressed", self._on_compressed)] if runtime.subscribe_compressed else []
         )
         for topic, source in zip(runtime.topics, self._sources(), strict=True):
             for message_type, suffix, on_frame in inputs:
                 callback = partial(on_frame, source=source)
-                self.image_subscriptions.append(self.create_subscription(message_type, topic + suffix, callback, qos))
+                subscription = self.create_subscription(
+                    message_type, topic + suffix, callback, qos, event_callbacks=events
+                )
+                self.image_subscriptions.append(subscription)
         self.stats.forget_publishers()
         self.slots.open()
         self.worker = threading.Thread(target=self._work, name="mixer-inference")
