@@ -25,7 +25,7 @@ def _update_with_module(digest, module: nn.Module) -> None:
     for name, tensor in module.state_dict().items():
         values = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{values.dtype}|{tuple(values.shape)}|".encode())
-        digest.update(values.view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+        digest.update(values.reshape(-1).view(torch.uint8).numpy().tobytes() if values.numel() else b"")
 
 
 class PipelineFingerprint:

@@ -23,6 +23,14 @@ def test_the_same_pipeline_gets_the_same_name_whatever_the_memory_format():
     assert len(name(g, h)) == 16 and int(name(g, h), 16) >= 0
 
 
+def test_buffers_of_any_strides_are_named():
+    """A buffer may carry any stride on its size-1 dimensions (a transposed row: contiguous, stride 3 on the last)."""
+    g, h = models()
+    odd = torch.arange(3.0).view(1, 3).t()  # (3, 1), strides (1, 3)
+    g.register_buffer("std", odd)
+    assert name(g, h) == name(g, h)
+
+
 def test_alpha_weights_logit_scale_and_input_change_the_name():
     g, h = models()
     changed = copy.deepcopy(h)

@@ -58,15 +58,20 @@ def fit(model: nn.Module, loss, x: torch.Tensor, y: torch.Tensor, epochs: int, l
 
 def save_ood_model(folder, x: torch.Tensor, y: torch.Tensor, seed: int) -> None:
     """folder/ood.pt: the statistics of the saved h's features on the training images (core.ood), its
-    references on 100 more images (h's scores, g's energies), as `calibrate --goal risk` writes them."""
+    references on 100 more images (h's scores, g's
+    energies, the frame statistics' distances), as `calibrate --goal risk` writes them."""
     from mix_perception.core import models, ood
 
     g, h = models.load_model(folder / "g.pt"), models.load_model(folder / "h.pt")
     reference = model_input(coloured_shapes(100, 64, seed)[0])
+    from mix_perception.core.frame_statistics import frame_statistics
+
     with torch.no_grad():
         fitted = ood.fit_mahalanobis(ood.penultimate_features(h, x)[0], y)
         scores = fitted.score(ood.penultimate_features(h, reference)[0])
-        ood.OODModel.create(fitted, scores, ood.energy(g(reference))).save(folder / "ood.pt")
+        frames = ood.fit_input_statistics(frame_statistics(x))
+        references = ood.energy(g(reference)), frames, frames.score(frame_statistics(reference))
+        ood.OODModel.create(fitted, scores, *references).save(folder / "ood.pt")
 
 
 @pytest.fixture(scope="module")
