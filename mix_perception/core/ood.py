@@ -38,7 +38,8 @@ of the OOD p-value and of the shift test's two p-values). `OODModel.load` refuse
 one that does not fit h (C classes, D features).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -65,22 +66,21 @@ class Mahalanobis:
 
     means: torch.Tensor
     precision: torch.Tensor
-    # mu_c^T P and mu_c^T P mu_c, computed once (the C x D x D product is most of a frame's score otherwise)
-    projected_means: torch.Tensor = field(init=False, repr=False, compare=False)
-    constants: torch.Tensor = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self):
-        projected = self.means @ self.precision  # (C, D)
-        object.__setattr__(self, "projected_means", projected)
-        object.__setattr__(self, "constants", (projected * self.means).sum(1))  # (C,)
+    @cached_property
+    def class_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu_c^T P (C, D), mu_c^T P mu_c (C,)), computed at the first score: the C x D x D product is most of
+        a frame's score otherwise."""
+        projected = self.means @ self.precision
+        return projected, (projected * self.means).sum(1)
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """s = min_c (f - mu_c)^T P (f - mu_c) = f^T P f - 2 f^T P mu_c + mu_c^T P mu_c for features (N, D):
         (N,) float64, >= 0."""
         f = features.to(self.means.dtype)
         own = ((f @ self.precision) * f).sum(1, keepdim=True)  # (N, 1)
-        cross = f @ self.projected_means.T  # (N, C)
-        return (own - 2.0 * cross + self.constants).min(dim=1).values.clamp_min(0.0)
+        projected_means, constants = self.class_terms
+        cross = f @ projected_means.T  # (N, C)
+        return (own - 2.0 * cross + constants).min(dim=1).values.clamp_min(0.0)
 
     def save(self, path) -> None:
         torch.save({"means": self.means, "precision": self.precision}, path)
