@@ -113,7 +113,7 @@ def one_run(case: str, run: int, config: Path, node, executor, folder: Path) -> 
                 problems.append(f"{name} exited {code}")
             printed = [sign for sign in BAD_SIGNS if sign in output]
             problems += [f"{name} printed {sign!r}" for sign in printed]
-            if printed:
+            if printed or code != 0:
                 problems.append(f"the end of its output:\n{output[-1500:]}")
         return not problems, slowest, "; ".join(problems)
     finally:

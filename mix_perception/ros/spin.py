@@ -82,8 +82,11 @@ def run_node(executable: str, make_node, argv=None) -> None:
     except stop_request.StopRequested:  # Ctrl-C during startup: what exists is destroyed below, exit 0
         pass
     except Exception as error:  # noqa: BLE001 - any startup failure is reported as one line
-        print(f"{executable}: error: {first_line(error)}", file=sys.stderr)
-        status = 1
+        # unless a stop was requested: then the stop caused it (a StopRequested raised inside a C++-backed
+        # call comes back out as another exception), and the process ends with 0 like any stop
+        if not stop_request.STOP.is_set():
+            print(f"{executable}: error: {first_line(error)}", file=sys.stderr)
+            status = 1
     finally:
         stop_request.flush_stdio()
         exit_deadline.arm(stop_request.EXIT_WITHIN_S, status)
