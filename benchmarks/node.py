@@ -1,10 +1,11 @@
 """Benchmark of the mixer node with one or more cameras, everything in separate processes over real DDS.
 
-This process is the cameras (topics /camera_<k>/image; shipped Fashion-MNIST test images as mono8,
-best effort, stamped when published, each camera at `--rate` Hz, the cameras out of phase) and the
-listener of every classification; the mixer runs as its own process with the parameter file's models
-and certification (default: config/mixer.yaml), `cpu_threads` 1. For each number of cameras of
-`--cameras` it runs, for `--seconds`:
+This process is the cameras (topics /camera_<k>/image; shipped Fashion-MNIST test images as mono8, or with
+`--frame H W --encoding rgb8` the same images enlarged (nearest neighbour) to H x W colour frames; best
+effort, stamped when published, each camera at `--rate` Hz, the cameras out of phase) and the listener of
+every classification; the mixer runs as its own process with the parameter file's models and certification
+(default: config/mixer.yaml), `cpu_threads` 1. For each number of cameras of `--cameras` it runs, for
+`--seconds`:
 - one mixer subscribed to every camera (`image_topics`: the newest frame of each in one forward), and
 - with `--compare`, one mixer process per camera, each with its own copy of the models.
 Printed, not asserted: per camera, frames published, classified (%), certified at the required
@@ -18,7 +19,7 @@ requirements/dev.txt) also the per-frame breakdown by stage (cpu_profile.py); "o
 everything but FrameClassifier.classify.
 
     .venv/bin/python benchmarks/node.py [--cameras 1 4 8 16] [--rate 30] [--seconds 20] [--compare]
-        [--profile] [--config FILE] [-p name:=value ...]
+        [--profile] [--config FILE] [--frame H W] [--encoding mono8|rgb8] [-p name:=value ...]
 """
 
 import argparse
@@ -67,6 +68,16 @@ class Listener:
             self.latency[msg.header.frame_id] = ((now - stamp) / 1e6, msg.certified_radius if msg.certified else 0.0)
 
 
+def camera_frames(images: np.ndarray, size, encoding: str) -> np.ndarray:
+    """(N, 28, 28, 1) uint8 test images as the cameras' frames: enlarged to `size` (H, W) by repeating
+    pixels (nearest neighbour; None: as they are), three equal channels for rgb8."""
+    if size is not None:
+        rows = np.arange(size[0]) * images.shape[1] // size[0]
+        columns = np.arange(size[1]) * images.shape[2] // size[1]
+        images = images[:, rows][:, :, columns]
+    return np.repeat(images, 3, axis=3) if encoding == "rgb8" else images
+
+
 def publish_cameras(node, publishers, images, rate: float, seconds: float, tag: str) -> int:
     """Every camera publishes at `rate` Hz for `seconds`, camera k shifted by k / (rate * cameras) s.
     frame_id = <tag>/<camera>/<index>. Returns the frames per camera."""
@@ -79,7 +90,8 @@ def publish_cameras(node, publishers, images, rate: float, seconds: float, tag: 
             delay = start + (index + camera / cameras) / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            msg = array_to_image(images[(index * cameras + camera) % len(images)], "mono8")
+            frame = images[(index * cameras + camera) % len(images)]
+            msg = array_to_image(frame, "rgb8" if frame.shape[2] == 3 else "mono8")
             msg.header.frame_id = f"{tag}/{camera}/{index}"
             msg.header.stamp = node.get_clock().now().to_msg()
             publisher.publish(msg)
@@ -193,6 +205,8 @@ def main() -> int:
         "--profile", type=Path, nargs="?", const=Path("py-spy"), default=None,
         help="sample the mixers with py-spy, raw stacks into this folder (default ./py-spy)",
     )
+    parser.add_argument("--frame", type=int, nargs=2, default=None, metavar=("H", "W"), help="frame size (28 28)")
+    parser.add_argument("--encoding", choices=("mono8", "rgb8"), default="mono8", help="frame encoding (mono8)")
     parser.add_argument("-p", "--parameter", action="append", default=[], help="mixer parameter override name:=value")
     args = parser.parse_args()
     isolate_ros()
@@ -219,6 +233,7 @@ def main() -> int:
     spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)])
     spinner.start()
     images = (load_split("test").images[:, 0].numpy() * 255).round().astype(np.uint8)[:, :, :, None]
+    images = camera_frames(images[:300] if args.frame else images, args.frame, args.encoding)  # 300 VGA: 276 MB
     try:
         for cameras in counts:
             run_phase(node, listener, config, cameras, args, False, images)
