@@ -4,6 +4,7 @@ import ast
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -99,8 +100,12 @@ def test_a_shipped_parameter_file_applies_to_a_mixer_in_any_namespace(path, star
     mixer = start_node("mixer_node", {"autostart": False}, namespace=namespace, params_file=path)
     client = node.create_client(GetParameters, f"{namespace}/mixer/get_parameters")
     spin(executor, lambda: client.service_is_ready() or not mixer.alive(), 60.0, "the namespaced mixer")
-    future = client.call_async(GetParameters.Request(names=names))
-    spin(executor, future.done, 30.0, "get_parameters")
+    assert mixer.alive(), mixer.output()
+    for _ in range(3):  # a response can be lost while the service's reply path is still being discovered: ask again
+        future = client.call_async(GetParameters.Request(names=names))
+        if spin_for(executor, future.done, 10.0):
+            break
+    assert future.done(), "no reply to get_parameters after 3 requests"
     values = future.result().values
     got = {
         "alpha": values[0].double_value,
@@ -111,6 +116,14 @@ def test_a_shipped_parameter_file_applies_to_a_mixer_in_any_namespace(path, star
     node.destroy_client(client)
     assert mixer.stop() == 0
     assert got == {name: expected[name] for name in names}
+
+
+def spin_for(executor, predicate, seconds: float) -> bool:
+    """Spin `executor` until predicate() or `seconds` pass; returns predicate()."""
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.05)
+    return bool(predicate())
 
 
 def test_launch_arguments_override_the_params_file_only_when_given():

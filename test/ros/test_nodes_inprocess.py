@@ -221,8 +221,9 @@ def test_mixer_publishes_the_fingerprint_of_its_pipeline_and_a_new_one_after_alp
     from mix_perception.ros.image_conversion import array_to_image
 
     g, h = tiny(), tiny()
-    mixer = start_mixer(g, h, context=context, parameter_overrides=[Parameter("certification", value="none")])
-    client = rclpy.create_node("fingerprint_client", context=context)
+    overrides = [Parameter("certification", value="none")]  # own namespace: no other test's mixer answers
+    mixer = start_mixer(g, h, context=context, namespace="/fingerprint", parameter_overrides=overrides)
+    client = rclpy.create_node("fingerprint_client", context=context, namespace="/fingerprint")
     executor = SingleThreadedExecutor(context=context)
     for node in (mixer, client):
         executor.add_node(node)
