@@ -140,8 +140,9 @@ def ros():
     rclpy.shutdown(context=context)
 
 
-def spin_until(executor, predicate, timeout: float = 30.0, what: str = "condition"):
-    """Spin `executor` until predicate() is truthy; returns its value; fails the test after `timeout` s."""
+def spin_until(executor, predicate, timeout: float = 30.0, what: str = "condition", required: bool = True):
+    """Spin `executor` until predicate() is truthy; returns its value; after `timeout` s fails the test, or
+    (`required` False) returns the falsy value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -149,7 +150,7 @@ def spin_until(executor, predicate, timeout: float = 30.0, what: str = "conditio
             return value
         executor.spin_once(timeout_sec=0.05)
     value = predicate()
-    if not value:
+    if not value and required:
         pytest.fail(f"timed out after {timeout} s waiting for {what}")
     return value
 

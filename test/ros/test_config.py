@@ -4,7 +4,6 @@ import ast
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -103,7 +102,7 @@ def test_a_shipped_parameter_file_applies_to_a_mixer_in_any_namespace(path, star
     assert mixer.alive(), mixer.output()
     for _ in range(3):  # a response can be lost while the service's reply path is still being discovered: ask again
         future = client.call_async(GetParameters.Request(names=names))
-        if spin_for(executor, future.done, 10.0):
+        if spin(executor, future.done, 10.0, "get_parameters", required=False):
             break
     assert future.done(), "no reply to get_parameters after 3 requests"
     values = future.result().values
@@ -116,14 +115,6 @@ def test_a_shipped_parameter_file_applies_to_a_mixer_in_any_namespace(path, star
     node.destroy_client(client)
     assert mixer.stop() == 0
     assert got == {name: expected[name] for name in names}
-
-
-def spin_for(executor, predicate, seconds: float) -> bool:
-    """Spin `executor` until predicate() or `seconds` pass; returns predicate()."""
-    deadline = time.monotonic() + seconds
-    while not predicate() and time.monotonic() < deadline:
-        executor.spin_once(timeout_sec=0.05)
-    return bool(predicate())
 
 
 def test_launch_arguments_override_the_params_file_only_when_given():
