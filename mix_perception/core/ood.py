@@ -48,9 +48,17 @@ from mix_perception.core.errors import first_line
 from mix_perception.core.frame_statistics import STATISTICS, frame_statistics
 
 
-def penultimate_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, D), logits (N, C)) of one forward: D = the input width of the model's last nn.Linear."""
-    last = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The model's last nn.Linear (in module order); IndexError when it has none."""
+    return [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+
+
+def penultimate_features(
+    model: nn.Module, x: torch.Tensor, last: nn.Linear | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D), logits (N, C)) of one forward: D = the input width of the model's last nn.Linear
+    (`last`: last_linear(model), looked up here when None)."""
+    last = last_linear(model) if last is None else last
     captured = []
     handle = last.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
     try:

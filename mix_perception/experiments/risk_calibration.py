@@ -27,7 +27,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from mix_perception.core import ood, risk_control
 from mix_perception.core.frame_statistics import frame_statistics
@@ -50,7 +49,7 @@ class FrameOutputs(NamedTuple):
 def frame_outputs(classifier, x: torch.Tensor, alpha: float, required_radius: float, batch: int = 500) -> FrameOutputs:
     """FrameOutputs of frames x (N, C, H, W) in [0, 1] through `classifier` (ros.inference.FrameClassifier)."""
     robust = classifier.certifier.robust
-    last = [m for m in robust.modules() if isinstance(m, nn.Linear)][-1]
+    last = ood.last_linear(robust)
     captured, frames, g_logits, statistics = [], [], [], []
     handle = last.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
     try:

@@ -57,7 +57,7 @@ def features(model: torch.nn.Module, x: torch.Tensor, batch: int = 1000) -> tupl
 def forward(classifier: FrameClassifier, x: torch.Tensor, batch: int = 500) -> dict:
     """Per frame, as the node computes it: mixed prediction, probabilities, radius; h's features and logits
     (hooked from the certifier's own forward of h, as the node would), g's features and logits."""
-    last = [m for m in classifier.certifier.robust.modules() if isinstance(m, torch.nn.Linear)][-1]
+    last = ood.last_linear(classifier.certifier.robust)
     captured = []
     handle = last.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
     try:
