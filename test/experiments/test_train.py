@@ -189,3 +189,18 @@ def test_lipschitz_card_matches_an_independent_proof_and_survives_pgd(tmp_path):
         assert (attacked - x).norm() <= config.eps * (1 + 1e-5)
         with torch.no_grad():
             assert torch.equal(h(attacked).argmax(1), y)
+
+
+@pytest.mark.slow
+def test_a_torchvision_g_trains_by_name_and_loads_back(folder, tmp_path):
+    """--arch resnet18: torchvision's network, sized to the classes; the checkpoint rebuilds it from its name alone
+    (models.load_model) and computes the card's held-out accuracy."""
+    card = _train(folder, "standard", tmp_path / "g.pt", 0, "--arch", "resnet18")
+    assert "resnet18" in json.dumps(card) and card["input"]["shape"] == [3, 16, 16]
+    model = models.load_model(tmp_path / "g.pt")
+    assert type(model).__name__ == "ResNet" or any(type(m).__name__ == "ResNet" for m in model.modules())
+    held_out = image_data.held_out_split(image_data.load(folder), 0.2, seed=0)[1]
+    with torch.no_grad():
+        logits = model(held_out.images)
+    assert logits.shape == (len(held_out.labels), len(shapes.SHAPES))
+    assert float((logits.argmax(1) == held_out.labels).double().mean()) == card["metrics"]["clean_accuracy"]
