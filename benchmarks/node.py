@@ -216,6 +216,9 @@ def main() -> int:
 
     from mix_perception.commands.run import default_config
     from mix_perception.experiments.data import load_split
+    from mix_perception.ros.executables import use_large_frame_profile
+
+    use_large_frame_profile()  # the cameras are this process: large frames need the profile the nodes use
 
     config = args.config or default_config()
     counts = camera_counts(args.cameras)
