@@ -19,9 +19,15 @@ from pathlib import Path
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
-# Stages of the mixer, by the innermost frame of a sample that names one of these functions.
+# Stages of the mixer, by the innermost frame of a sample that names one of these functions. Those of the model
+# (FrameClassifier.classify and what it calls) start with "model".
 STAGES = (
-    ("FrameClassifier.classify", "model: g, h, certificate, OOD"),
+    ("FrameClassifier.classify", "model: g, h, certificate"),
+    ("Mahalanobis.score", "model: OOD score of h's features (Mahalanobis)"),
+    ("raw_statistics", "model: frame statistics (stream-shift input)"),
+    ("energy", "model: g's energy (stream-shift input)"),
+    ("_p_values", "model: OOD and shift p-values"),
+    ("OODModel.per_frame", "model: OOD model, other"),
     ("FrameConverter.__call__", "conversion to the model input"),
     ("frame_pixels", "image checks (frame_pixels)"),
     ("MixerNode._publish", "results -> messages, publish"),
@@ -34,7 +40,6 @@ STAGES = (
     ("MixerNode._process", "worker: batching, other"),
     ("SingleThreadedExecutor.spin_once", "executor: wait set, dispatch"),
 )
-MODEL = STAGES[0][1]
 
 
 def thread_cpu(pid: int) -> dict:

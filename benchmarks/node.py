@@ -15,11 +15,12 @@ the cameras' classified shares, the mixers' memory (VmRSS, summed over the proce
 mixer processes' CPU time over the measured seconds (from /proc, so it holds on a busy machine) per
 frame classified, frames classified per second of CPU, and by thread (the main thread runs the
 executor and the image callbacks; the others: the inference worker, DDS). With `--profile` (py-spy,
-requirements/dev.txt) also the per-frame breakdown by stage (cpu_profile.py); "outside the model" is
-everything but FrameClassifier.classify.
+requirements/dev.txt; `--profile-rate` samples a second, 100 by default) also the per-frame breakdown by
+stage (cpu_profile.py, the OOD model's parts apart); "outside the model" is everything but
+FrameClassifier.classify and what it calls.
 
     .venv/bin/python benchmarks/node.py [--cameras 1 4 8 16] [--rate 30] [--seconds 20] [--compare]
-        [--profile] [--config FILE] [--frame H W] [--encoding mono8|rgb8] [-p name:=value ...]
+        [--profile [DIR]] [--profile-rate HZ] [--config FILE] [--frame H W] [--encoding mono8|rgb8] [-p name:=value ...]
 """
 
 import argparse
@@ -33,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from cpu_profile import MODEL, PySpy, breakdown, cpu_between, thread_cpu, thread_groups
+from cpu_profile import PySpy, breakdown, cpu_between, thread_cpu, thread_groups
 from processes import isolate_ros, node_command, rss_mib
 
 
@@ -104,7 +105,8 @@ def measure(node, mixers, publishers, images, args, tag: str) -> tuple:
     before, start = {m.pid: thread_cpu(m.pid) for m in mixers}, time.monotonic()
     spies = {}
     if args.profile:
-        spies = {m.pid: PySpy(m.pid, args.seconds, args.profile / f"{tag}-{m.pid}.txt") for m in mixers}
+        rate = args.profile_rate
+        spies = {m.pid: PySpy(m.pid, args.seconds, args.profile / f"{tag}-{m.pid}.txt", rate) for m in mixers}
     count = publish_cameras(node, publishers, images, args.rate, args.seconds, tag)
     time.sleep(2.0)  # the last frames' classifications
     spent = [(m.pid, cpu_between(before[m.pid], thread_cpu(m.pid))) for m in mixers]
@@ -125,8 +127,9 @@ def print_cpu(usage, frames: int, seconds: float) -> None:
     print(f"  mixer CPU {100 * total / seconds:.0f}% of a core: {1000 * total / frames:.2f} ms per frame classified "
           f"({frames / total:.0f} frames per CPU-second); by thread, ms per frame: {per_frame}")  # fmt: skip
     if stages:
+        model = sum(seconds for stage, seconds in stages.items() if stage.startswith("model"))
         print(f"  per frame by stage (py-spy shares x thread CPU), ms: outside the model "
-              f"{1000 * (total - stages[MODEL]) / frames:.2f}")  # fmt: skip
+              f"{1000 * (total - model) / frames:.2f}")  # fmt: skip
         for stage, s in sorted(stages.items(), key=lambda item: -item[1]):
             print(f"    {1000 * s / frames:6.2f}  {stage}")
 
@@ -205,6 +208,7 @@ def main() -> int:
         "--profile", type=Path, nargs="?", const=Path("py-spy"), default=None,
         help="sample the mixers with py-spy, raw stacks into this folder (default ./py-spy)",
     )
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second (100)")
     parser.add_argument("--frame", type=int, nargs=2, default=None, metavar=("H", "W"), help="frame size (28 28)")
     parser.add_argument("--encoding", choices=("mono8", "rgb8"), default="mono8", help="frame encoding (mono8)")
     parser.add_argument("-p", "--parameter", action="append", default=[], help="mixer parameter override name:=value")

@@ -19,6 +19,8 @@ frames; the conformal p-value of a frame's distance is the mixer's `input_shift_
 batched torch operations; no library computes exactly these.
 """
 
+import functools
+
 import torch
 
 STATISTICS = ("dark", "near_dark", "bright", "mean", "std", "gradient", "laplacian")
@@ -50,16 +52,28 @@ OFFSET = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
 
 
 def frame_statistics(x: torch.Tensor) -> torch.Tensor:
-    """The STATISTICS of frames x (N, C, H, W) with H, W >= 3: (N, len(STATISTICS)) float64. Few batched torch
-    operations (the mixer calls it on every batch: per-call overhead is most of its cost at batch 1)."""
+    """The STATISTICS of frames x (N, C, H, W) with H, W >= 3: (N, len(STATISTICS)) float64."""
+    raw = raw_statistics(x).double()
+    return torch.addmm(OFFSET.to(x.device), raw, FROM_RAW.to(x.device))
+
+
+def raw_statistics(x: torch.Tensor) -> torch.Tensor:
+    """The raw moments of frames x (N, C, H, W) with H, W >= 3, in x's dtype: (N, 8), STATISTICS = raw @ FROM_RAW +
+    OFFSET. Few batched torch operations (the mixer calls it on every batch: per-call overhead is most of its cost
+    at batch 1; core.ood folds FROM_RAW and OFFSET into its Mahalanobis statistics)."""
     if x.ndim != 4 or min(x.shape[-2:]) < 3:
         raise ValueError(f"frame statistics need frames (N, C, H, W) with H, W >= 3, got {tuple(x.shape)}")
     n, channels, height, width = x.shape
-    x = x.float()
+    edges, kernels = _constants(x.device, x.dtype)
     flat = x.reshape(n, -1)
-    below = (flat.unsqueeze(2) < EDGES.to(x.device)).sum(1) / flat.shape[1]  # (N, 3): fractions below each edge
-    std, mean = torch.std_mean(flat, 1, correction=0)
-    planes = torch.conv2d(x.reshape(n * channels, 1, height, width), KERNELS.to(x.device))
+    below = (flat.unsqueeze(2) < edges).mean(1, dtype=x.dtype)  # (N, 3): fractions below each edge
+    std, mean = torch.std_mean(flat, 1, keepdim=True, correction=0)
+    planes = torch.conv2d(x.reshape(n * channels, 1, height, width), kernels)
     energy = planes.square().reshape(n, channels, 3, -1).mean((1, 3))  # (N, 3), averaged over pixels and channels
-    raw = torch.cat((below, mean[:, None], std[:, None], energy), 1).double()
-    return torch.addmm(OFFSET.to(x.device), raw, FROM_RAW.to(x.device))
+    return torch.cat((below, mean, std, energy), 1)
+
+
+@functools.cache
+def _constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """EDGES and KERNELS on `device` in `dtype`, made once (a copy per call is a noticeable share at batch 1)."""
+    return EDGES.to(device, dtype), KERNELS.to(device, dtype)

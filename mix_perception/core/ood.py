@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from mix_perception.core.errors import first_line
-from mix_perception.core.frame_statistics import STATISTICS, frame_statistics
+from mix_perception.core.frame_statistics import FROM_RAW, OFFSET, STATISTICS, raw_statistics
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -75,20 +75,17 @@ class Mahalanobis:
     means: torch.Tensor
     precision: torch.Tensor
     @cached_property
-    def class_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu_c^T P (C, D), mu_c^T P mu_c (C,)), computed at the first score: the C x D x D product is most of
-        a frame's score otherwise."""
-        projected = self.means @ self.precision
-        return projected, (projected * self.means).sum(1)
+    def whitened(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W (D, D), means @ W (C, D)) with P = W W^T (Cholesky), computed at the first score: then
+        (f - mu_c)^T P (f - mu_c) = ||f W - mu_c W||^2, a product and a distance (few torch calls: the mixer
+        scores one frame at a time)."""
+        factor = torch.linalg.cholesky(self.precision)
+        return factor, self.means @ factor
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
-        """s = min_c (f - mu_c)^T P (f - mu_c) = f^T P f - 2 f^T P mu_c + mu_c^T P mu_c for features (N, D):
-        (N,) float64, >= 0."""
-        f = features.to(self.means.dtype)
-        own = ((f @ self.precision) * f).sum(1, keepdim=True)  # (N, 1)
-        projected_means, constants = self.class_terms
-        cross = f @ projected_means.T  # (N, C)
-        return (own - 2.0 * cross + constants).min(dim=1).values.clamp_min(0.0)
+        """s = min_c (f - mu_c)^T P (f - mu_c) = min_c ||f W - mu_c W||^2 for features (N, D): (N,) float64, >= 0."""
+        factor, means = self.whitened
+        return torch.cdist(features.to(factor.dtype) @ factor, means).amin(1).square()
 
     def save(self, path) -> None:
         torch.save({"means": self.means, "precision": self.precision}, path)
@@ -124,6 +121,8 @@ def _checked(statistics: Mahalanobis, what: str, classes: int | None = None) -> 
         raise ValueError(f"{what}: means and precision must be {expected}, got {shapes}")
     if not (torch.isfinite(means).all() and torch.isfinite(precision).all()):
         raise ValueError(f"{what}: means and precision must be finite")
+    if not torch.equal(precision, precision.T) or torch.linalg.cholesky_ex(precision).info != 0:
+        raise ValueError(f"{what}: precision must be symmetric positive definite")
     return Mahalanobis(means, precision)
 
 
@@ -190,11 +189,35 @@ class OODModel:
         """Conformal p-values (N,) of g's energy for g's logits (N, C): one of the stream-shift test's inputs."""
         return _p_values(self.energy_scores.to(standard_logits.device), energy(standard_logits))
 
-    def input_shift_p_values(self, x: torch.Tensor) -> torch.Tensor:
-        """Conformal p-values (N,) of the Mahalanobis distance of the frames' statistics (core.frame_statistics)
-        for model inputs x (N, C, H, W) in [0, 1]: the stream-shift test's other input."""
-        distances = self.input_statistics.score(frame_statistics(x))
-        return _p_values(self.input_scores.to(distances.device), distances)
+    @cached_property
+    def references(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The three references (calibration, energy, input scores) as the rows of one (3, n_max) tensor, each
+        padded with +inf after its own scores (no finite score is above the padding, so it moves no p-value),
+        and their sizes plus one (3, 1) float64."""
+        rows = (self.calibration_scores, self.energy_scores, self.input_scores)
+        padded = torch.full((3, max(r.numel() for r in rows)), torch.inf, dtype=torch.float64, device=rows[0].device)
+        for padded_row, row in zip(padded, rows, strict=True):
+            padded_row[: row.numel()] = row
+        return padded, torch.tensor([[r.numel() + 1.0] for r in rows], dtype=torch.float64, device=padded.device)
+
+    @cached_property
+    def raw_input_whitening(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(FROM_RAW W (8, K), (mu - OFFSET) W (1, K)) for the frame statistics' Gaussian (mean mu, P = W W^T): the
+        distance of statistics raw @ FROM_RAW + OFFSET is ||raw FROM_RAW W - (mu - OFFSET) W||^2, one product."""
+        factor, means = self.input_statistics.whitened
+        return FROM_RAW.to(factor.device) @ factor, means - OFFSET.to(factor.device) @ factor
+
+    def per_frame(self, features: torch.Tensor, standard_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Everything the mixer publishes per frame, (4, N) float64: the OOD score of h's features (N, D) and the
+        conformal p-values of that score, of g's energy (g's logits (N, C)) and of the distance of the frame
+        statistics (core.frame_statistics) of the model inputs x (N, C, H, W) in [0, 1] (the stream-shift test's
+        two inputs). Few torch calls (at batch 1 each is a noticeable share): the frame statistics' linear map is
+        folded into their whitening, and the three p-values are one search."""
+        whitening, whitened_mean = self.raw_input_whitening
+        distances = (raw_statistics(x).to(whitening.dtype) @ whitening - whitened_mean).square().sum(1)
+        scores = torch.stack((self.mahalanobis.score(features), energy(standard_logits), distances))
+        padded, plus_one = self.references
+        return torch.cat((scores[:1], _p_values(padded, scores, plus_one)))
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors of the file format, in OOD_KEYS order."""
@@ -251,10 +274,13 @@ def energy(logits: torch.Tensor) -> torch.Tensor:
 
 def conformal_p_values(calibration_scores: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """p = (1 + #{calibration >= s}) / (n + 1) for each score s (higher score = more unusual); float64, (0, 1]."""
-    return _p_values(torch.sort(calibration_scores.double().flatten()).values, scores)
+    return _p_values(torch.sort(calibration_scores.double().flatten()).values, scores.double().contiguous())
 
 
-def _p_values(ordered: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """conformal_p_values against calibration scores `ordered` already sorted ascending (OODModel keeps them so)."""
-    at_least = ordered.numel() - torch.searchsorted(ordered, scores.double().contiguous(), right=False)
-    return (1.0 + at_least.double()) / (ordered.numel() + 1.0)
+def _p_values(ordered: torch.Tensor, scores: torch.Tensor, plus_one: torch.Tensor | None = None) -> torch.Tensor:
+    """conformal_p_values (n + 1 - #{calibration < s}) / (n + 1) of float64 scores (N,) against `ordered` (n,) sorted
+    ascending, or of scores (R, N) against R references (R, n_max) sorted and padded with +inf after their first n
+    scores, `plus_one` (R, 1) float64 their n + 1 (OODModel keeps them so). A NaN score sorts after the padding:
+    clamped, its p-value is 1/(n + 1) as without padding."""
+    plus_one = torch.tensor([ordered.shape[-1] + 1.0], dtype=torch.float64) if plus_one is None else plus_one
+    return (plus_one - torch.searchsorted(ordered, scores, right=False)).clamp_min(1.0) / plus_one

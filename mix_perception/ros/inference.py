@@ -54,6 +54,7 @@ from mix_perception.core.smoothing import SmoothedClassifier, SmoothingSettings
 CERTIFICATE_NONE = 0
 CERTIFICATE_LIPSCHITZ = 1
 CERTIFICATE_SMOOTHING = 2
+NO_OOD = torch.tensor([[0.0, 1.0, 1.0, 1.0]], dtype=torch.float64)  # without an OOD model: score 0, p-values 1
 
 
 @dataclass(frozen=True)
@@ -330,15 +331,13 @@ class FrameClassifier:
         robust = self.certifier(x, alpha, model_radius(required_radius, frame_bounds), features=self.ood is not None)
         probs = (1.0 - alpha) * standard_probs + alpha * robust.robust_probs.to(standard_probs.dtype)
         if self.ood is None:
-            ones = torch.ones_like(robust.radius)
-            ood_score, p_value, shift_p, input_p = torch.zeros_like(robust.radius), ones, ones, ones
+            ood_columns = NO_OOD.to(probs.device).expand(probs.shape[0], 4)
         else:
-            (ood_score, p_value), shift_p = self.ood.score(robust.features), self.ood.shift_p_values(standard_logits)
-            input_p = self.ood.input_shift_p_values(x)
+            ood_columns = self.ood.per_frame(robust.features, standard_logits, x).T
         columns = (robust.certified_class, robust.radius, robust.samples, top_two_margin(robust.robust_probs))
-        columns += (standard_probs.argmax(dim=-1), ood_score, p_value, shift_p, input_p)
-        parts = [probs, robust.robust_probs, *(c.unsqueeze(1) for c in columns)]
-        packed = torch.cat([part.double() for part in parts], 1).cpu().numpy()  # float64 keeps the radius exact
+        columns = torch.stack((*columns, standard_probs.argmax(dim=-1)), 1)
+        # one host transfer; float64 keeps the radius exact
+        packed = torch.cat((probs, robust.robust_probs, columns, ood_columns), 1).double().cpu().numpy()
         inference_ms = (time.perf_counter() - start) * 1000.0
         classes = probs.shape[1]
         mixed, robust_probs = packed[:, :classes], packed[:, classes : 2 * classes]

@@ -100,9 +100,11 @@ def test_ood_model_file_round_trips_and_scores_like_its_parts(tmp_path):
     logits = torch.randn(4, 3)
     assert torch.equal(again.shift_p_values(logits), ood.conformal_p_values(model.energy_scores, ood.energy(logits)))
     assert model.energy_scores.numel() == 40
-    frames = torch.rand(5, 1, 8, 8)
+    frames = torch.rand(4, 1, 8, 8)
     distances = model.input_statistics.score(frame_statistics(frames))
-    assert torch.equal(again.input_shift_p_values(frames), ood.conformal_p_values(model.input_scores, distances))
+    input_p = ood.conformal_p_values(model.input_scores, distances)
+    per_frame = again.per_frame(points, logits, frames)  # the mixer's call: all four at once
+    assert torch.equal(per_frame, torch.stack((scores, p, again.shift_p_values(logits), input_p)))
     assert model.input_scores.numel() == 30 and torch.equal(again.input_scores, model.input_scores)
     model.check(3, 6)
 

@@ -197,7 +197,8 @@ def mlp(seed: int) -> nn.Module:
 def test_ood_score_and_p_value_are_those_of_the_core_on_hs_features(method, sequential):
     """With an OOD model every frame carries the Mahalanobis score of h's clean-frame features and its
     conformal p-value (core.ood), whichever certifier runs h; g's class is published too."""
-    from mix_perception.core.ood import penultimate_features
+    from mix_perception.core.frame_statistics import frame_statistics
+    from mix_perception.core.ood import conformal_p_values, penultimate_features
 
     g, h = linear(0), mlp(1)
     ood = fitted_ood(h, standard=g)
@@ -206,7 +207,9 @@ def test_ood_score_and_p_value_are_those_of_the_core_on_hs_features(method, sequ
     with torch.no_grad():
         features, _ = penultimate_features(h.double(), X.double())
         scores, p_values = ood.score(features)
-        shift_p_values, input_p_values = ood.shift_p_values(g(X)), ood.input_shift_p_values(X)
+        shift_p_values = ood.shift_p_values(g(X))
+        distances = ood.input_statistics.score(frame_statistics(X))
+        input_p_values = conformal_p_values(ood.input_scores, distances)
     for result, score, p, shift_p, input_p, standard in zip(
         results, scores, p_values, shift_p_values, input_p_values, g(X).argmax(1), strict=True
     ):

@@ -227,7 +227,8 @@ MIXER = {"device": "cpu", "cpu_threads": 1, "alpha": 0.8}
 
 
 def test_the_mixer_publishes_the_ood_score_and_p_values_of_core_ood(ros, spin, ood_files):
-    from mix_perception.core.ood import OODModel, penultimate_features
+    from mix_perception.core.frame_statistics import frame_statistics
+    from mix_perception.core.ood import OODModel, conformal_p_values, penultimate_features
 
     context, node, executor = ros
     path, _, (h, g), frames = ood_files
@@ -255,7 +256,9 @@ def test_the_mixer_publishes_the_ood_score_and_p_values_of_core_ood(ros, spin, o
     with torch.no_grad():  # the node's input: float32 pixels / 255, h's float64 copy
         x = (torch.from_numpy(frames).float() * (1.0 / 255.0)).double().unsqueeze(1)
         scores, p_values = model.score(penultimate_features(h, x)[0])
-        shift_p_values, input_p_values = model.shift_p_values(g(x.float())), model.input_shift_p_values(x.float())
+        shift_p_values = model.shift_p_values(g(x.float()))
+        distances = model.input_statistics.score(frame_statistics(x.float()))
+        input_p_values = conformal_p_values(model.input_scores, distances)
     for index in range(len(frames)):
         msg = next(m for m in received if m.header.frame_id == f"ood_{index}")
         assert msg.ood_score == pytest.approx(float(scores[index]), rel=1e-5)

@@ -1,10 +1,10 @@
 """What the OOD work (the OOD score of h's features, g's energy p-value, the frame statistics of the shift test)
 adds to the mixer's time per frame, measured two ways:
 
-- the model part alone: ros.inference FrameClassifier.classify (the node's code) without the OOD model, with
-  it, and with it but without the frame statistics. Batch 1, 1 torch thread, the shipped models and OOD model,
-  300 test frames three times, the three classifiers alternating frame by frame; time.process_time, so that
-  other jobs' load on shared cores does not count.
+- the model part alone: ros.inference FrameClassifier.classify (the node's code) without the OOD model and
+  with it. Batch 1, 1 torch thread, the shipped models and OOD model, 300 test frames three times, the two
+  classifiers alternating frame by frame; time.process_time, so that other jobs' load on shared cores does
+  not count.
 - `--node ROUNDS`: the whole mixer process, the issue's "mixer's per-frame time": benchmarks/node.py with one
   30 Hz camera for 20 s, the shipped config/mixer.yaml against the same with `ood_model:=""`, alternating, ROUNDS
   times each. Its CPU time per frame classified (from /proc: every thread of the mixer) and the share of frames
@@ -23,30 +23,17 @@ import time
 
 import torch
 
-from mix_perception.core import ood
 from mix_perception.core.models import load_model
 from mix_perception.experiments import data
 from mix_perception.ros.inference import Certification, FrameClassifier
 from mix_perception.ros.mixer_runtime import load_ood_model
 
 
-class WithoutFrameStatistics(ood.OODModel):
-    """The OOD model with the frame statistics switched off (their p-value 1, as without a model)."""
-
-    def input_shift_p_values(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
-
-    def to(self, device) -> "WithoutFrameStatistics":
-        return self
-
-
 def model_part() -> None:
     torch.set_num_threads(1)
     g, h = load_model("default:standard"), load_model("default:lipschitz")
-    model = load_ood_model("default:ood_lipschitz")
-    partial = WithoutFrameStatistics(*(getattr(model, f) for f in model.__dataclass_fields__))
     certification = Certification("lipschitz", 12.0)
-    variants = {"no OOD model": None, "OOD model without frame statistics": partial, "OOD model (shipped)": model}
+    variants = {"no OOD model": None, "OOD model (shipped)": load_ood_model("default:ood_lipschitz")}
     classifiers = {n: FrameClassifier(g, h, certification, "cpu", (1, 28, 28), ood=m) for n, m in variants.items()}
     frames = data.load_split("test").images[:300]
     seconds = dict.fromkeys(classifiers, 0.0)
