@@ -8,7 +8,7 @@ are bounded by input distances) to the nearest class mean with a shared covarian
     s(x) = min_c (f - mu_c)^T P (f - mu_c),   P = (Sigma + shrinkage * tr(Sigma)/D * I)^-1
 
 mu_c (C, D) and P (D, D) are fitted once on in-distribution frames and stored as tensors (`save`,
-`load` with weights_only=True); per frame it costs one (C, D) x (D, D) product, no extra forward.
+`load` with weights_only=True); per frame one (D, D) product (f W, P = W W^T) and C distances, no extra forward.
 Chosen over energy, max-softmax and k-NN distance on the shipped models by
 docs/results/safety/explore.py (README there).
 
@@ -26,7 +26,7 @@ p-values"): with the scores s_1..s_n of n in-distribution calibration frames not
 If x and the calibration frames are exchangeable, P(p(x) <= u) <= u for every u in [0, 1]: flagging
 p <= a has a false-alarm rate <= a (marginally over the calibration draw). Own code: pytorch-ood 0.4.0
 has these scores, but importing it loads torchvision, PIL and tqdm (the node must not load tqdm) and its
-detectors fit from a DataLoader; the score is three matrix products.
+detectors fit from a DataLoader; the score is a product and a distance.
 
 The node's OOD model file (`OODModel`, parameter `ood_model` of the mixer): torch.save of a dict of
 float64 tensors {"means": (C, D), "precision": (D, D), "calibration_scores": (n,), "energy_calibration_scores":

@@ -109,6 +109,22 @@ def test_ood_model_file_round_trips_and_scores_like_its_parts(tmp_path):
     model.check(3, 6)
 
 
+def test_the_padded_references_give_each_rows_own_p_values(tmp_path):
+    """per_frame searches the three references at once, padded with +inf to one length: each row's p-values are
+    those against its own scores alone, at ties, beyond the largest score, at +inf and for NaN (1/(n + 1))."""
+    model = ood.OODModel.load(ood_file(tmp_path))
+    padded, plus_one = model.references
+    rows = (model.calibration_scores, model.energy_scores, model.input_scores)
+    assert [int(p) - 1 for p in plus_one.flatten()] == [50, 40, 30]
+    for row, reference in enumerate(rows):
+        scores = torch.cat((reference[[0, 7, -1]], torch.tensor([-1e9, 1e9, float("inf"), float("nan")])))
+        stacked = torch.zeros(3, len(scores), dtype=torch.float64)
+        stacked[row] = scores
+        together = ood._p_values(padded, stacked, plus_one)[row]
+        alone = ood.conformal_p_values(reference, scores)
+        assert torch.equal(together, alone) and together[-1] == 1 / (len(reference) + 1)
+
+
 def test_a_bad_ood_model_file_is_refused_with_one_line(tmp_path):
     cases = {
         "missing.pt": (None, "No such file"),
@@ -129,6 +145,7 @@ def test_a_bad_ood_model_file_is_refused_with_one_line(tmp_path):
         ),
         "shapes.pt": ({"precision": torch.eye(5, dtype=torch.float64)}, r"\(D, D\), got \(3, 6\), \(5, 5\)"),
         "nan.pt": ({"means": torch.full((3, 6), float("nan"), dtype=torch.float64)}, "must be finite"),
+        "not_definite.pt": ({"precision": -torch.eye(6, dtype=torch.float64)}, "precision must be symmetric positive"),
         "few.pt": ({"calibration_scores": torch.ones(5, dtype=torch.float64)}, "needs >= 19 calibration_scores, got 5"),
     }
     for name, (changes, message) in cases.items():
