@@ -143,7 +143,8 @@ class Forward:
     def __call__(self, x: torch.Tensor, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not features:
             return self.model(x), None
-        self.last = self.last or last_linear(self.model)
+        if self.last is None:
+            self.last = last_linear(self.model)
         captured, logits = penultimate_features(self.model, x, self.last)
         return logits, captured
 
@@ -303,6 +304,7 @@ class FrameClassifier:
         if ood is not None:
             check_ood_model(ood, self.robust, input_shape, self.device)
         self.ood = None if ood is None else ood.to(self.device)
+        self.no_ood = NO_OOD.to(self.device)  # the OOD columns without a model, on the device once
         self.fingerprint = PipelineFingerprint(standard, robust, input_shape or (), certification.key)
 
     @property
@@ -331,7 +333,7 @@ class FrameClassifier:
         robust = self.certifier(x, alpha, model_radius(required_radius, frame_bounds), features=self.ood is not None)
         probs = (1.0 - alpha) * standard_probs + alpha * robust.robust_probs.to(standard_probs.dtype)
         if self.ood is None:
-            ood_columns = NO_OOD.to(probs.device).expand(probs.shape[0], 4)
+            ood_columns = self.no_ood.expand(probs.shape[0], 4)
         else:
             ood_columns = self.ood.per_frame(robust.features, standard_logits, x).T
         columns = (robust.certified_class, robust.radius, robust.samples, top_two_margin(robust.robust_probs))
