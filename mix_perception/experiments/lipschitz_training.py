@@ -6,10 +6,11 @@ with deel-torchlip layers: SpectralConv2d and SpectralLinear (weights kept ortho
 iteration + Bjorck, convolutions scaled by deel-torchlip's lconv coefficient), FrobeniusLinear,
 GroupSort2, and the L2-norm pool (architectures.L2NormPool2d: deel-torchlip's ScaledL2NormPool2d
 computes the same function but has a NaN gradient at all-zero windows); the loss on the logits z is
-tau-cross-entropy CE(tau z, y) / tau (TauCrossEntropyLoss) or HKR (HKRMulticlassLoss: hinge with
-margin m plus Kantorovich-Rubinstein). Adam with a one-cycle learning-rate schedule, batch 128. The
-network is then exported to plain torch layers (deel-torchlip's vanilla_model), whose constant is
-proven by mix_perception.core.lipschitz; the training-time constraint is not used as a proof.
+tau-cross-entropy CE(tau (z - u onehot(y)), y) / tau (TauCrossEntropyLoss; offset u, 0 for plain
+tau-CE) or HKR (HKRMulticlassLoss: hinge with margin m plus Kantorovich-Rubinstein). Adam with a
+one-cycle learning-rate schedule, batch 128. The network is then exported to plain torch layers
+(deel-torchlip's vanilla_model), whose constant is proven by mix_perception.core.lipschitz; the
+training-time constraint is not used as a proof.
 deel-torchlip is needed here only, never at inference.
 
 RECIPE (chosen on the calibration split among the runs in docs/results/lipschitz_recipes: tau-CE with
@@ -47,7 +48,8 @@ EMBEDDED_NETWORK = Network(ARCH)  # lipschitz_cnn with its defaults: the embedde
 @dataclass(frozen=True)
 class Recipe:
     """How the Lipschitz model is trained. blocks/dense: widths of architectures.lipschitz_cnn;
-    loss "tau_ce" (tau) or "hkr" (hkr_alpha weight of the hinge, margin m); lr: Adam's peak rate;
+    loss "tau_ce" (tau; offset u: the true class's logit lowered by u first) or "hkr" (hkr_alpha weight of
+    the hinge, margin m); lr: Adam's peak rate;
     last: the last layer, "spectral" (SpectralLinear: orthogonal rows, ||W_i - W_j|| = sqrt(2)) or
     "frobenius" (FrobeniusLinear with disjoint neurons: unit rows, each logit 1-Lipschitz)."""
 
@@ -59,6 +61,7 @@ class Recipe:
     lr: float = 2e-3
     loss: str = "tau_ce"
     tau: float = 5.0
+    offset: float = 0.0
     hkr_alpha: float = 0.98
     margin: float = 1.0
     hflip: bool = True
@@ -71,7 +74,8 @@ class Recipe:
         card["optimizer"] = "Adam(betas=(0.9, 0.999)), OneCycleLR(max_lr=lr, pct_start=0.2, cosine), per batch"
         card["augmentation"] = "random horizontal flip (p=0.5)" if self.hflip else "none"
         if self.loss == "tau_ce":
-            card["objective"] = f"TauCrossEntropyLoss(tau={self.tau:g}): CE(tau z, y) / tau"
+            shifted = f"(z - {self.offset:g} onehot(y))" if self.offset else "z"
+            card["objective"] = f"TauCrossEntropyLoss(tau={self.tau:g}): CE(tau {shifted}, y) / tau"
         else:
             card["objective"] = f"HKRMulticlassLoss(alpha={self.hkr_alpha:g}, min_margin={self.margin:g})"
         return card
@@ -138,6 +142,9 @@ def _criterion(recipe: Recipe) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     """loss(logits (N, C), labels (N,)) of the recipe."""
     from deel import torchlip
 
+    if recipe.loss == "tau_ce" and recipe.offset:
+        tau_ce = torchlip.TauCrossEntropyLoss(tau=recipe.tau)
+        return lambda logits, labels: tau_ce(logits - recipe.offset * _one_hot(labels, logits), labels)
     if recipe.loss == "tau_ce":
         return torchlip.TauCrossEntropyLoss(tau=recipe.tau)
     if recipe.loss == "hkr":

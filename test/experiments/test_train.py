@@ -137,6 +137,17 @@ def test_architectures_scale_with_the_input(shape):
         assert len(recipe.blocks) == {32: 3, 64: 4, 48: 3}[shape[1]] and recipe.blocks[0] == (48, 48)
 
 
+@pytest.mark.parametrize("offset", [0.0, 0.3])
+def test_lipschitz_loss_is_tau_cross_entropy_of_the_offset_logits(offset):
+    """loss(z, y) = CE(tau (z - offset onehot(y)), y) / tau, written out with log-softmax."""
+    recipe = lipschitz_training.Recipe(tau=4.5, offset=offset)
+    z, y = torch.randn(64, 10, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 10
+    shifted = 4.5 * (z - offset * torch.eye(10)[y])
+    expected = -shifted.log_softmax(dim=1)[torch.arange(64), y].mean() / 4.5
+    assert float(lipschitz_training._criterion(recipe)(z, y)) == pytest.approx(float(expected), rel=1e-6)
+    assert ("- 0.3 onehot(y)" in recipe.describe()["objective"]) == bool(offset)
+
+
 def _train(data, role, out, seed=0, *extra):
     argv = ["train", "--data", str(data), "--role", role, "--out", str(out), "--device", "cpu",
             "--seed", str(seed), "--epochs", "2", "--threads", "1", *extra]  # fmt: skip

@@ -85,7 +85,8 @@ def best_mixture(rows: list[dict], floor: float = 0.91) -> str:
     if not good:
         return "-"
     row = max(good, key=lambda r: r["certified_accuracy"])
-    return f"{row['alpha']}, {row['logit_scale']:g}: {row['clean_accuracy']:.2%} / {row['certified_accuracy']:.2%}"
+    scale = row.get("logit_scale", row.get("temperature"))  # files before issue 16 name it temperature
+    return f"{row['alpha']}, {scale:g}: {row['clean_accuracy']:.2%} / {row['certified_accuracy']:.2%}"
 
 
 def summary(out_dir: Path) -> str:
@@ -97,10 +98,10 @@ def summary(out_dir: Path) -> str:
     ]
     for path in sorted(out_dir.glob("*.json")):
         run = json.loads(path.read_text())
-        if "recipe" not in run:  # shipped_analysis.json
+        if "train_seconds" not in run:  # shipped_analysis.json, cards and calibrations of train-default runs
             continue
         recipe, metrics, certified = run["recipe"], run["metrics"], run["metrics"]["certified_accuracy"]
-        loss = f"tau-CE {recipe['tau']:g}"
+        loss = f"tau-CE {recipe['tau']:g}" + (f", offset {recipe['offset']:g}" if recipe.get("offset") else "")
         if recipe["loss"] == "hkr":
             loss = f"HKR {recipe['hkr_alpha']}, m {recipe['margin']}"
         lines.append(
