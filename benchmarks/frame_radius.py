@@ -2,7 +2,7 @@
 
 The node's own per-frame code in one process (ros.image_conversion.FrameConverter, its frame_bound, and
 ros.inference.FrameClassifier with the embedded g and Lipschitz h, certification lipschitz at the
-shipped alpha 0.65 and logit scale 12, 28x28 mono model input); no DDS. Prints:
+shipped alpha and logit scale (the mixer's defaults), 28x28 mono model input); no DDS. Prints:
 - VGA rgb8 camera (test images upsampled to 640x480): certified fraction at the required radius and
   median radius, on the model input (what was published before) and in the frame's pixels (now);
 - 14x14 mono8 frames and the 28x28 32FC1 frames of their upsample (the same model input): median ratio
@@ -28,10 +28,11 @@ from mix_perception.core.models import load_default
 from mix_perception.core.preprocessing_bounds import frame_radii
 from mix_perception.experiments.attacks import PGDConfig, pgd
 from mix_perception.experiments.data import load_split
+from mix_perception.ros import parameters
 from mix_perception.ros.image_conversion import FrameConverter, InputSpec
 from mix_perception.ros.inference import Certification, FrameClassifier, model_radius
 
-ALPHA, SCALE = 0.65, 12.0
+ALPHA, SCALE = (parameters.defaults(parameters.MIXER)[name] for name in ("alpha", "robust_logit_scale"))
 
 
 def resized(images: torch.Tensor, size) -> np.ndarray:

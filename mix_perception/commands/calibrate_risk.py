@@ -19,6 +19,7 @@ from pathlib import Path
 from mix_perception.commands import arguments, from_options
 from mix_perception.commands.errors import CommandError
 from mix_perception.commands.outputs import write_json
+from mix_perception.ros import parameters
 
 SHIFT_LAM = 0.9
 
@@ -26,9 +27,15 @@ SHIFT_LAM = 0.9
 def add_risk_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("goal risk (the safety verdict; --delta: its failure probability)")
     group.add_argument("--max-risk", type=arguments.finite_float, default=0.01, help="epsilon (default 0.01)")
-    group.add_argument("--alpha", type=arguments.fraction, default=0.65, help="the mixer's alpha (default 0.65)")
+    shipped = parameters.defaults(parameters.MIXER)
     group.add_argument(
-        "--robust-logit-scale", type=arguments.positive_float, default=12.0, help="h's logits x S (default 12)"
+        "--alpha", type=arguments.fraction, default=shipped["alpha"], help="the mixer's alpha (default: the node's)"
+    )
+    group.add_argument(
+        "--robust-logit-scale",
+        type=arguments.positive_float,
+        default=shipped["robust_logit_scale"],
+        help="h's logits x S (default: the node's)",
     )
     group.add_argument(
         "--selection",

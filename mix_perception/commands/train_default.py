@@ -53,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=_epochs,
         default={},
         help="override the epochs: N for every model, or e.g. 'standard=5,robust=3' "
-        "(defaults: standard 15, robust 12, smoothing 15, lipschitz 6)",
+        "(defaults: standard 15, robust 12, smoothing 15, lipschitz 17)",
     )
     parser.add_argument(
         "--only",

@@ -37,7 +37,7 @@ class Spec(NamedTuple):
 MIXER = (
     Spec(
         "alpha",
-        0.65,
+        0.75,
         "mixing weight of the robust model h: p = (1-alpha) softmax(g) + alpha h; "
         "certificates need alpha > 0.5; applies from the next frame",
         dynamic=True,
@@ -91,7 +91,7 @@ MIXER = (
     ),
     Spec(
         "robust_logit_scale",
-        12.0,
+        8.0,
         "h's logits are multiplied by this before mixing (mix-perception calibrate chooses it); with "
         "certification lipschitz the constant scales with it; values other than 1 need certification none or "
         "lipschitz, since the smoothing certificates are about h itself",

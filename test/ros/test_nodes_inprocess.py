@@ -232,7 +232,7 @@ def test_mixer_publishes_the_fingerprint_of_its_pipeline_and_a_new_one_after_alp
         client.create_subscription(MixedClassification, "mixer/classification", received.append, 10)
         publisher = client.create_publisher(Image, "image", 10)
         frame = array_to_image(np.zeros((28, 28), np.uint8), "mono8")
-        scale = mixer.get_parameter("robust_logit_scale").value
+        scale, first = mixer.get_parameter("robust_logit_scale").value, mixer.get_parameter("alpha").value
         expected = PipelineFingerprint(g, h, (1, 28, 28), f"none {scale!r}")
 
         def classified_with(alpha):
@@ -243,10 +243,10 @@ def test_mixer_publishes_the_fingerprint_of_its_pipeline_and_a_new_one_after_alp
             return received[0].pipeline
 
         spin(executor, lambda: publisher.get_subscription_count() > 0, what="the mixer's subscription")
-        before = classified_with(0.65)
-        assert mixer.set_parameters([Parameter("alpha", value=0.8)])[0].successful
-        after = classified_with(0.8)
-        assert (before, after) == (expected.for_alpha(0.65), expected.for_alpha(0.8)) and before != after
+        before = classified_with(first)
+        assert mixer.set_parameters([Parameter("alpha", value=0.9)])[0].successful
+        after = classified_with(0.9)
+        assert (before, after) == (expected.for_alpha(first), expected.for_alpha(0.9)) and before != after
     finally:
         executor.shutdown()
         client.destroy_node()
