@@ -9,9 +9,11 @@ A signal during a node executable's startup ends the startup at once (see stop_r
 
 A node executable then leaves with os._exit: everything was already closed in order (nodes,
 context, which also flushes the ROS log files, then stdio), and the interpreter's own finalization
-with torch loaded takes seconds, longer than a robot stack waits for a node to stop.
+with torch loaded takes seconds, longer than a robot stack waits for a node to stop. A node executable
+that crashes in C (SIGSEGV, SIGABRT, ...) prints every thread's Python stack to stderr first (faulthandler).
 """
 
+import faulthandler
 import sys
 import threading
 import time
@@ -71,6 +73,7 @@ def run_node(executable: str, make_node, argv=None) -> None:
     A node that cannot start (missing or corrupt model, bad parameter, absent device) exits 1 with
     one line `<executable>: error: <reason>` on stderr. The teardown is bounded by stop_request.EXIT_WITHIN_S
     (exit_deadline): the process ends with its status even when DDS blocks in it. Never returns."""
+    faulthandler.enable(all_threads=True)
     nodes, status = [], 0
     try:
         try:

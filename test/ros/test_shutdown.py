@@ -125,6 +125,18 @@ def test_every_node_exits_zero_within_two_seconds_without_a_traceback(pipeline_g
             assert sign not in output, f"{name} printed {sign!r} after {how}:\n{output}"
 
 
+def test_a_crash_in_c_names_every_threads_python_stack(pipeline_group):
+    """A node killed by SIGSEGV (what a crash inside rclpy or DDS raises) first prints where each of its threads
+    was in Python (faulthandler), so that a rare crash at teardown leaves its place in the log."""
+    processes = [process for _, process, _ in pipeline_group]
+    wait_until_classifying(processes[0])
+    name, process, log = pipeline_group[1]  # the safety monitor
+    process.send_signal(signal.SIGSEGV)
+    assert process.wait(timeout=10) == -signal.SIGSEGV
+    output = log.read_text()
+    assert "Fatal Python error: Segmentation fault" in output and "spin.py" in output, output
+
+
 @pytest.mark.parametrize("delay", [0.2, 0.5, 1.5, 3.0])
 def test_ctrl_c_at_any_moment_of_startup_ends_the_node_at_once(command_for_executable, constant_model, tmp_path, delay):
     """SIGINT soon after the spawn, while importing torch, loading the models or proving h's Lipschitz
