@@ -318,7 +318,7 @@ class MixerNode(LifecycleNode):
         runtime = self.runtime
         state = "active" if self.active else ("inactive" if runtime else "unconfigured")
         settings = {"alpha": self.alpha} | (runtime.settings() if runtime else {})
-        statuses = self.stats.statuses(self.get_name(), state, settings, self.slots.counts())
+        statuses = self.stats.statuses(self.get_fully_qualified_name(), state, settings, self.slots.counts())
         self.diagnostics_pub.publish(diagnostics.make_array(self.get_clock().now().to_msg(), statuses))
 
 

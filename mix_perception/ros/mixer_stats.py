@@ -92,8 +92,9 @@ class MixerStats:
             return totals | {"failed": self._failed}
 
     def statuses(self, name: str, state: str, settings: dict, slot_counts: dict) -> list:
-        """The DiagnosticStatuses of node `name` in lifecycle `state` ("active" | "inactive" |
-        "unconfigured"): one for the node (totals, `settings`: alpha, device, ...) and one per camera."""
+        """The DiagnosticStatuses "<name>: inference" (totals, `settings`: alpha, device, ...) and "<name>: camera
+        <topic>" (one per camera) of node `name` (its fully qualified name, e.g. /cell1/mixer: unique among the
+        mixers of a robot) in lifecycle `state` ("active" | "inactive" | "unconfigured")."""
         totals, cameras = self.totals(slot_counts), self.cameras(slot_counts)
         with self._lock:
             inference_p50 = self._inference.latency_percentile(50)

@@ -177,7 +177,7 @@ class SafetyMonitorNode(Node):
                 }
                 values.update({f"reason_{reason}": count for reason, count in sorted(camera.by_reason.items())})
                 message = {0: "safe", 1: "warning", 2: "unsafe", 3: "stale"}[camera.last_level]
-                name = f"{self.get_name()}: safety {source or '(any camera)'}"
+                name = f"{self.get_fully_qualified_name()}: safety {source or '(any camera)'}"
                 statuses.append(diagnostics.make_status(name, camera.last_level, message, values))
         self.diagnostics_pub.publish(diagnostics.make_array(self.get_clock().now().to_msg(), statuses))
 

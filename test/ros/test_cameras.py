@@ -148,14 +148,14 @@ def test_two_cameras_one_mixer_and_a_monitor_per_camera(start_node, constant_mod
 
     def camera_counters():
         for array in reversed(graph.diagnostics):
-            cameras = {s.name: values_of(s) for s in array.status if s.name.startswith("mixer: camera ")}
+            cameras = {s.name: values_of(s) for s in array.status if s.name.startswith("/multi/mixer: camera ")}
             if len(cameras) == 2:
                 return cameras
         return None
 
     cameras = graph.wait(camera_counters, "per-camera counters on /diagnostics")
     for topic in CAMERAS:
-        values = cameras[f"mixer: camera {topic}"]
+        values = cameras[f"/multi/mixer: camera {topic}"]
         assert int(values["processed"]) >= 1 and int(values["received"]) >= int(values["processed"])
 
 

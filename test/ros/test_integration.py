@@ -274,7 +274,7 @@ def test_malformed_images_are_rejected_counted_and_announced(pipeline):
     def counted():
         for array in reversed(probe.diagnostics):
             for status in array.status:
-                if status.name == "mixer: inference":
+                if status.name == "/mixer: inference":
                     return int(values_of(status)["frames_rejected"]) >= len(cases)
         return False
 
@@ -332,10 +332,10 @@ def test_diagnostics_report_rate_latency_and_device(pipeline):
     for _ in range(3):
         probe.classify()
 
-    def mixer_status():
+    def mixer_status():  # this pipeline's mixer: /diagnostics also carries the other mixers of the session
         for array in reversed(probe.diagnostics):
             for status in array.status:
-                if status.name == "mixer: inference":
+                if status.name == "/mixer: inference":
                     return status
         return None
 
@@ -346,7 +346,7 @@ def test_diagnostics_report_rate_latency_and_device(pipeline):
     assert values["device"] == "cpu"
     probe.spin(
         probe.executor,
-        lambda: any(s.name.startswith("safety_monitor: safety") for a in probe.diagnostics for s in a.status),
+        lambda: any(s.name.startswith("/safety_monitor: safety") for a in probe.diagnostics for s in a.status),
         30.0,
         "safety monitor diagnostics",
     )
@@ -454,7 +454,7 @@ def test_lipschitz_certification_is_deterministic_and_matches_the_core(start_nod
     def constant():
         for array in reversed(diagnostics):
             for status in array.status:
-                if status.name == "mixer: inference" and "lipschitz_constant" in values_of(status):
+                if status.name == "/lip/mixer: inference" and "lipschitz_constant" in values_of(status):
                     return float(values_of(status)["lipschitz_constant"])
         return None
 
