@@ -32,7 +32,7 @@ from mix_perception.ros import parameters
 from mix_perception.ros.image_conversion import FrameConverter, InputSpec
 from mix_perception.ros.inference import Certification, FrameClassifier, model_radius
 
-ALPHA, SCALE = (parameters.defaults(parameters.MIXER)[name] for name in ("alpha", "robust_logit_scale"))
+ALPHA, SCALE = parameters.shipped_mixture()
 
 
 def resized(images: torch.Tensor, size) -> np.ndarray:

@@ -27,15 +27,10 @@ SHIFT_LAM = 0.9
 def add_risk_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("goal risk (the safety verdict; --delta: its failure probability)")
     group.add_argument("--max-risk", type=arguments.finite_float, default=0.01, help="epsilon (default 0.01)")
-    shipped = parameters.defaults(parameters.MIXER)
+    alpha, scale = parameters.shipped_mixture()
+    group.add_argument("--alpha", type=arguments.fraction, default=alpha, help="the mixer's alpha (default: its own)")
     group.add_argument(
-        "--alpha", type=arguments.fraction, default=shipped["alpha"], help="the mixer's alpha (default: the node's)"
-    )
-    group.add_argument(
-        "--robust-logit-scale",
-        type=arguments.positive_float,
-        default=shipped["robust_logit_scale"],
-        help="h's logits x S (default: the node's)",
+        "--robust-logit-scale", type=arguments.positive_float, default=scale, help="h's logits x S (default: mixer's)"
     )
     group.add_argument(
         "--selection",

@@ -282,5 +282,6 @@ def _p_values(ordered: torch.Tensor, scores: torch.Tensor, plus_one: torch.Tenso
     ascending, or of scores (R, N) against R references (R, n_max) sorted and padded with +inf after their first n
     scores, `plus_one` (R, 1) float64 their n + 1 (OODModel keeps them so). A NaN score sorts after the padding:
     clamped, its p-value is 1/(n + 1) as without padding."""
-    plus_one = torch.tensor([ordered.shape[-1] + 1.0], dtype=torch.float64) if plus_one is None else plus_one
+    if plus_one is None:  # on ordered's device: a (1,) CPU tensor does not broadcast with CUDA ones
+        plus_one = torch.full((1,), ordered.shape[-1] + 1.0, dtype=torch.float64, device=ordered.device)
     return (plus_one - torch.searchsorted(ordered, scores, right=False)).clamp_min(1.0) / plus_one

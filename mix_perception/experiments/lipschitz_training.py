@@ -143,11 +143,11 @@ def _criterion(recipe: Recipe) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     """loss(logits (N, C), labels (N,)) of the recipe."""
     from deel import torchlip
 
-    if recipe.loss == "tau_ce" and recipe.offset:
-        tau_ce = torchlip.TauCrossEntropyLoss(tau=recipe.tau)
-        return lambda logits, labels: tau_ce(logits - recipe.offset * _one_hot(labels, logits), labels)
     if recipe.loss == "tau_ce":
-        return torchlip.TauCrossEntropyLoss(tau=recipe.tau)
+        tau_ce = torchlip.TauCrossEntropyLoss(tau=recipe.tau)
+        if not recipe.offset:
+            return tau_ce
+        return lambda logits, labels: tau_ce(logits - recipe.offset * _one_hot(labels, logits), labels)
     if recipe.loss == "hkr":
         hkr = torchlip.HKRMulticlassLoss(alpha=recipe.hkr_alpha, min_margin=recipe.margin)
         return lambda logits, labels: hkr(logits, _one_hot(labels, logits))

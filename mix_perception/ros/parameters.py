@@ -431,3 +431,9 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def defaults(specs) -> dict:
     """{name: default} of a table (what config/mixer.yaml must list)."""
     return {spec.name: spec.default for spec in specs}
+
+
+def shipped_mixture() -> tuple[float, float]:
+    """(alpha, robust_logit_scale) the mixer starts with: the calibrated default mixture."""
+    mixer = defaults(MIXER)
+    return mixer["alpha"], mixer["robust_logit_scale"]

@@ -38,7 +38,7 @@ from mix_perception.experiments import data, ood_data, risk_calibration
 from mix_perception.ros import parameters
 from mix_perception.ros.inference import Certification, FrameClassifier
 
-ALPHA, TEMPERATURE = (parameters.defaults(parameters.MIXER)[name] for name in ("alpha", "robust_logit_scale"))
+ALPHA, TEMPERATURE = parameters.shipped_mixture()
 REQUIRED_RADIUS = 0.1
 EPSILON, DELTA = 0.01, 0.05
 SELECTION = 600

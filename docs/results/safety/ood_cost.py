@@ -25,6 +25,7 @@ import torch
 
 from mix_perception.core.models import load_model
 from mix_perception.experiments import data
+from mix_perception.ros import parameters
 from mix_perception.ros.inference import Certification, FrameClassifier
 from mix_perception.ros.mixer_runtime import load_ood_model
 
@@ -32,7 +33,8 @@ from mix_perception.ros.mixer_runtime import load_ood_model
 def model_part() -> None:
     torch.set_num_threads(1)
     g, h = load_model("default:standard"), load_model("default:lipschitz")
-    certification = Certification("lipschitz", 12.0)
+    alpha, scale = parameters.shipped_mixture()
+    certification = Certification("lipschitz", scale)
     variants = {"no OOD model": None, "OOD model (shipped)": load_ood_model("default:ood_lipschitz")}
     classifiers = {n: FrameClassifier(g, h, certification, "cpu", (1, 28, 28), ood=m) for n, m in variants.items()}
     frames = data.load_split("test").images[:300]
@@ -40,7 +42,7 @@ def model_part() -> None:
     for frame in [*frames[:20], *frames, *frames, *frames]:
         for name, classifier in classifiers.items():
             start = time.process_time()
-            classifier.classify(frame[None], 0.65, 0.1)
+            classifier.classify(frame[None], alpha, 0.1)
             seconds[name] += time.process_time() - start
     base = seconds["no OOD model"]
     for name, total in seconds.items():
